@@ -1,0 +1,159 @@
+"""Configuration of the SPR agent, and the named configurations.
+
+Every default is the value the SPR reference code (mila-iqia/spr) ran for the published Atari
+100k results; see `shared/reference/atari100k.md` section 2 and the field comments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from spr.networks import NetworkConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SPRConfig:
+  """All hyperparameters of one SPR run. Names are the command-line override names."""
+  # Budget and schedule.
+  steps: int = 100_000  # agent (env) steps = 400k frames
+  learn_start: int = 2000  # uniformly random actions and no updates before this step
+  updates_per_step: int = 2  # gradient updates per env step (the code's replay ratio 64 / batch 32)
+  batch_size: int = 32
+  eval_episodes: int = 100  # final evaluation: full games, epsilon 0.001, noise off
+  eval_epsilon: float = 0.001
+  eval_every: int = 0  # env steps between periodic evaluations (0: only the final one)
+  eval_every_episodes: int = 10  # episodes of a periodic evaluation
+  # Network.
+  encoder: str = "nature"
+  encoder_channels: tuple[int, ...] = (32, 64, 64)
+  impala_width: int = 4
+  hidden: int = 256
+  num_atoms: int = 51
+  v_min: float = -10.0
+  v_max: float = 10.0
+  noisy: bool = True
+  noisy_std: float = 0.5
+  transition_hidden: int = 64
+  # Losses.
+  gamma: float = 0.99
+  n_step: int = 10
+  spr_steps: int = 5  # K
+  spr_weight: float = 5.0  # times the mean over k = 1..K
+  augmentation: bool = True  # random shift (pad 4) + intensity, online and target inputs
+  target_tau: float = 1.0  # weight of the ONLINE params in the target update; 1 = copy
+  double_dqn: bool = True
+  # Optimiser.
+  learning_rate: float = 1e-4
+  adam_eps: float = 1.5e-4
+  grad_clip: float = 10.0  # global-norm clip; 0 disables
+  # Replay.
+  replay_capacity: int = 100_000
+  priority_alpha: float = 0.5
+  priority_beta_start: float = 0.4
+  priority_beta_end: float = 1.0  # annealed linearly over `steps`
+  # Bookkeeping.
+  log_every: int = 1000  # env steps between metrics.jsonl lines
+  checkpoint_every: int = 10_000  # env steps between checkpoints
+  checkpoint_keep: int = 2
+
+  def network(self) -> NetworkConfig:
+    return NetworkConfig(
+        encoder=self.encoder, encoder_channels=tuple(self.encoder_channels),
+        impala_width=self.impala_width, hidden=self.hidden, num_atoms=self.num_atoms,
+        noisy=self.noisy, noisy_std=self.noisy_std, transition_hidden=self.transition_hidden)
+
+  def validate(self) -> "SPRConfig":
+    """Raises ValueError on settings that cannot run."""
+    checks = [
+        (self.steps > 0, "steps must be > 0"),
+        (0 <= self.learn_start < self.steps, "learn_start must be in [0, steps)"),
+        (self.batch_size > 0, "batch_size must be > 0"),
+        (self.updates_per_step >= 0, "updates_per_step must be >= 0"),
+        (self.eval_episodes >= 0, "eval_episodes must be >= 0"),
+        (self.n_step >= 1, "n_step must be >= 1"),
+        (self.spr_steps >= 0, "spr_steps must be >= 0"),
+        (self.num_atoms >= 2, "num_atoms must be >= 2"),
+        (self.v_min < self.v_max, "v_min must be < v_max"),
+        (0.0 < self.target_tau <= 1.0, "target_tau must be in (0, 1]"),
+        (self.encoder in ("nature", "impala"), "encoder must be 'nature' or 'impala'"),
+        (self.replay_capacity > max(self.n_step, self.spr_steps) + 4,
+         "replay_capacity too small for n_step / spr_steps"),
+        (self.checkpoint_every > 0 and self.log_every > 0,
+         "checkpoint_every and log_every must be > 0"),
+        (self.checkpoint_keep >= 1, "checkpoint_keep must be >= 1"),
+    ]
+    for ok, message in checks:
+      if not ok:
+        raise ValueError(message)
+    return self
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+_SMOKE = dict(
+    steps=400, learn_start=100, batch_size=4, eval_episodes=2, encoder_channels=(8, 8, 8),
+    hidden=16, num_atoms=11, transition_hidden=8, n_step=3, spr_steps=2, replay_capacity=1000,
+    log_every=100, checkpoint_every=100, updates_per_step=1,
+)
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "spr": {},
+    "smoke": _SMOKE,
+}
+
+
+def field_names() -> list[str]:
+  return [f.name for f in dataclasses.fields(SPRConfig)]
+
+
+def parse_value(name: str, text: str) -> Any:
+  """Parses a command-line override `text` for field `name` into the field's type.
+
+  Raises ValueError with a one-line message naming the field on malformed input.
+  """
+  fields = {f.name: f for f in dataclasses.fields(SPRConfig)}
+  if name not in fields:
+    raise ValueError(f"unknown setting {name!r}")
+  default = fields[name].default
+  try:
+    if isinstance(default, bool):
+      low = text.strip().lower()
+      if low in ("1", "true", "yes"):
+        return True
+      if low in ("0", "false", "no"):
+        return False
+      raise ValueError(text)
+    if isinstance(default, int):
+      value = float(text)
+      if value != int(value):
+        raise ValueError(text)
+      return int(value)
+    if isinstance(default, float):
+      return float(text)
+    if isinstance(default, tuple):
+      return tuple(int(v) for v in text.replace("(", "").replace(")", "").split(",") if v.strip())
+    return text
+  except ValueError:
+    kind = type(default).__name__
+    raise ValueError(f"malformed value {text!r} for --{name} (expected {kind})") from None
+
+
+def make_config(name: str, overrides: dict[str, Any] | None = None) -> SPRConfig:
+  """The named configuration with `overrides` applied (already typed), validated."""
+  if name not in CONFIGS:
+    raise ValueError(f"unknown config {name!r}; valid: {', '.join(sorted(CONFIGS))}")
+  values = dict(CONFIGS[name])
+  values.update(overrides or {})
+  return SPRConfig(**values).validate()
+
+
+def config_from_json(data: dict[str, Any]) -> SPRConfig:
+  values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()
+            if k in field_names()}
+  return SPRConfig(**values)
+
+
+def dumps(config: SPRConfig) -> str:
+  return json.dumps(config.to_json(), indent=2, sort_keys=True)

@@ -1,0 +1,190 @@
+"""One SPR training run on an Atari 100k game: train, checkpoint, resume, evaluate, report.
+
+The loop is deliberately thin: each env step is one call of the learner's jitted step (replay
+add + updates + next action on the device) and one emulator step on the host. Everything needed
+to continue exactly is checkpointed: the learner state (parameters, optimiser, replay, RNG,
+counters) and the host state (emulator + preprocessing + stack, the pending frame and action,
+episode statistics, elapsed time), so a resumed run produces the same result as an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import numpy as np
+from absl import logging
+
+from agents.spr.config import SPRConfig
+from agents.spr.learner import SPRLearner, TrainState, param_count
+from envs import games
+from envs.atari import AtariEnv, clip_reward
+from envs.evaluation import evaluate
+from spr import checkpoint, workdir as wd
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation envs use their own seed stream
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+def run_identity(config_name: str, game: str, seed: int, config: SPRConfig) -> dict:
+  """What config.json holds: the run's identity and every resolved hyperparameter."""
+  return dict(config_name=config_name, game=game, seed=int(seed), **config.to_json())
+
+
+def _progress_bar(total: int, initial: int, enabled: bool | None):
+  try:
+    from tqdm import tqdm
+  except ImportError:  # pragma: no cover - tqdm is a dependency
+    return None
+  # disable=None: shown on a terminal, silent when stderr is a log file.
+  return tqdm(total=total, initial=initial, disable=None if enabled is None else not enabled,
+              unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
+def make_eval_act_fn(learner: SPRLearner, params, batch: int) -> Callable[[np.ndarray], np.ndarray]:
+  """Batched greedy actions (noise off, no augmentation); pads to a fixed batch so that the
+  evaluation compiles once whatever the number of episodes still running."""
+
+  def act(stacks: np.ndarray) -> np.ndarray:
+    n = stacks.shape[0]
+    padded = np.zeros((max(batch, n),) + stacks.shape[1:], np.uint8)
+    padded[:n] = stacks
+    return np.asarray(learner.greedy_actions(params, padded))[:n]
+
+  return act
+
+
+def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_name: str = "spr",
+          progress: bool | None = None) -> dict:
+  """Trains (or resumes) one run and returns the contents of its final.json."""
+  game = games.canonical_name(game)
+  path = wd.prepare(workdir, run_identity(config_name, game, seed, config))
+  if wd.is_finished(path):
+    final = wd.read_json(path / wd.FINAL)
+    logging.info("run in %s already finished (mean score %.2f); nothing to do", path,
+                 final["mean_score"])
+    return final
+
+  env = AtariEnv(game, seed=seed, training=True)
+  learner = SPRLearner(config, env.num_actions)
+  state = learner.init(jax.random.PRNGKey(seed))
+  metrics_log = wd.MetricsLog(path)
+  ckpt_dir = path / wd.CHECKPOINTS
+
+  host = _restore(ckpt_dir, learner, env, state)
+  if host is None:
+    frame = env.reset()
+    state, action = learner.first_action(state)
+    host = dict(step=0, frame=frame, action=int(action), elapsed=0.0, episodes=[],
+                params_count=param_count(state.params))
+    logging.info("new run: %s seed %d, config %s, %d parameters, workdir %s", game, seed,
+                 config_name, host["params_count"], path)
+  else:
+    state, host = host
+    metrics_log.truncate_after(host["step"])
+    logging.info("resumed %s at step %d from %s", path, host["step"], ckpt_dir)
+
+  if host["step"] < config.steps:
+    state, host = _train_loop(learner, state, env, host, config, metrics_log, ckpt_dir)
+  return _final_evaluation(learner, state, host, game, seed, config, config_name, path)
+
+
+def _restore(ckpt_dir: Path, learner: SPRLearner, env: AtariEnv, template: TrainState):
+  if not checkpoint.checkpoint_steps(ckpt_dir):
+    return None
+  _, tree, host = checkpoint.restore(ckpt_dir, template)
+  state = jax.device_put(tree)
+  env.set_state(host.pop("env"))
+  return state, host
+
+
+def _save(ckpt_dir: Path, state: TrainState, env: AtariEnv, host: dict, keep: int) -> None:
+  checkpoint.save(ckpt_dir, host["step"], state, dict(host, env=env.get_state()), keep=keep)
+
+
+def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dict,
+                config: SPRConfig, metrics_log: wd.MetricsLog, ckpt_dir: Path):
+  frame, action = host["frame"], host["action"]
+  bar = _progress_bar(config.steps, host["step"], None)
+  window = dict(loss=0.0, rl_loss=0.0, spr_loss=0.0, updates=0, returns=[])
+  t_window = time.perf_counter()
+  step_window = host["step"]
+  t_start = time.perf_counter() - host["elapsed"]
+  for step in range(host["step"], config.steps):
+    next_frame, reward, terminal, info = env.step(action)
+    # Updates start once `learn_start` transitions are stored (rlpyt's min_steps_learn).
+    num_updates = config.updates_per_step if step + 1 >= config.learn_start else 0
+    state, next_action, m = learner.step(
+        state, frame, np.int32(action), clip_reward(reward), np.bool_(terminal), env.stack,
+        num_updates=num_updates)
+    action, m = jax.device_get((next_action, m))
+    action = int(action)
+    frame = next_frame
+    if not m.finite:
+      last = checkpoint.checkpoint_steps(ckpt_dir)
+      raise NonFiniteLossError(
+          f"non-finite loss at env step {step + 1} (update {int(state.update_step)}); "
+          f"last good checkpoint: {'step ' + str(last[-1]) if last else 'none'} in {ckpt_dir}")
+    window["loss"] += float(m.loss)
+    window["rl_loss"] += float(m.rl_loss)
+    window["spr_loss"] += float(m.spr_loss)
+    window["updates"] += int(m.updates)
+    if info.get("game_over"):
+      window["returns"].append(float(info["episode_return"]))
+      host["episodes"].append((float(info["episode_return"]), int(info["episode_length"])))
+    if bar is not None:
+      bar.update(1)
+    done = step + 1
+    if done % config.log_every == 0 or done == config.steps:
+      now = time.perf_counter()
+      n_upd = max(window["updates"], 1)
+      record = dict(
+          step=done, time_s=round(now - t_start, 3),
+          steps_per_s=round((done - step_window) / max(now - t_window, 1e-9), 2),
+          updates=int(state.update_step),
+          loss=window["loss"] / n_upd, rl_loss=window["rl_loss"] / n_upd,
+          spr_loss=window["spr_loss"] / n_upd,
+          episodes=len(window["returns"]),
+          train_return=(float(np.mean(window["returns"])) if window["returns"] else None))
+      metrics_log.write(record)
+      logging.info("step %d/%d | %.0f steps/s | loss %.4f (rl %.4f, spr %.4f) | return %s",
+                   done, config.steps, record["steps_per_s"], record["loss"],
+                   record["rl_loss"], record["spr_loss"], record["train_return"])
+      window = dict(loss=0.0, rl_loss=0.0, spr_loss=0.0, updates=0, returns=[])
+      t_window, step_window = now, done
+    if done % config.checkpoint_every == 0 or done == config.steps:
+      host.update(step=done, frame=frame, action=action, elapsed=time.perf_counter() - t_start)
+      _save(ckpt_dir, state, env, host, config.checkpoint_keep)
+  if bar is not None:
+    bar.close()
+  return state, host
+
+
+def _final_evaluation(learner: SPRLearner, state: TrainState, host: dict, game: str, seed: int,
+                      config: SPRConfig, config_name: str, path: Path) -> dict:
+  t0 = time.perf_counter()
+  episodes = []
+  if config.eval_episodes:
+    act = make_eval_act_fn(learner, state.params, config.eval_episodes)
+    episodes = evaluate(act, game, num_episodes=config.eval_episodes,
+                        seed=seed + EVAL_SEED_OFFSET, epsilon=config.eval_epsilon)
+  wd.write_eval_csv(path, episodes)
+  scores = [s for s, _ in episodes]
+  mean = float(np.mean(scores)) if scores else math.nan
+  final = dict(
+      game=game, seed=int(seed), config_name=config_name, steps=int(host["step"]),
+      budget_steps=int(config.steps), eval_episodes=len(episodes), mean_score=mean,
+      hns=games.human_normalized_score(game, mean) if scores else math.nan,
+      wall_time_s=round(host["elapsed"] + time.perf_counter() - t0, 2),
+      train_episodes=len(host["episodes"]))
+  wd.write_json_atomic(path / wd.FINAL, final)
+  logging.info("finished %s seed %d: mean score %.2f over %d episodes (HNS %.3f)", game, seed,
+               mean, len(episodes), final["hns"])
+  return final

@@ -1,0 +1,106 @@
+"""The 26 Atari 100k games, their reference score tables and human-normalised scores.
+
+Names: each game has an ALE name (``MsPacman``, as in ``ALE/MsPacman-v5``) and a ROM id
+(``ms_pacman``, what ale-py's ROM loader takes). :func:`get_game` accepts either, in any case,
+with or without underscores (``ms_pacman``, ``mspacman``, ``MsPacman``, ``MSPACMAN``).
+
+Scores come from ``scores.csv`` (package data, a copy of the project's reference table):
+random and human scores (for normalisation) and the published DER, SPR and BBF per-game means.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import pathlib
+
+_SCORES_CSV = pathlib.Path(__file__).with_name("scores.csv")
+
+
+@dataclasses.dataclass(frozen=True)
+class Game:
+    """One Atari 100k game and its reference scores (raw game score units)."""
+
+    name: str  # ALE name, e.g. "MsPacman"
+    rom: str  # ale-py ROM id, e.g. "ms_pacman"
+    ale_id: str  # gymnasium id, e.g. "ALE/MsPacman-v5"
+    random: float
+    human: float
+    der: float  # published DER (data-efficient Rainbow) 100k score
+    spr: float  # published SPR 100k score
+    bbf: float  # published BBF 100k score
+
+
+def _normalise_key(name: str) -> str:
+    """Lookup key: case and underscores/dashes/spaces do not matter."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+@functools.cache
+def _load_games() -> dict[str, Game]:
+    """Reads scores.csv once; returns {normalised key: Game}, in table order."""
+    games: dict[str, Game] = {}
+    with open(_SCORES_CSV, newline="") as f:
+        for row in csv.DictReader(f):
+            ale_id = row["ale_id"]
+            name = ale_id.split("/", 1)[1].rsplit("-v", 1)[0]  # "ALE/MsPacman-v5" -> "MsPacman"
+            game = Game(
+                name=name,
+                rom=row["game"],
+                ale_id=ale_id,
+                random=float(row["random"]),
+                human=float(row["human"]),
+                der=float(row["DER"]),
+                spr=float(row["SPR"]),
+                bbf=float(row["BBF"]),
+            )
+            games[_normalise_key(name)] = game
+    return games
+
+
+GAMES: tuple[str, ...] = tuple(g.name for g in _load_games().values())
+"""The 26 Atari 100k games by ALE name, in the table's (alphabetical) order."""
+
+
+def get_game(name: str) -> Game:
+    """Looks a game up by ALE name or ROM id (case-insensitive, snake_case accepted).
+
+    Raises:
+        ValueError: the name is not one of the 26 Atari 100k games; the message lists them.
+    """
+    game = _load_games().get(_normalise_key(name))
+    if game is None:
+        raise ValueError(
+            f"Unknown Atari 100k game {name!r}. Valid names: {', '.join(GAMES)} "
+            "(case-insensitive; snake_case such as 'ms_pacman' is accepted)."
+        )
+    return game
+
+
+def canonical_name(name: str) -> str:
+    """The ALE name of a game given any accepted spelling ("ms_pacman" -> "MsPacman")."""
+    return get_game(name).name
+
+
+def random_score(game: str) -> float:
+    """The random-policy reference score used for normalisation."""
+    return get_game(game).random
+
+
+def human_score(game: str) -> float:
+    """The human reference score used for normalisation."""
+    return get_game(game).human
+
+
+def human_normalized_score(game: str, score: float) -> float:
+    """HNS = (score - random) / (human - random): 0 is random play, 1 is human level."""
+    g = get_game(game)
+    return (float(score) - g.random) / (g.human - g.random)
+
+
+def published_score(game: str, method: str) -> float:
+    """The published 100k score of ``method`` ("DER", "SPR" or "BBF", any case) on ``game``."""
+    key = method.lower()
+    if key not in ("der", "spr", "bbf"):
+        raise ValueError(f"Unknown method {method!r}; expected one of DER, SPR, BBF.")
+    return getattr(get_game(game), key)

@@ -1,0 +1,469 @@
+r"""Tables and plots of a sweep: per-game scores beside the published ones, rliable aggregates.
+
+  python -m launch.report --root=DIR --out=OUT [--root=DIR2 ...] [--reps=50000] [--seed=0]
+
+Reads every run under ROOT/<label>/<game>/seed_<s>/ (final.json, eval.csv, metrics.jsonl,
+and ROOT/<label>/sweep.json for the seeds asked for) and writes to OUT:
+  report.md             everything below as Markdown, with warnings
+  runs.csv              one row per run: state, score, HNS, steps, budget, note
+  per_game.csv          per configuration and game: seeds, mean and 95% t-CI over seeds, mean HNS,
+                        and the random, human, DER, SPR, BBF columns of scores.csv
+  aggregates.csv        IQM, median, mean, optimality gap of HNS with 95% stratified-bootstrap CIs
+  interval_estimates.png, performance_profile.png, learning_curves.png (if periodic evals exist)
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from absl import app, flags
+
+from launch import grid, jobs, stats
+
+PUBLISHED = ("DER", "SPR", "BBF")
+
+
+@dataclasses.dataclass
+class RunRecord:
+    label: str
+    game: str  # snake_case
+    seed: int
+    workdir: str
+    state: str  # done | partial | pending | running | failed | interrupted
+    score: float | None = None
+    hns: float | None = None
+    steps: int | None = None
+    budget: int | None = None
+    eval_episodes: int | None = None
+    note: str = ""
+
+
+@dataclasses.dataclass
+class ConfigSummary:
+    label: str
+    games: list[str]  # games with at least one finished run
+    asked_games: list[str]
+    asked_seeds: int
+    seeds: dict[str, int]  # game -> finished runs
+    budgets: list[int]
+    is_100k: bool
+    warnings: list[str]
+
+
+@dataclasses.dataclass
+class ReportOptions:
+    reps: int = 50000
+    profile_reps: int = 2000
+    seed: int = 0
+    published: Sequence[str] = PUBLISHED
+    expected_seeds: int = 0  # 0: from sweep.json, else the most seeds any game has
+    scores_csv: str = ""
+    plots: bool = True
+
+
+# --------------------------------------------------------------------------------------------
+# Reading runs
+# --------------------------------------------------------------------------------------------
+def _read_eval_csv(path: Path) -> list[float] | None:
+    try:
+        with open(path, newline="") as f:
+            return [float(r["score"]) for r in csv.DictReader(f)]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def read_run(label: str, game: str, seed: int, wd: Path, table: dict) -> RunRecord:
+    rec = RunRecord(label, game, seed, str(wd), "pending")
+    final = jobs._read_json(wd / jobs.FINAL)  # pylint: disable=protected-access
+    if final is None:
+        st = jobs.read_state(wd)
+        rec.state, rec.steps, rec.budget, rec.note = st.state, st.step, st.budget, st.error
+        if (wd / jobs.FINAL).exists():
+            rec.state, rec.note = "failed", "unreadable final.json"
+        return rec
+    if final.get("game"):
+        try:
+            rec.game = grid.canonical_game(str(final["game"]))
+        except grid.GridError:
+            rec.note = f"unknown game {final['game']!r} in final.json"
+    rec.steps = int(final["steps"]) if final.get("steps") is not None else None
+    rec.budget = int(final["budget_steps"]) if final.get("budget_steps") is not None else rec.steps
+    rec.eval_episodes = final.get("eval_episodes")
+    rec.score = float(final["mean_score"]) if final.get("mean_score") is not None else None
+    episodes = _read_eval_csv(wd / "eval.csv")
+    if episodes:
+        rec.eval_episodes = len(episodes)
+        m = float(np.mean(episodes))
+        if rec.score is None:
+            rec.score = m
+        elif not math.isclose(m, rec.score, rel_tol=1e-6, abs_tol=1e-6):
+            rec.note = f"final.json mean_score {rec.score:g} != eval.csv mean {m:g}"
+    elif (wd / "eval.csv").exists():
+        rec.note = "eval.csv unreadable"
+    if rec.score is None:
+        rec.state, rec.note = "failed", "final.json without mean_score and no eval.csv"
+        return rec
+    if rec.steps is not None and rec.budget is not None and rec.steps < rec.budget:
+        rec.state = "partial"
+        rec.note = f"final.json at step {rec.steps} of a {rec.budget}-step budget"
+    else:
+        rec.state = "done"
+    if rec.game in table:
+        rec.hns = float(stats.hns(rec.score, table[rec.game]["random"], table[rec.game]["human"]))
+    return rec
+
+
+def collect(roots: Sequence[Path], table: dict) -> tuple[list[RunRecord], dict[str, dict]]:
+    """Every run under the roots (present or asked for in sweep.json) -> records, manifests."""
+    records: list[RunRecord] = []
+    manifests: dict[str, dict] = {}
+    for root in roots:
+        prefix = f"{root.name}/" if len(roots) > 1 else ""
+        for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            label = prefix + label_dir.name
+            man = grid.read_manifest(label_dir) or {}
+            manifests[label] = man
+            wds: dict[Path, tuple[str, int]] = {}
+            for g in man.get("games", []):
+                for s in man.get("seeds", []):
+                    wds[grid.run_dir(root, label_dir.name, g, s)] = (g, int(s))
+            for wd in label_dir.glob("*/seed_*"):
+                try:
+                    wds.setdefault(wd, (wd.parent.name, int(wd.name.split("_", 1)[1])))
+                except ValueError:
+                    continue
+            for wd, (game, seed) in sorted(wds.items(), key=lambda kv: (kv[1][0], kv[1][1])):
+                if game == grid.JOINT:
+                    continue  # multi-game pretraining: no per-game score
+                records.append(read_run(label, game, seed, wd, table))
+    return records, manifests
+
+
+def summarise(label: str, recs: list[RunRecord], man: dict, opts: ReportOptions,
+              all_games: Sequence[str]) -> ConfigSummary:
+    done = [r for r in recs if r.state == "done"]
+    seeds: dict[str, int] = {}
+    for r in done:
+        seeds[r.game] = seeds.get(r.game, 0) + 1
+    asked_games = list(man.get("games") or dict.fromkeys(r.game for r in recs))
+    asked_seeds = opts.expected_seeds or len(man.get("seeds", [])) or max(seeds.values(), default=0)
+    games = [g for g in all_games if g in seeds]
+    budgets = sorted({r.budget for r in done if r.budget is not None})
+    warnings = []
+    is_100k = budgets == [grid.BUDGET_100K] and all(r.budget is not None for r in done)
+    if done and not is_100k:
+        warnings.append(f"budget {', '.join(map(str, budgets)) or 'unknown'} env steps: "
+                        "NOT an Atari 100k result")
+    partial = [r for r in recs if r.state == "partial"]
+    if partial:
+        warnings.append(f"{len(partial)} run(s) stopped before their budget (excluded), e.g. {partial[0].workdir}")
+    unfinished = [r for r in recs if r.state not in ("done", "partial")]
+    if unfinished:
+        by_state: dict[str, int] = {}
+        for r in unfinished:
+            by_state[r.state] = by_state.get(r.state, 0) + 1
+        warnings.append(f"{len(unfinished)} run(s) not finished (excluded): "
+                        + ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())))
+    few = [f"{g} ({seeds.get(g, 0)})" for g in asked_games if seeds.get(g, 0) < asked_seeds]
+    if few:
+        warnings.append(f"fewer than {asked_seeds} seeds: " + ", ".join(few))
+    if len(games) < len(all_games):
+        warnings.append(f"{len(games)} of {len(all_games)} games finished: aggregates are over "
+                        "these games only and not comparable with published 26-game aggregates")
+    short = sorted({r.eval_episodes for r in done if r.eval_episodes is not None and r.eval_episodes < 100})
+    if short:
+        warnings.append(f"final evaluation with {short[0]} episodes (the protocol uses 100)")
+    notes = [r for r in done if r.note]
+    if notes:
+        warnings.append(f"{len(notes)} run(s) with notes, e.g. {notes[0].workdir}: {notes[0].note}")
+    return ConfigSummary(label, games, asked_games, asked_seeds, seeds, budgets, is_100k, warnings)
+
+
+# --------------------------------------------------------------------------------------------
+# Building the report
+# --------------------------------------------------------------------------------------------
+def _fmt(x: float | None, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        if not rows:
+            return
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def build(roots: Sequence[Path | str], out: Path | str, opts: ReportOptions) -> dict:
+    """Writes the report files; returns {"aggregates", "per_game", "summaries", "records"}."""
+    roots = [Path(r).expanduser().resolve() for r in roots]
+    for r in roots:
+        if not r.is_dir():
+            raise FileNotFoundError(f"root {r} does not exist")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = grid.read_scores_table(opts.scores_csv or None)
+    all_games = list(table)
+    records, manifests = collect(roots, table)
+    labels = list(dict.fromkeys(r.label for r in records))
+    summaries = {lab: summarise(lab, [r for r in records if r.label == lab], manifests.get(lab, {}),
+                                opts, all_games) for lab in labels}
+
+    # per-game table
+    per_game: list[dict] = []
+    for lab in labels:
+        for g in all_games:
+            vals = [r for r in records if r.label == lab and r.game == g and r.state == "done"]
+            if not vals and g not in summaries[lab].asked_games:
+                continue
+            iv = stats.mean_ci([r.score for r in vals])
+            row = {"config": lab, "game": g, "seeds": iv.n, "seeds_asked": summaries[lab].asked_seeds,
+                   "mean": iv.mean, "ci_lo": iv.lo, "ci_hi": iv.hi,
+                   "hns_mean": float(np.mean([r.hns for r in vals])) if vals else float("nan")}
+            row.update({k: table[g][k] for k in ("random", "human", *PUBLISHED)})
+            row["flag"] = "fewer seeds than asked" if iv.n < summaries[lab].asked_seeds else ""
+            per_game.append(row)
+
+    # aggregates on the games every configuration has finished
+    agg_games = [g for g in all_games if labels and all(g in summaries[lab].games for lab in labels)]
+    score_dict: dict[str, np.ndarray] = {}
+    runs_per_game: dict[str, int] = {}
+    for lab in labels:
+        per = {g: [(r.seed, r.hns) for r in records if r.label == lab and r.game == g and r.state == "done"]
+               for g in agg_games}
+        if agg_games:
+            score_dict[lab], runs_per_game[lab] = stats.balanced(per, agg_games)
+    for name in opts.published:
+        if agg_games:
+            score_dict[f"{name} (published)"] = np.array(
+                [[stats.hns(table[g][name], table[g]["random"], table[g]["human"]) for g in agg_games]])
+            runs_per_game[f"{name} (published)"] = 1
+    aggregates = stats.aggregate_estimates(score_dict, opts.reps, opts.seed) if score_dict else {}
+    agg_rows = [{"algorithm": a, "metric": m, "point": v[0], "ci_lo": v[1], "ci_hi": v[2],
+                 "runs_per_game": runs_per_game[a], "games": len(agg_games),
+                 "atari_100k": (summaries[a].is_100k if a in summaries else True)}
+                for a, ms in aggregates.items() for m, v in ms.items()]
+
+    # files
+    _write_csv(out / "runs.csv", [dataclasses.asdict(r) for r in records])
+    _write_csv(out / "per_game.csv", per_game)
+    _write_csv(out / "aggregates.csv", agg_rows)
+    figures = _plots(out, score_dict, aggregates, records, labels, all_games, opts) if opts.plots else []
+    (out / "report.md").write_text(_markdown(roots, opts, labels, summaries, per_game, aggregates,
+                                             runs_per_game, agg_games, all_games, table, figures))
+    return {"aggregates": aggregates, "per_game": per_game, "summaries": summaries,
+            "records": records, "agg_games": agg_games, "figures": figures}
+
+
+def _plots(out: Path, score_dict, aggregates, records, labels, all_games, opts) -> list[str]:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    from rliable import plot_utils  # pylint: disable=import-outside-toplevel
+
+    figures = []
+    if aggregates:
+        algos = list(aggregates)
+        points = {a: np.array([aggregates[a][m][0] for m in stats.METRICS]) for a in algos}
+        cis = {a: np.array([[aggregates[a][m][1] for m in stats.METRICS],
+                            [aggregates[a][m][2] for m in stats.METRICS]]) for a in algos}
+        fig, _ = plot_utils.plot_interval_estimates(points, cis, metric_names=list(stats.METRICS),
+                                                    algorithms=algos, xlabel="Human Normalized Score")
+        fig.savefig(out / "interval_estimates.png", bbox_inches="tight", dpi=120)
+        plt.close(fig)
+        figures.append("interval_estimates.png")
+        tau = np.linspace(0.0, 8.0, 81)
+        profiles, profile_cis = stats.performance_profiles(score_dict, tau, opts.profile_reps, opts.seed)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        colors = dict(zip(algos, plt.cm.tab10.colors))
+        plot_utils.plot_performance_profiles(profiles, tau, performance_profile_cis=profile_cis, ax=ax,
+                                             colors=colors, xlabel=r"Human Normalized Score $(\tau)$")
+        from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
+
+        ax.legend([Line2D([0], [0], color=colors[a], lw=2) for a in algos], algos,
+                  loc="upper right", fontsize=8)
+        fig.savefig(out / "performance_profile.png", bbox_inches="tight", dpi=120)
+        plt.close(fig)
+        figures.append("performance_profile.png")
+    curves = _learning_curves(records, labels)
+    if curves:
+        games = [g for g in all_games if any(g in curves[lab] for lab in curves)]
+        ncol = min(6, len(games))
+        nrow = -(-len(games) // ncol)
+        fig, axes = plt.subplots(nrow, ncol, figsize=(3 * ncol, 2.4 * nrow), squeeze=False)
+        for ax, g in zip(axes.flat, games):
+            for lab in labels:
+                if g in curves.get(lab, {}):
+                    steps, mean, lo, hi = curves[lab][g]
+                    ax.plot(steps, mean, label=lab)
+                    ax.fill_between(steps, lo, hi, alpha=0.2)
+            ax.set_title(g, fontsize=9)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(games):]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=7)
+        fig.supxlabel("env steps")
+        fig.supylabel("eval mean score (mean, min-max over seeds)")
+        fig.tight_layout()
+        fig.savefig(out / "learning_curves.png", dpi=100)
+        plt.close(fig)
+        figures.append("learning_curves.png")
+    return figures
+
+
+def _learning_curves(records, labels) -> dict:
+    """label -> game -> (steps, mean, min, max) over seeds of periodic `eval_mean_score`."""
+    curves: dict = {}
+    for lab in labels:
+        for g in dict.fromkeys(r.game for r in records if r.label == lab):
+            series = []
+            for r in records:
+                if r.label != lab or r.game != g:
+                    continue
+                pts = {}
+                try:
+                    with open(Path(r.workdir) / jobs.METRICS) as f:
+                        for line in f:
+                            try:
+                                d = json.loads(line)
+                            except ValueError:
+                                continue
+                            if "eval_mean_score" in d and "step" in d:
+                                pts[int(d["step"])] = float(d["eval_mean_score"])
+                except OSError:
+                    continue
+                if pts:
+                    series.append(pts)
+            if not series:
+                continue
+            steps = sorted(set().union(*series))
+            vals = [[s[t] for s in series if t in s] for t in steps]
+            curves.setdefault(lab, {})[g] = (np.array(steps), np.array([np.mean(v) for v in vals]),
+                                             np.array([np.min(v) for v in vals]),
+                                             np.array([np.max(v) for v in vals]))
+    return curves
+
+
+def _markdown(roots, opts, labels, summaries, per_game, aggregates, runs_per_game, agg_games,
+              all_games, table, figures) -> str:
+    L = ["# Atari 100k report", "",
+         f"Roots: {', '.join(map(str, roots))}  ",
+         f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M}; scores are raw game scores (final "
+         f"evaluation mean per run); HNS = (score - random) / (human - random).", ""]
+    L += ["## Configurations", "",
+          "| config | Atari 100k result | budget (env steps) | games finished | seeds per game (asked) |",
+          "|---|---|---|---|---|"]
+    for lab in labels:
+        s = summaries[lab]
+        counts = sorted(set(s.seeds.values()))
+        seeds = "-" if not counts else (str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}")
+        L.append(f"| {lab} | {'yes' if s.is_100k else '**NO**'} | {', '.join(map(str, s.budgets)) or '-'} "
+                 f"| {len(s.games)}/{len(all_games)} | {seeds} ({s.asked_seeds}) |")
+    warn = [(lab, w) for lab in labels for w in summaries[lab].warnings]
+    if warn:
+        L += ["", "### Warnings", ""] + [f"- **{lab}**: {w}" for lab, w in warn]
+    L += ["", "## Aggregate human-normalised scores", ""]
+    if aggregates:
+        L += [f"Over {len(agg_games)} game(s){'' if len(agg_games) == len(all_games) else ': ' + ', '.join(agg_games)}; "
+              f"95% stratified-bootstrap CIs (rliable, {opts.reps} reps, seed {opts.seed}). "
+              "Runs per game: the fewest seeds any game has (lowest seeds kept). Published rows are one "
+              "number per game: their intervals are degenerate, not confidence intervals.", "",
+              "| algorithm | runs/game | " + " | ".join(stats.METRICS) + " |",
+              "|---|---|" + "---|" * len(stats.METRICS)]
+        for a, ms in aggregates.items():
+            flag = "" if a not in summaries or summaries[a].is_100k else " (NOT 100k)"
+            cells = [f"{ms[m][0]:.3f} [{ms[m][1]:.3f}, {ms[m][2]:.3f}]" for m in stats.METRICS]
+            L.append(f"| {a}{flag} | {runs_per_game[a]} | " + " | ".join(cells) + " |")
+    else:
+        L.append("No game has a finished run in every configuration: no aggregates.")
+    L += ["", "## Per game", "",
+          "Mean over seeds with a 95% Student-t CI, (n) = finished seeds; `!` = fewer seeds than asked.", "",
+          "| game | random | human | " + " | ".join(opts.published) + " | " + " | ".join(labels) + " |",
+          "|---|---:|---:|" + "---:|" * (len(opts.published) + len(labels))]
+    by_key = {(r["config"], r["game"]): r for r in per_game}
+    for g in all_games:
+        if not any((lab, g) in by_key for lab in labels):
+            continue
+        cells = []
+        for lab in labels:
+            r = by_key.get((lab, g))
+            if r is None or r["seeds"] == 0:
+                cells.append("-" if r is None else "- (0)!")
+                continue
+            ci = "" if r["seeds"] < 2 else f" [{_fmt(r['ci_lo'])}, {_fmt(r['ci_hi'])}]"
+            cells.append(f"{_fmt(r['mean'])}{ci} ({r['seeds']}){'!' if r['flag'] else ''}")
+        pub = [_fmt(table[g][p]) for p in opts.published]
+        L.append(f"| {g} | {_fmt(table[g]['random'])} | {_fmt(table[g]['human'])} | "
+                 + " | ".join(pub) + " | " + " | ".join(cells) + " |")
+    if figures:
+        L += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    L += ["", "Files: runs.csv (every run), per_game.csv, aggregates.csv.", ""]
+    return "\n".join(L)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Flags are defined only when run as a program (importing this module defines none)."""
+    flags.DEFINE_multi_string("root", [], "Sweep root(s); repeat or comma-separate for several.")
+    flags.DEFINE_string("out", "", "Output directory.")
+    flags.DEFINE_integer("reps", 50000, "Bootstrap repetitions for aggregate CIs.")
+    flags.DEFINE_integer("profile_reps", 2000, "Bootstrap repetitions for performance-profile bands.")
+    flags.DEFINE_integer("seed", 0, "Seed of the bootstrap (same seed, same CIs).")
+    flags.DEFINE_string("published", ",".join(PUBLISHED), "Published columns to compare with (DER,SPR,BBF or none).")
+    flags.DEFINE_integer("expected_seeds", 0, "Seeds per game asked for (0: from sweep.json).")
+    flags.DEFINE_string("scores_csv", "", "Reference score table (default: envs/scores.csv).")
+    flags.DEFINE_bool("plots", True, "Write the PNG figures.")
+
+
+def main(argv):
+    def fail(msg):
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+
+    if len(argv) > 1:
+        fail(f"unexpected arguments {argv[1:]}")
+    roots = [r for item in FLAGS.root for r in item.split(",") if r.strip()]
+    if not roots:
+        fail("--root is required")
+    if not FLAGS.out:
+        fail("--out is required")
+    published = [] if FLAGS.published.lower() in ("", "none") else [p.strip() for p in FLAGS.published.split(",")]
+    bad = [p for p in published if p not in PUBLISHED]
+    if bad:
+        fail(f"unknown published column(s) {bad} (choose from {', '.join(PUBLISHED)})")
+    if FLAGS.reps < 1:
+        fail("--reps must be positive")
+    opts = ReportOptions(reps=FLAGS.reps, profile_reps=FLAGS.profile_reps, seed=FLAGS.seed,
+                         published=published, expected_seeds=FLAGS.expected_seeds,
+                         scores_csv=FLAGS.scores_csv, plots=FLAGS.plots)
+    try:
+        res = build(roots, FLAGS.out, opts)
+    except (FileNotFoundError, grid.GridError) as e:
+        fail(str(e))
+    n_done = sum(r.state == "done" for r in res["records"])
+    print(f"{n_done}/{len(res['records'])} runs finished; report in {Path(FLAGS.out) / 'report.md'}")
+    for lab, s in res["summaries"].items():
+        for w in s.warnings:
+            print(f"warning: {lab}: {w}")
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

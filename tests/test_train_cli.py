@@ -1,0 +1,149 @@
+"""End-to-end runs of `python -m launch.train` with the `smoke` config: every output file,
+resume after a kill, same-seed determinism, and the bad inputs."""
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_cmd(workdir, *extra, seed=0, game="Pong"):
+  return [sys.executable, "-m", "launch.train", "--config=smoke", f"--game={game}",
+          f"--seed={seed}", f"--workdir={workdir}", *extra]
+
+
+def run(cmd, check=True):
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def final_leaves(workdir, step=400):
+  with open(Path(workdir) / "checkpoints" / f"ckpt_{step}.pkl", "rb") as f:
+    return pickle.load(f)["leaves"]
+
+
+def assert_same_run(a, b):
+  la, lb = final_leaves(a), final_leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(x, y)
+  assert (Path(a) / "eval.csv").read_text() == (Path(b) / "eval.csv").read_text()
+  fa, fb = (json.loads((Path(d) / "final.json").read_text()) for d in (a, b))
+  assert fa["mean_score"] == fb["mean_score"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("smoke") / "run"
+  proc = run(train_cmd(workdir))
+  return workdir, proc
+
+
+def test_smoke_run_writes_every_output_file(finished_run):
+  workdir, proc = finished_run
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["config_name"] == "smoke" and config["game"] == "Pong" and config["seed"] == 0
+  assert config["steps"] == 400 and config["n_step"] == 3
+
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in lines] == [100, 200, 300, 400]
+  assert all(np.isfinite(l["loss"]) and l["steps_per_s"] > 0 for l in lines)
+  assert lines[-1]["updates"] == 301  # one update per step from step 100 (learn_start) on
+
+  rows = (workdir / "eval.csv").read_text().splitlines()
+  assert rows[0] == "episode,score,length" and len(rows) == 3
+  final = json.loads((workdir / "final.json").read_text())
+  scores = [float(r.split(",")[1]) for r in rows[1:]]
+  assert final["mean_score"] == pytest.approx(np.mean(scores))
+  assert final["steps"] == final["budget_steps"] == 400 and final["eval_episodes"] == 2
+  # Pong: random -20.7, human 14.6.
+  assert final["hns"] == pytest.approx((final["mean_score"] + 20.7) / (14.6 + 20.7))
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [
+      "ckpt_300.pkl", "ckpt_400.pkl"]
+  assert "mean score" in proc.stdout
+
+
+def test_finished_run_says_so_and_exits_zero(finished_run):
+  workdir, _ = finished_run
+  before = (workdir / "final.json").read_text()
+  proc = run(train_cmd(workdir))
+  assert "already finished" in proc.stderr
+  assert (workdir / "final.json").read_text() == before
+
+
+def test_kill_and_resume_gives_the_uninterrupted_result(finished_run, tmp_path):
+  reference, _ = finished_run
+  workdir = tmp_path / "killed"
+  proc = subprocess.Popen(train_cmd(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt = workdir / "checkpoints" / "ckpt_100.pkl"
+  deadline = time.time() + 300
+  while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert ckpt.exists(), "the run never wrote its first checkpoint"
+  assert not (workdir / "final.json").exists(), "killed too late to test resuming"
+  run(train_cmd(workdir))
+  assert_same_run(reference, workdir)
+  steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert steps == sorted(set(steps)) and steps[-1] == 400  # no duplicated lines after resume
+
+
+def test_same_seed_same_result_other_seed_differs(finished_run, tmp_path):
+  reference, _ = finished_run
+  run(train_cmd(tmp_path / "again"))
+  assert_same_run(reference, tmp_path / "again")
+  run(train_cmd(tmp_path / "seed1", seed=1))
+  a, b = final_leaves(reference), final_leaves(tmp_path / "seed1")
+  assert any(x.shape == y.shape and not np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--game=Pongg"], "Unknown Atari 100k game"),
+    (["--config=nope"], "unknown config"),
+    (["--steps=abc"], "malformed value 'abc' for --steps"),
+    (["--noisy=maybe"], "malformed value 'maybe' for --noisy"),
+    (["--n_step=0"], "n_step must be >= 1"),
+])
+def test_bad_input_is_a_one_line_error(tmp_path, args, message):
+  proc = run(train_cmd(tmp_path / "w", *args), check=False)
+  assert proc.returncode == 2
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+  assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_unknown_game_lists_the_valid_names(tmp_path):
+  proc = run(train_cmd(tmp_path / "w", game="Pongg"), check=False)
+  assert proc.returncode == 2 and "MsPacman" in proc.stderr and "Breakout" in proc.stderr
+
+
+def test_workdir_with_another_config_is_refused(finished_run):
+  workdir, _ = finished_run
+  proc = run(train_cmd(workdir, "--spr_weight=2"), check=False)
+  assert proc.returncode == 2
+  assert "different config" in proc.stderr and "spr_weight" in proc.stderr
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = tmp_path / "nan"
+  proc = run(train_cmd(workdir, "--learning_rate=1e38"), check=False)
+  assert proc.returncode == 3, proc.stderr[-2000:]
+  line = [l for l in proc.stderr.splitlines() if l.startswith("error:")][0]
+  assert "non-finite loss at env step" in line
+  step = int(line.split("env step ")[1].split()[0])
+  assert 100 <= step <= 400
+  kept = sorted(int(p.stem.split("_")[1]) for p in (workdir / "checkpoints").glob("ckpt_*.pkl"))
+  assert all(s < step for s in kept)
+  assert not (workdir / "final.json").exists()
