@@ -8,6 +8,7 @@ setup(
     description=__doc__,
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["spr*", "agents*", "envs*", "theory*", "launch*"]),
+    package_data={"envs": ["scores.csv"]},
     install_requires=[
         "jax>=0.4.35",
         "dm-haiku>=0.0.13",  # plain dm-haiku: the [jax] extra resolves to an older release

@@ -44,6 +44,11 @@ State. :meth:`AtariEnv.get_state` returns a picklable dict of numpy arrays/bytes
 (ALE emulator state with its RNG, the no-op RNG, the preprocessing buffers, the stack, the
 episode counters); :meth:`AtariEnv.set_state` restores it into any ``AtariEnv`` of the same game
 and sticky setting (a fresh object is fine) so that it continues bit-identically.
+With sticky actions (sticky > 0) one piece of ALE state has no save/restore API: the last
+APPLIED action, which a sticky frame repeats. It is restored as the last action sent; this is
+exact unless all four frames of the last step before the save were sticky (probability p**4,
+0.4% of saves at p = 0.25) and the next frame is sticky too. With sticky = 0 (Atari 100k) the
+restore is exact.
 """
 from __future__ import annotations
 
@@ -125,6 +130,9 @@ class AtariEnv:
         self._episode_return = 0.0
         self._episode_length = 0
         self._needs_reset = True
+        # Index of the last action sent to the ALE (0 = NOOP after a game reset): the ALE keeps
+        # the last APPLIED action outside its cloneable state, sticky actions repeat it.
+        self._last_action = 0
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -166,6 +174,7 @@ class AtariEnv:
         if self._needs_reset:
             raise RuntimeError("AtariEnv.step() called before reset()")
         frame, reward, terminated, truncated, _ = self._env.step(int(action))
+        self._last_action = int(action)
         reward = float(reward)
         self._episode_return += reward
         self._episode_length += 1
@@ -197,6 +206,7 @@ class AtariEnv:
         self._episode_return = 0.0
         self._episode_length = 0
         self._needs_reset = False
+        self._last_action = 0  # ALE's soft reset sets the applied action to NOOP
         self._stacker.reset(frame)
         return frame
 
@@ -226,6 +236,7 @@ class AtariEnv:
             "episode_return": self._episode_return,
             "episode_length": self._episode_length,
             "needs_reset": self._needs_reset,
+            "last_action": self._last_action,
         }
 
     def set_state(self, state: dict) -> None:
@@ -238,7 +249,11 @@ class AtariEnv:
                                  f"{key}={getattr(self, key)!r}")
         self.seed = int(state["seed"])
         self.training = bool(state["training"])
-        self.ale.restoreState(ale_py.ALEState(state["ale_state"]))
+        ale_state = ale_py.ALEState(state["ale_state"])
+        self._last_action = int(state["last_action"])
+        if self.sticky > 0:
+            self._restore_sticky_action(ale_state, self._last_action)
+        self.ale.restoreState(ale_state)
         base = self._env.unwrapped
         base.np_random.bit_generator.state = copy.deepcopy(state["noop_rng"])
         for buf, saved in zip(self._env.obs_buffer, state["obs_buffer"]):
@@ -250,6 +265,18 @@ class AtariEnv:
         self._episode_return = float(state["episode_return"])
         self._episode_length = int(state["episode_length"])
         self._needs_reset = bool(state["needs_reset"])
+
+    def _restore_sticky_action(self, ale_state, action: int) -> None:
+        """Makes ``action`` the ALE's last applied action (what a sticky frame repeats).
+
+        ALEState does not hold it, and there is no setter: act on the restored state until
+        the action has surely been accepted (each frame accepts it with probability 1 - p),
+        the caller then restores the emulator (and its RNG) again, which keeps the action.
+        """
+        self.ale.restoreState(ale_state)
+        ale_action = self._env.unwrapped._action_set[action]
+        for _ in range(64):  # all rejected: probability p**64 (< 1e-38 for p = 0.25)
+            self.ale.act(ale_action)
 
     def close(self) -> None:
         self._env.close()

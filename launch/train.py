@@ -7,7 +7,8 @@
 Every field of `agents.spr.config.SPRConfig` is a flag of the same name that overrides the named
 configuration. Re-running the same command on the same workdir resumes from the last
 checkpoint; a finished run says so and exits 0. Exit codes: 0 done, 2 bad input, 3 non-finite
-loss (the last good checkpoint is kept).
+loss (the last good checkpoint is kept),
+143 stopped by SIGTERM after writing a checkpoint (rerun to resume).
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ def main(argv):
     fail(str(e))
   except trainer.NonFiniteLossError as e:
     fail(str(e), code=3)
+  except trainer.Preempted as e:
+    fail(str(e), code=143)
   print(f"{final['game']} seed {final['seed']}: mean score {final['mean_score']:.2f} over "
         f"{final['eval_episodes']} episodes, HNS {final['hns']:.3f} "
         f"({final['steps']} steps, {_WORKDIR.value}/final.json)")

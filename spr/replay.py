@@ -49,6 +49,9 @@ stratified uniforms (the total mass is split into ``batch_size`` equal segments 
 is drawn per segment). New transitions get ``max_priority`` (the running max of all priorities
 ever set, initially 1.0). Importance weights are w_i = (N * P(i))^-beta / max_batch(w), with N the
 number of sampleable indices. Beta annealing is the caller's job.
+The cumulative sum is float32: at capacity 100k (masses ~1) the per-index sampling probability
+is off by ~0.2% on average, up to a few % for some indices (measured against a float64 cumsum);
+a two-level (block) search would fix it if it ever matters.
 
 Checkpointing
 -------------
@@ -57,6 +60,7 @@ pickled, and ``jax.device_put`` of it round-trips exactly (tests/test_replay.py 
 
 Performance
 -----------
+Standalone use under jit: ``jax.jit(replay_sample, static_argnums=(2, 3, 4))``.
 Jit ``replay_add`` (and the learner step that contains it) with ``donate_argnums`` for the state,
 otherwise every add copies the whole frame buffer (100k x 84 x 84 uint8 = 706 MB).
 """

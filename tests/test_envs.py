@@ -225,11 +225,12 @@ def _assert_same(a, b, path="state"):
         assert a == b, path
 
 
-def test_get_state_set_state_is_bit_identical():
+@pytest.mark.parametrize("sticky", [0.0, 0.25])
+def test_get_state_set_state_is_bit_identical(sticky):
     # Sticky actions and a small cap: the M steps cross a game reset (new no-ops drawn) and
     # use the ALE's sticky-action RNG, so every piece of state matters. The save point is
     # mid-game with a score and lives lost, so no counter equals a fresh env's.
-    kwargs = dict(sticky=0.25, max_frames_per_episode=1600)
+    kwargs = dict(sticky=sticky, max_frames_per_episode=1600)
     env = AtariEnv("Breakout", 11, **kwargs)
     env.reset()
     rng = np.random.default_rng(2)

@@ -241,7 +241,7 @@ def run_until_converged(step: Callable[[Any], Any], state: Any,
 
   def cond(c):
     _, steps, move = c
-    return (steps < max_steps) & (move >= tol) & jnp.isfinite(move)
+    return (steps < max_steps) & (move >= tol) & ~jnp.isnan(move)
 
   def body(c):
     s, steps, _ = c

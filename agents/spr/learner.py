@@ -114,17 +114,18 @@ class SPRLearner:
     b, k_plus_1 = obs.shape[:2]
     k_steps = k_plus_1 - 1
     keys = jax.random.split(rng, 7)
-    as_float = lambda x: x.astype(jnp.float32) / 255.0
-    aug = (lambda key, x: augmentation.augment(key, x)) if cfg.augmentation else (
-        lambda key, x: x)
+    if cfg.augmentation:
+      # Shift on uint8 (cheaper), then /255 and intensity: the SPR code's order.
+      prep = augmentation.augment
+    else:
+      prep = lambda key, x: x.astype(jnp.float32) / 255.0
 
-    current = aug(keys[0], as_float(obs[:, 0]))
-    future = as_float(obs[:, 1:].reshape((b * k_steps,) + obs.shape[2:]))
-    nxt = as_float(batch["next_observations"])
+    current = prep(keys[0], obs[:, 0])
     # Independent augmentations for every network input, as the SPR code draws them.
-    future = aug(keys[1], future) if k_steps else future
-    nxt_target = aug(keys[2], nxt)
-    nxt_select = aug(keys[3], nxt)
+    future = (prep(keys[1], obs[:, 1:].reshape((b * k_steps,) + obs.shape[2:])) if k_steps
+              else jnp.zeros((0,) + obs.shape[2:], jnp.float32))
+    nxt_target = prep(keys[2], batch["next_observations"])
+    nxt_select = prep(keys[3], batch["next_observations"])
 
     # ---- no-gradient passes: SPR targets, bootstrap distribution, double-DQN selector.
     target = jax.lax.stop_gradient(self._target(params, target_params))
@@ -150,9 +151,11 @@ class SPRLearner:
     logits = q_logits(params, None, latent, keys[6])
     returns, discounts = jax.vmap(losses.n_step_return, in_axes=(0, 0, None))(
         batch["rewards"][:, :cfg.n_step], batch["terminals"][:, :cfg.n_step], cfg.gamma)
-    rl_loss = jax.vmap(losses.categorical_double_q_loss, in_axes=(0, 0, 0, 0, 0, 0, None))(
-        logits, batch["actions"][:, 0], returns, discounts, next_logits_target, selector,
-        self.support)
+    rl_args = (logits, batch["actions"][:, 0], returns, discounts, next_logits_target, selector)
+    rl_loss = losses.batched_categorical_double_q_loss(*rl_args, self.support)
+    # The SPR code prioritises by KL(target || prediction), not by the cross-entropy.
+    priorities = losses.batched_categorical_kl_priority(
+        *jax.lax.stop_gradient(rl_args), self.support)
 
     # ---- SPR: roll the transition model K steps with the replayed actions.
     if k_steps:
@@ -170,7 +173,7 @@ class SPRLearner:
       spr_loss = jnp.zeros_like(rl_loss)
 
     total = jnp.mean(is_weights * (rl_loss + spr_loss))
-    aux = dict(priorities=jax.lax.stop_gradient(rl_loss), rl_loss=jnp.mean(rl_loss),
+    aux = dict(priorities=priorities, rl_loss=jnp.mean(rl_loss),
                spr_loss=jnp.mean(spr_loss))
     return total, aux
 
@@ -218,15 +221,18 @@ class SPRLearner:
     state = state._replace(replay=new_replay, env_step=state.env_step + 1)
     zero = jnp.zeros((), jnp.float32)
     metrics = StepMetrics(zero, zero, zero, jnp.zeros((), jnp.int32), jnp.ones((), bool))
-    if num_updates == 1:
-      state, metrics = self.update(state)
-    elif num_updates > 1:
-      state, per_update = jax.lax.scan(lambda s, _: self.update(s), state, None,
-                                       length=num_updates)
+    if num_updates:
+      # Unrolled, not lax.scan: on XLA:CPU a scan whose body holds the conv backward passes ran
+      # several times slower than the same updates unrolled (see launch.bench).
+      per_update = []
+      for _ in range(num_updates):
+        state, m = self.update(state)
+        per_update.append(m)
       metrics = StepMetrics(
-          loss=jnp.sum(per_update.loss), rl_loss=jnp.sum(per_update.rl_loss),
-          spr_loss=jnp.sum(per_update.spr_loss), updates=jnp.sum(per_update.updates),
-          finite=jnp.all(per_update.finite))
+          loss=sum(m.loss for m in per_update), rl_loss=sum(m.rl_loss for m in per_update),
+          spr_loss=sum(m.spr_loss for m in per_update),
+          updates=sum(m.updates for m in per_update),
+          finite=jnp.all(jnp.stack([m.finite for m in per_update])))
     rng, act_key, noise_key = jax.random.split(state.rng, 3)
     greedy = self._greedy_actions(state.params, next_stack[None], noise_key)[0]
     random_action = jax.random.randint(act_key, (), 0, self.num_actions)

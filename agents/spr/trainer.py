@@ -10,6 +10,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,34 @@ EVAL_SEED_OFFSET = 1_000_003  # evaluation envs use their own seed stream
 
 class NonFiniteLossError(RuntimeError):
   pass
+
+
+class Preempted(Exception):
+  """SIGTERM arrived (cluster preemption or timeout): a checkpoint was written, exit to requeue."""
+
+
+class _TermFlag:
+  """Turns SIGTERM into a flag the loop checks after each step, so the run checkpoints at a
+  step boundary instead of dying mid-step."""
+
+  def __init__(self):
+    self.set = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.set = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def run_identity(config_name: str, game: str, seed: int, config: SPRConfig) -> dict:
@@ -92,7 +121,8 @@ def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_n
     logging.info("resumed %s at step %d from %s", path, host["step"], ckpt_dir)
 
   if host["step"] < config.steps:
-    state, host = _train_loop(learner, state, env, host, config, metrics_log, ckpt_dir)
+    with _TermFlag() as term:
+      state, host = _train_loop(learner, state, env, host, config, metrics_log, ckpt_dir, term)
   return _final_evaluation(learner, state, host, game, seed, config, config_name, path)
 
 
@@ -110,7 +140,8 @@ def _save(ckpt_dir: Path, state: TrainState, env: AtariEnv, host: dict, keep: in
 
 
 def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dict,
-                config: SPRConfig, metrics_log: wd.MetricsLog, ckpt_dir: Path):
+                config: SPRConfig, metrics_log: wd.MetricsLog, ckpt_dir: Path,
+                term: _TermFlag | None = None):
   frame, action = host["frame"], host["action"]
   bar = _progress_bar(config.steps, host["step"], None)
   window = dict(loss=0.0, rl_loss=0.0, spr_loss=0.0, updates=0, returns=[])
@@ -159,9 +190,12 @@ def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dic
                    record["rl_loss"], record["spr_loss"], record["train_return"])
       window = dict(loss=0.0, rl_loss=0.0, spr_loss=0.0, updates=0, returns=[])
       t_window, step_window = now, done
-    if done % config.checkpoint_every == 0 or done == config.steps:
+    preempted = term is not None and term.set
+    if done % config.checkpoint_every == 0 or done == config.steps or preempted:
       host.update(step=done, frame=frame, action=action, elapsed=time.perf_counter() - t_start)
       _save(ckpt_dir, state, env, host, config.checkpoint_keep)
+    if preempted:
+      raise Preempted(f"SIGTERM: checkpointed at step {done} in {ckpt_dir}; rerun to resume")
   if bar is not None:
     bar.close()
   return state, host
