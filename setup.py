@@ -12,7 +12,7 @@ setup(
     install_requires=[
         "jax>=0.4.35",
         "dm-haiku>=0.0.13",  # plain dm-haiku: the [jax] extra resolves to an older release
-        "optax>=0.2.3",
+        "optax>=0.2.5",  # optax.tree.norm
         "chex>=0.1.87",  # shape/type assertions and variant tests (rlax style)
         "gymnasium>=1.0",
         "ale-py>=0.9",  # ships the ROMs

@@ -56,6 +56,21 @@ class SPRConfig:
   log_every: int = 1000  # env steps between metrics.jsonl lines
   checkpoint_every: int = 10_000  # env steps between checkpoints
   checkpoint_keep: int = 2
+  # BBF (Schwarzer et al., ICML 2023). The defaults keep SPR's behaviour; see the `bbf` config
+  # and agents/spr/learner.py ("BBF") for what each does and the reference code's values.
+  optimizer: str = "adam"  # "adam" | "adamw" (decoupled weight decay, biases not decayed)
+  weight_decay: float = 0.0  # AdamW weight decay (BBF 0.1; optax multiplies it by the lr)
+  n_step_final: int = 0  # n annealed exponentially from n_step down to this (0: fixed n_step)
+  gamma_start: float = 0.0  # gamma annealed from this up to `gamma` (0: fixed gamma)
+  anneal_updates: int = 0  # gradient updates of the annealing after the start and each reset
+  reset_every: int = 0  # env steps between shrink-and-perturb resets (0: never)
+  reset_until: int = 0  # no reset at step s unless s + reset_every <= reset_until
+  shrink_factor: float = 0.5  # weight of the old encoder/transition params at a reset
+  perturb_factor: float = 0.5  # weight of a fresh init at a reset (head etc.: fully fresh)
+  epsilon_train: float = 0.0  # final training epsilon (SPR: 0, noisy nets explore)
+  epsilon_decay_steps: int = 0  # linear 1 -> epsilon_train over this many steps after
+  #                               learn_start (0: random before learn_start, then epsilon_train)
+  act_with_target: bool = False  # act (training and evaluation) with the target params
 
   def network(self) -> NetworkConfig:
     return NetworkConfig(
@@ -82,6 +97,13 @@ class SPRConfig:
         (self.checkpoint_every > 0 and self.log_every > 0,
          "checkpoint_every and log_every must be > 0"),
         (self.checkpoint_keep >= 1, "checkpoint_keep must be >= 1"),
+        (self.optimizer in ("adam", "adamw"), "optimizer must be 'adam' or 'adamw'"),
+        (0 <= self.n_step_final <= self.n_step, "n_step_final must be in [0, n_step]"),
+        (self.anneal_updates >= 0 and self.reset_every >= 0, "anneal_updates and reset_every "
+         "must be >= 0"),
+        (0.0 <= self.epsilon_train <= 1.0, "epsilon_train must be in [0, 1]"),
+        (not self.act_with_target or self.target_tau < 1.0,
+         "act_with_target needs an EMA target (target_tau < 1)"),
     ]
     for ok, message in checks:
       if not ok:
@@ -98,9 +120,34 @@ _SMOKE = dict(
     log_every=100, checkpoint_every=100, updates_per_step=1,
 )
 
+# BBF as google-research/bigger_better_faster runs it (bbf/configs/BBF.gin, agents/spr_agent.py):
+# Impala x4, no noisy nets, AdamW (wd 0.1, no clipping), EMA target tau 0.005 for bootstrapping,
+# SPR targets and acting, n 10 -> 3 and gamma 0.97 -> 0.997 over 10k updates after each reset,
+# shrink-and-perturb (0.5/0.5) of encoder + transition model and fresh head/projection/predictor
+# every 20k env steps while step + 20k <= 100k (resets at 20k, 40k, 60k, 80k), epsilon 1 -> 0 over
+# steps 2000..4001, fixed PER exponent 0.5 for the importance weights, replay 200k.
+_BBF_RR2 = dict(
+    encoder="impala", impala_width=4, hidden=1024, transition_hidden=128, noisy=False,
+    optimizer="adamw", weight_decay=0.1, grad_clip=0.0, target_tau=0.005, act_with_target=True,
+    n_step=10, n_step_final=3, gamma=0.997, gamma_start=0.97, anneal_updates=10_000,
+    reset_every=20_000, reset_until=100_000, shrink_factor=0.5, perturb_factor=0.5,
+    epsilon_train=0.0, epsilon_decay_steps=2001, priority_beta_start=0.5, priority_beta_end=0.5,
+    replay_capacity=200_000, updates_per_step=2,
+)
+# Tiny BBF-like config for tests (every BBF mechanism, CPU-sized network).
+_BBF_SMOKE = dict(
+    _BBF_RR2, impala_width=1, hidden=16, num_atoms=11, transition_hidden=8, batch_size=4,
+    steps=300, learn_start=100, eval_episodes=2, n_step=4, n_step_final=2, spr_steps=2,
+    anneal_updates=40, reset_every=100, reset_until=300, epsilon_decay_steps=50,
+    replay_capacity=1000, log_every=100, checkpoint_every=100,
+)
+
 CONFIGS: dict[str, dict[str, Any]] = {
     "spr": {},
     "smoke": _SMOKE,
+    "bbf": dict(_BBF_RR2, updates_per_step=8),  # replay ratio 8 (the paper's headline BBF)
+    "bbf_rr2": _BBF_RR2,  # replay ratio 2, as the shipped BBF.gin (replay_ratio 64 / batch 32)
+    "bbf_smoke": _BBF_SMOKE,
 }
 
 

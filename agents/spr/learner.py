@@ -55,7 +55,14 @@ def make_optimizer(config: SPRConfig) -> optax.GradientTransformation:
   parts = []
   if config.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(config.grad_clip))
-  parts.append(optax.adam(config.learning_rate, eps=config.adam_eps))
+  if config.optimizer == "adamw":
+    # BBF: AdamW with decoupled weight decay on weights only (rank-1 params, biases and norm
+    # scales, are not decayed), as its create_scaling_optimizer(decay_bias=False).
+    parts.append(optax.adamw(config.learning_rate, eps=config.adam_eps,
+                             weight_decay=config.weight_decay,
+                             mask=lambda p: jax.tree.map(lambda x: x.ndim != 1, p)))
+  else:
+    parts.append(optax.adam(config.learning_rate, eps=config.adam_eps))
   return optax.chain(*parts)
 
 
@@ -74,7 +81,7 @@ class SPRLearner:
     self.optimizer = make_optimizer(config)
     self.support = jnp.linspace(config.v_min, config.v_max, config.num_atoms)
     # One compiled step per number of updates (0 during the random phase, then the config's).
-    self.step = jax.jit(self._step, static_argnames=("num_updates",), donate_argnums=0)
+    self.step = jax.jit(self._step, static_argnames=("num_updates", "reset"), donate_argnums=0)
     self.greedy_actions = jax.jit(self._greedy_actions)
 
   # ---------------------------------------------------------------- state
@@ -93,7 +100,7 @@ class SPRLearner:
 
   # ---------------------------------------------------------------- loss
   def loss(self, params: Params, target_params: Params, batch: dict, is_weights: jax.Array,
-           rng: jax.Array):
+           rng: jax.Array, n: jax.Array | None = None, gamma: jax.Array | None = None):
     """Importance-weighted C51 double-DQN loss plus the SPR loss (Schwarzer et al. 2021, Eq. 4).
 
     Args:
@@ -104,6 +111,7 @@ class SPRLearner:
         index 0 the transition from s_i.
       is_weights: `[B]` prioritised-replay importance weights (applied to both losses).
       rng: key for augmentation and noisy-layer noise.
+      n, gamma: traced n-step and discount (BBF annealing); None: the config's fixed values.
     Returns:
       (scalar loss, aux dict with per-sample `priorities` [B] and the loss parts).
     """
@@ -149,8 +157,12 @@ class SPRLearner:
     # ---- distributional RL loss on s_i.
     latent = encode(params, None, current)
     logits = q_logits(params, None, latent, keys[6])
-    returns, discounts = jax.vmap(losses.n_step_return, in_axes=(0, 0, None))(
-        batch["rewards"][:, :cfg.n_step], batch["terminals"][:, :cfg.n_step], cfg.gamma)
+    if n is None:
+      returns, discounts = jax.vmap(losses.n_step_return, in_axes=(0, 0, None))(
+          batch["rewards"][:, :cfg.n_step], batch["terminals"][:, :cfg.n_step], cfg.gamma)
+    else:  # BBF: annealed n and gamma (traced); steps >= n are masked inside n_step_return
+      returns, discounts = jax.vmap(losses.n_step_return, in_axes=(0, 0, None, None))(
+          batch["rewards"][:, :cfg.n_step], batch["terminals"][:, :cfg.n_step], gamma, n)
     rl_args = (logits, batch["actions"][:, 0], returns, discounts, next_logits_target, selector)
     rl_loss = losses.batched_categorical_double_q_loss(*rl_args, self.support)
     # The SPR code prioritises by KL(target || prediction), not by the cross-entropy.
@@ -187,8 +199,16 @@ class SPRLearner:
     batch, indices, is_weights = replay.replay_sample(
         state.replay, sample_key, cfg.batch_size, cfg.n_step, cfg.spr_steps, beta,
         cfg.priority_alpha)
+    anneal = {}
+    if annealing(cfg):
+      n, gamma = self.annealed_n_gamma(cycle_updates(cfg, state.env_step, state.update_step))
+      # Bootstrap stack s_{t+n} at the traced n: one small gather per possible n, then select.
+      options = [replay.replay_gather(state.replay, indices, m, 0).next_observations
+                 for m in range(cfg.n_step_final, cfg.n_step + 1)]
+      batch = batch.replace(next_observations=jnp.stack(options)[n - cfg.n_step_final])
+      anneal = dict(n=n, gamma=gamma)
     (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(
-        state.params, state.target_params, batch, is_weights, loss_key)
+        state.params, state.target_params, batch, is_weights, loss_key, **anneal)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if cfg.target_tau == 1.0:
@@ -196,7 +216,7 @@ class SPRLearner:
     else:
       target_params = optax.incremental_update(params, state.target_params, cfg.target_tau)
     new_replay = replay.replay_update_priorities(state.replay, indices, aux["priorities"])
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     metrics = StepMetrics(loss=loss, rl_loss=aux["rl_loss"], spr_loss=aux["spr_loss"],
                           updates=jnp.ones((), jnp.int32), finite=finite)
     return state._replace(params=params, target_params=target_params, opt_state=opt_state,
@@ -212,10 +232,60 @@ class SPRLearner:
     latent = encode(params, None, stacks.astype(jnp.float32) / 255.0)
     return jnp.argmax(q_values(q_logits(params, None, latent, noise_rng), self.support), axis=-1)
 
+  # ---------------------------------------------------------------- BBF
+  def annealed_n_gamma(self, cycle: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """BBF's exponential interpolation after each reset, p = min(cycle / anneal_updates, 1):
+    n = round(n_max * (n_final / n_max)^p) (10 -> 3) and 1 - gamma = (1 - gamma_start)^(1-p) *
+    (1 - gamma)^p (0.97 -> 0.997), as exponential_decay_scheduler in BBF's spr_agent.py."""
+    cfg = self.config
+    p = jnp.minimum(cycle.astype(jnp.float32) / cfg.anneal_updates, 1.0)
+    n = jnp.round(cfg.n_step * jnp.power(cfg.n_step_final / cfg.n_step, p)).astype(jnp.int32)
+    n = jnp.clip(n, cfg.n_step_final, cfg.n_step)
+    one_minus = jnp.power(1.0 - cfg.gamma_start, 1.0 - p) * jnp.power(1.0 - cfg.gamma, p)
+    return n, (1.0 - one_minus).astype(jnp.float32)
+
+  def reset(self, state: TrainState) -> TrainState:
+    """BBF shrink-and-perturb reset (its jit_reset with BBF.gin's settings): encoder and
+    transition model become shrink * old + perturb * fresh init; head, projection and predictor
+    are replaced by the fresh init; the EMA target gets the same treatment with ANOTHER fresh init;
+    the optimiser state is re-initialised (BBF copies no optimiser entries)."""
+    cfg = self.config
+    rng, k_online, k_target = jax.random.split(state.rng, 3)
+    dummy = jnp.zeros((1, 4, 84, 84), jnp.float32)
+
+    def mix(old, key):
+      fresh = self.network.init(key, dummy)
+      return {m: {k: (cfg.shrink_factor * v + cfg.perturb_factor * fresh[m][k]
+                      if _shrink_perturbed(m) else fresh[m][k]) for k, v in mod.items()}
+              for m, mod in old.items()}
+
+    params = mix(state.params, k_online)
+    target = () if cfg.target_tau == 1.0 else mix(state.target_params, k_target)
+    return state._replace(params=params, target_params=target,
+                          opt_state=self.optimizer.init(params), rng=rng)
+
+  def epsilon(self, env_step: jax.Array) -> jax.Array:
+    """Training epsilon after `env_step` transitions: dopamine's linearly_decaying_epsilon
+    (1 until learn_start, then linear to epsilon_train over epsilon_decay_steps)."""
+    cfg = self.config
+    if cfg.epsilon_decay_steps == 0:
+      return jnp.where(env_step < cfg.learn_start, 1.0, cfg.epsilon_train)
+    left = (cfg.epsilon_decay_steps + cfg.learn_start - env_step).astype(jnp.float32)
+    bonus = jnp.clip((1.0 - cfg.epsilon_train) * left / cfg.epsilon_decay_steps, 0.0,
+                     1.0 - cfg.epsilon_train)
+    return cfg.epsilon_train + bonus
+
+  def acting_params(self, state: TrainState) -> Params:
+    """The parameters that act (training and evaluation): BBF acts with its EMA target."""
+    return state.target_params if self.config.act_with_target else state.params
+
   def _step(self, state: TrainState, frame: jax.Array, action: jax.Array, reward: jax.Array,
-            terminal: jax.Array, next_stack: jax.Array, num_updates: int):
+            terminal: jax.Array, next_stack: jax.Array, num_updates: int, reset: bool = False):
     """Adds (frame, action, clipped reward, terminal), runs `num_updates` updates, then picks
-    the action for `next_stack`: uniformly random before `learn_start`, else greedy with noise."""
+    the action for `next_stack`: uniformly random before `learn_start`, else greedy with noise
+    (SPR); epsilon-greedy with the acting parameters when the config has an epsilon schedule
+    (BBF). `reset` (static; the caller decides it with `is_reset_step`) applies a BBF
+    shrink-and-perturb reset after the updates."""
     cfg = self.config
     new_replay = replay.replay_add(state.replay, frame, action, reward, terminal)
     state = state._replace(replay=new_replay, env_step=state.env_step + 1)
@@ -233,16 +303,59 @@ class SPRLearner:
           spr_loss=sum(m.spr_loss for m in per_update),
           updates=sum(m.updates for m in per_update),
           finite=jnp.all(jnp.stack([m.finite for m in per_update])))
+    if reset:
+      state = self.reset(state)
     rng, act_key, noise_key = jax.random.split(state.rng, 3)
-    greedy = self._greedy_actions(state.params, next_stack[None], noise_key)[0]
-    random_action = jax.random.randint(act_key, (), 0, self.num_actions)
-    next_action = jnp.where(state.env_step < cfg.learn_start, random_action, greedy)
+    greedy = self._greedy_actions(self.acting_params(state), next_stack[None], noise_key)[0]
+    if cfg.epsilon_decay_steps == 0 and cfg.epsilon_train == 0.0:  # SPR: noisy nets explore
+      random_action = jax.random.randint(act_key, (), 0, self.num_actions)
+      next_action = jnp.where(state.env_step < cfg.learn_start, random_action, greedy)
+    else:
+      coin_key, random_key = jax.random.split(act_key)
+      random_action = jax.random.randint(random_key, (), 0, self.num_actions)
+      explore = jax.random.uniform(coin_key) < self.epsilon(state.env_step)
+      next_action = jnp.where(explore, random_action, greedy)
     return state._replace(rng=rng), next_action.astype(jnp.int32), metrics
 
   def first_action(self, state: TrainState) -> tuple[TrainState, jax.Array]:
     """The action for the very first state (always in the random phase when learn_start > 0)."""
     rng, key = jax.random.split(state.rng)
     return state._replace(rng=rng), jax.random.randint(key, (), 0, self.num_actions)
+
+
+def _shrink_perturbed(module_name: str) -> bool:
+  """Haiku modules BBF shrinks and perturbs at a reset (its "encoder,transition_model")."""
+  return "/encoder" in module_name or "/transition" in module_name
+
+
+def annealing(config: SPRConfig) -> bool:
+  return config.anneal_updates > 0 and (
+      (config.n_step_final and config.n_step_final != config.n_step)
+      or (config.gamma_start and config.gamma_start != config.gamma))
+
+
+def updates_through(config: SPRConfig, env_step):
+  """Gradient updates done once the step that stored transition number `env_step` has run
+  (the trainers update from the step where `learn_start` transitions are stored on)."""
+  return config.updates_per_step * jnp.maximum(env_step - config.learn_start + 1, 0)
+
+
+def is_reset_step(config: SPRConfig, env_step: int) -> bool:
+  """Whether the step that stores transition number `env_step` ends with a BBF reset: every
+  `reset_every` steps while `env_step + reset_every <= reset_until` (BBF's no_resets_after)."""
+  r = config.reset_every
+  return bool(r > 0 and env_step > 0 and env_step % r == 0 and env_step + r <= config.reset_until)
+
+
+def cycle_updates(config: SPRConfig, env_step: jax.Array, update_step: jax.Array) -> jax.Array:
+  """Updates since the last reset before this step's updates (since the start if none): the
+  clock of BBF's n / gamma annealing, a pure function of the counters."""
+  r = config.reset_every
+  if r <= 0 or config.reset_until < 2 * r:
+    return update_step
+  last_allowed = ((config.reset_until - r) // r) * r
+  last = jnp.minimum(((env_step - 1) // r) * r, last_allowed)
+  return jnp.where(last > 0, update_step - updates_through(config, last), update_step)
 
 
 @functools.lru_cache(maxsize=None)
@@ -256,4 +369,5 @@ def param_count(params: Params) -> int:
 
 
 __all__ = ["SPRLearner", "TrainState", "StepMetrics", "make_optimizer", "q_values",
-           "learner_for", "param_count"]
+           "learner_for", "param_count", "is_reset_step", "cycle_updates", "updates_through",
+           "annealing"]

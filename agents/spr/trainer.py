@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from agents.spr.config import SPRConfig
-from agents.spr.learner import SPRLearner, TrainState, param_count
+from agents.spr.learner import SPRLearner, TrainState, is_reset_step, param_count
 from envs import games
 from envs.atari import AtariEnv, clip_reward
 from envs.evaluation import evaluate
@@ -152,9 +152,11 @@ def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dic
     next_frame, reward, terminal, info = env.step(action)
     # Updates start once `learn_start` transitions are stored (rlpyt's min_steps_learn).
     num_updates = config.updates_per_step if step + 1 >= config.learn_start else 0
+    # BBF resets (static flag: only the reset steps compile/run the reset).
+    reset = dict(reset=True) if is_reset_step(config, step + 1) else {}
     state, next_action, m = learner.step(
         state, frame, np.int32(action), clip_reward(reward), np.bool_(terminal), env.stack,
-        num_updates=num_updates)
+        num_updates=num_updates, **reset)
     action, m = jax.device_get((next_action, m))
     action = int(action)
     frame = next_frame
@@ -206,7 +208,7 @@ def _final_evaluation(learner: SPRLearner, state: TrainState, host: dict, game: 
   t0 = time.perf_counter()
   episodes = []
   if config.eval_episodes:
-    act = make_eval_act_fn(learner, state.params, config.eval_episodes)
+    act = make_eval_act_fn(learner, learner.acting_params(state), config.eval_episodes)
     episodes = evaluate(act, game, num_episodes=config.eval_episodes,
                         seed=seed + EVAL_SEED_OFFSET, epsilon=config.eval_epsilon)
   wd.write_eval_csv(path, episodes)

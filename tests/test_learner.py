@@ -1,0 +1,171 @@
+"""The SPR learner: loss plumbing (weights, masks, jit), the update, the fused step."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from agents.spr.config import make_config
+from agents.spr.learner import SPRLearner, q_values
+from spr import losses, replay
+
+NUM_ACTIONS = 3
+
+
+def smoke(**overrides):
+  return make_config("smoke", overrides)
+
+
+def make_batch(config, b=4, seed=0, terminal_at=None):
+  rng = np.random.default_rng(seed)
+  k, h = config.spr_steps, max(config.n_step, config.spr_steps)
+  terminals = np.zeros((b, h + 1), bool)
+  if terminal_at is not None:
+    terminals[:, terminal_at] = True
+  return dict(
+      observations=jnp.asarray(rng.integers(0, 255, (b, k + 1, 4, 84, 84), dtype=np.uint8)),
+      next_observations=jnp.asarray(rng.integers(0, 255, (b, 4, 84, 84), dtype=np.uint8)),
+      actions=jnp.asarray(rng.integers(0, NUM_ACTIONS, (b, k + 1)), jnp.int32),
+      rewards=jnp.asarray(rng.choice([-1.0, 0.0, 1.0], (b, h + 1)), jnp.float32),
+      terminals=jnp.asarray(terminals))
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = smoke()
+  learner = SPRLearner(config, NUM_ACTIONS)
+  state = learner.init(jax.random.PRNGKey(0))
+  return config, learner, state
+
+
+def loss_parts(learner, params, batch, weights, key=1):
+  return learner.loss(params, (), batch, weights, jax.random.PRNGKey(key))
+
+
+def test_loss_same_with_and_without_jit(setup):
+  config, learner, state = setup
+  batch, w = make_batch(config), jnp.ones(4)
+  eager, aux_e = loss_parts(learner, state.params, batch, w)
+  jitted, aux_j = jax.jit(lambda p, b, w: loss_parts(learner, p, b, w))(state.params, batch, w)
+  np.testing.assert_allclose(eager, jitted, rtol=1e-5)
+  np.testing.assert_allclose(aux_e["priorities"], aux_j["priorities"], rtol=1e-5)
+  assert aux_e["priorities"].shape == (4,) and np.all(aux_e["priorities"] > 0)
+
+
+def test_total_is_importance_weighted_sum_of_rl_and_weighted_spr(setup):
+  config, _, state = setup
+  batch = make_batch(config)
+  w = jnp.array([0.25, 0.5, 1.0, 0.75])
+  results = {}
+  for weight in (0.0, 5.0):
+    learner = SPRLearner(dataclasses.replace(config, spr_weight=weight), NUM_ACTIONS)
+    results[weight] = loss_parts(learner, state.params, batch, w)
+  (l0, a0), (l5, a5) = results[0.0], results[5.0]
+  np.testing.assert_allclose(a0["rl_loss"], a5["rl_loss"], rtol=1e-6)  # same rng, same RL part
+  assert float(a0["spr_loss"]) == 0.0 and float(a5["spr_loss"]) > 0
+  # Doubling every importance weight doubles the loss.
+  learner5 = SPRLearner(dataclasses.replace(config, spr_weight=5.0), NUM_ACTIONS)
+  l5x2, _ = loss_parts(learner5, state.params, batch, 2 * w)
+  np.testing.assert_allclose(l5x2, 2 * l5, rtol=1e-5)
+
+
+def test_terminal_at_the_first_transition_masks_every_spr_step(setup):
+  config, learner, state = setup
+  _, aux = loss_parts(learner, state.params, make_batch(config, terminal_at=0), jnp.ones(4))
+  assert float(aux["spr_loss"]) == 0.0
+  # The SPR code's convention: step k is valid iff no terminal among d_0..d_k.
+  _, aux = loss_parts(learner, state.params, make_batch(config, terminal_at=1), jnp.ones(4))
+  assert float(aux["spr_loss"]) == 0.0
+  _, aux = loss_parts(learner, state.params, make_batch(config, terminal_at=2), jnp.ones(4))
+  assert float(aux["spr_loss"]) > 0.0  # spr_steps = 2 in smoke: step 1 valid, step 2 masked
+
+
+def test_rl_loss_matches_the_c51_loss_of_the_network_outputs():
+  config = smoke(augmentation=False, noisy=False, spr_steps=0)
+  learner = SPRLearner(config, NUM_ACTIONS)
+  state = learner.init(jax.random.PRNGKey(0))
+  batch = make_batch(config)
+  _, aux = loss_parts(learner, state.params, batch, jnp.ones(4))
+  encode, _, q_logits, _, _ = learner.network.apply
+  obs = batch["observations"][:, 0].astype(jnp.float32) / 255
+  nxt = batch["next_observations"].astype(jnp.float32) / 255
+  logits = q_logits(state.params, None, encode(state.params, None, obs), None)
+  next_logits = q_logits(state.params, None, encode(state.params, None, nxt), None)
+  ret, disc = losses.batched_n_step_return(batch["rewards"][:, :3], batch["terminals"][:, :3],
+                                           config.gamma)
+  expected = losses.batched_categorical_double_q_loss(
+      logits, batch["actions"][:, 0], ret, disc, next_logits,
+      q_values(next_logits, learner.support), learner.support)
+  np.testing.assert_allclose(aux["rl_loss"], jnp.mean(expected), rtol=1e-5)
+  np.testing.assert_allclose(ret[0], sum(0.99 ** j * float(batch["rewards"][0, j])
+                                         for j in range(3)), rtol=1e-5)
+
+
+def filled_state(learner, config, n=60, seed=0):
+  state = learner.init(jax.random.PRNGKey(seed))
+  rng = np.random.default_rng(seed)
+  buf = state.replay
+  for t in range(n):
+    buf = replay.replay_add(buf, rng.integers(0, 255, (84, 84), dtype=np.uint8),
+                            np.int32(rng.integers(NUM_ACTIONS)), np.float32(rng.choice([-1, 0, 1])),
+                            np.bool_(t % 17 == 16))
+  return state._replace(replay=buf, env_step=jnp.int32(n))
+
+
+def test_update_applies_adam_and_sets_priorities(setup):
+  config, learner, _ = setup
+  state = filled_state(learner, config)
+  before = jax.tree.map(np.asarray, state.params)
+  new, m = jax.jit(learner.update)(state)
+  assert bool(m.finite) and int(new.update_step) == 1
+  changed = [not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(before), jax.tree.leaves(new.params))]
+  assert all(changed)
+  # Adam's first step moves every parameter by about lr (bias-corrected m/sqrt(v) = +-1).
+  deltas = [np.abs(np.asarray(a) - b).max() for a, b in
+            zip(jax.tree.leaves(new.params), jax.tree.leaves(before))]
+  assert max(deltas) <= config.learning_rate * 1.01
+  pr = np.asarray(new.replay.priorities)
+  assert np.sum(pr[:60] != 1.0) >= 1  # sampled slots got their KL priority
+
+
+def test_ema_target_follows_the_exact_update_rule():
+  config = smoke(target_tau=0.25)
+  learner = SPRLearner(config, NUM_ACTIONS)
+  state = filled_state(learner, config)
+  state = state._replace(target_params=jax.tree.map(lambda x: x * 0.5, state.params))
+  new, _ = jax.jit(learner.update)(state)
+  for tgt_new, tgt_old, p_new in zip(*(jax.tree.leaves(t) for t in
+                                       (new.target_params, state.target_params, new.params))):
+    np.testing.assert_allclose(tgt_new, 0.25 * p_new + 0.75 * tgt_old, rtol=1e-6, atol=1e-7)
+
+
+def test_step_adds_the_transition_and_acts_randomly_before_learn_start(setup):
+  config, learner, _ = setup
+  state = learner.init(jax.random.PRNGKey(3))
+  frame = np.full((84, 84), 7, np.uint8)
+  stack = np.zeros((4, 84, 84), np.uint8)
+  actions = []
+  for t in range(30):
+    state, action, m = learner.step(state, frame, np.int32(t % NUM_ACTIONS), np.float32(1.0),
+                                    np.bool_(False), stack, num_updates=0)
+    actions.append(int(action))
+  assert int(state.env_step) == 30 and int(state.replay.add_count) == 30
+  assert int(m.updates) == 0
+  np.testing.assert_array_equal(np.asarray(state.replay.frames[:30]), 7)
+  np.testing.assert_array_equal(np.asarray(state.replay.actions[:30]),
+                                np.arange(30) % NUM_ACTIONS)
+  assert set(actions) == set(range(NUM_ACTIONS))  # uniform random: every action shows up
+
+
+def test_optimizer_clips_the_global_norm():
+  config = smoke(grad_clip=1.0, learning_rate=1.0, adam_eps=1e8)
+  opt = SPRLearner(config, NUM_ACTIONS).optimizer
+  params = {"w": jnp.zeros(4)}
+  grads = {"w": jnp.array([30.0, 40.0, 0.0, 0.0])}  # norm 50 -> clipped to 1
+  updates, _ = opt.update(grads, opt.init(params), params)
+  # With a huge eps, Adam's step is lr * m_hat / eps = (1 - 0.9) g_clipped / (1 - 0.9) / eps.
+  np.testing.assert_allclose(-np.asarray(updates["w"]) * 1e8, [0.6, 0.8, 0, 0], rtol=1e-5)
+  assert optax.tree.norm(updates) < 1e-7
