@@ -42,6 +42,11 @@ def renormalize(latent: jax.Array) -> jax.Array:
   return (latent - lo) / jnp.maximum(hi - lo, 1e-8)
 
 
+def scale_gradient(x: jax.Array, scale: float) -> jax.Array:
+  """Identity in the forward pass; multiplies the gradient by `scale` in the backward pass."""
+  return x * scale + jax.lax.stop_gradient(x * (1.0 - scale))
+
+
 def _conv(channels: int, kernel: int, stride: int, padding: str, in_channels: int, name: str):
   return hk.Conv2D(channels, kernel, stride=stride, padding=padding, w_init=TORCH_INIT,
                    b_init=torch_bias_init(in_channels * kernel * kernel), name=name)
@@ -166,11 +171,129 @@ class NoisyLinear(hk.Module):
     return x @ w_mu + b_mu + noisy + b_sigma * eps_out
 
 
+def _kaiming_normal(fan: int, gain: float = 1.0) -> hk.initializers.Initializer:
+  return hk.initializers.RandomNormal(stddev=gain * (2.0 / fan) ** 0.5)
+
+
+class SampleNorm(hk.Module):
+  """Per-sample normalisation over (H, W, C) with a per-channel affine map: torch's
+  GroupNorm(1, C), SGI's `norm_type="ln"`. Used by the SGI ResNet instead of SGI's BatchNorm:
+  our networks are pure functions of their parameters (no running statistics), and batch
+  statistics would make an action depend on the rest of the batch (evaluation pads batches)."""
+
+  def __init__(self, eps: float = 1e-5, zero_scale: bool = False, name: str | None = None):
+    super().__init__(name=name)
+    self.eps = eps
+    self.zero_scale = zero_scale
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    axes = tuple(range(1, x.ndim))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.var(x, axis=axes, keepdims=True)
+    scale = hk.get_parameter("scale", (x.shape[-1],),
+                             init=jnp.zeros if self.zero_scale else jnp.ones)
+    offset = hk.get_parameter("offset", (x.shape[-1],), init=jnp.zeros)
+    return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + offset
+
+
+def _norm(kind: str, zero_scale: bool, name: str):
+  if kind == "layer":
+    return SampleNorm(zero_scale=zero_scale, name=name)
+  if kind == "batch":
+    return BatchStatNorm(name=name)
+  if kind == "none":
+    return lambda x: x
+  raise ValueError(f"unknown norm {kind!r}: expected 'layer', 'batch' or 'none'")
+
+
+class InvertedResidual(hk.Module):
+  """MobileNetV2 inverted-residual block as SGI's encoder uses it (mila-iqia/SGI src/networks.py
+  `InvertedResidual`): 1x1 expand -> norm -> ReLU -> 3x3 depthwise (stride, pad 1) -> norm ->
+  ReLU -> 1x1 project -> norm (scale initialised to 0, so the block starts as its shortcut); the
+  shortcut is a conv with kernel = stride = `stride` when stride != 1. Fixup-style init
+  N(0, 2 / (out * k * k)) * num_layers^-1/4 for the block's convolutions."""
+
+  def __init__(self, channels: int, stride: int, expand: float, num_layers: int,
+               norm: str = "layer", name: str | None = None):
+    super().__init__(name=name)
+    self.channels, self.stride, self.expand = channels, stride, expand
+    self.num_layers, self.norm = num_layers, norm
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    in_ch = x.shape[-1]
+    hidden = int(round(in_ch * self.expand))
+    fix = self.num_layers ** -0.25
+    s = self.stride
+    if s != 1:
+      shortcut = hk.Conv2D(self.channels, s, stride=s, padding="VALID",
+                           w_init=_kaiming_normal(self.channels * s * s),
+                           b_init=torch_bias_init(in_ch * s * s), name="downsample")(x)
+    else:
+      shortcut = x
+    y = hk.Conv2D(hidden, 1, w_init=_kaiming_normal(hidden, fix),
+                  b_init=torch_bias_init(in_ch), name="expand")(x)
+    y = jax.nn.relu(_norm(self.norm, False, "norm0")(y))
+    y = jnp.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    y = hk.DepthwiseConv2D(1, 3, stride=s, padding="VALID", w_init=_kaiming_normal(hidden * 9, fix),
+                           b_init=torch_bias_init(9), name="depthwise")(y)
+    y = jax.nn.relu(_norm(self.norm, False, "norm1")(y))
+    y = hk.Conv2D(self.channels, 1, w_init=_kaiming_normal(self.channels, fix),
+                  b_init=torch_bias_init(hidden), name="project")(y)
+    y = _norm(self.norm, self.norm != "none", "norm2")(y)
+    return shortcut + y
+
+
+class SGIResNetEncoder(hk.Module):
+  """SGI's encoder (mila-iqia/SGI `ResnetCNN`): 3 groups of inverted-residual blocks, widths
+  `channels` (32/64/64 x scale), strides 3/2/2 (84 -> 28 -> 14 -> 7), `blocks` per group, expand
+  ratio `expand`. SGI-M: scale 1, 3 blocks, expand 2; SGI-M/L: scale 1.5, 5 blocks, expand 4.
+  No final ReLU (the latent is min-max renormalised after it)."""
+
+  def __init__(self, channels: Sequence[int] = (32, 64, 64), blocks: int = 3, expand: float = 2,
+               strides: Sequence[int] = (3, 2, 2), norm: str = "layer", name: str = "encoder"):
+    super().__init__(name=name)
+    self.channels, self.blocks, self.expand = tuple(channels), blocks, expand
+    self.strides, self.norm = tuple(strides), norm
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    num_layers = self.blocks * len(self.channels)
+    for i, (ch, s) in enumerate(zip(self.channels, self.strides)):
+      for j in range(self.blocks):
+        x = InvertedResidual(ch, s if j == 0 else 1, self.expand, num_layers, self.norm,
+                             name=f"group{i}_block{j}")(x)
+    return x
+
+
+# Named SGI encoder sizes: (width scale of encoder_channels, blocks per group, expand ratio).
+SGI_ENCODERS = {"sgi_m": (1.0, 3, 2), "sgi_ml": (1.5, 5, 4)}
+
+
+class GoalFiLM(hk.Module):
+  """SGI's goal conditioner with `conditioning_type=[goal_only, film]`, `conv_goal=True`
+  (mila-iqia/SGI `GoalConditioning`): the goal latent (as a feature map) -> conv3x3(2c) -> ReLU
+  -> conv3x3(2c) -> ReLU -> flatten -> Linear(2 streams x (bias, scale) x hidden)."""
+
+  def __init__(self, hidden: int, name: str = "goal_film"):
+    super().__init__(name=name)
+    self.hidden = hidden
+
+  def __call__(self, goal_map: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """goal_map `[B, h, w, c]` -> (advantage bias, advantage scale, value bias, value scale)."""
+    c = goal_map.shape[-1]
+    x = jax.nn.relu(_conv(2 * c, 3, 1, "SAME", c, "conv0")(goal_map))
+    x = jax.nn.relu(_conv(2 * c, 3, 1, "SAME", 2 * c, "conv1")(x))
+    x = x.reshape(x.shape[0], -1)
+    out = hk.Linear(4 * self.hidden, w_init=TORCH_INIT, b_init=torch_bias_init(x.shape[-1]),
+                    name="linear")(x)
+    out = out.reshape(x.shape[0], 2, 2, self.hidden)
+    return out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1]
+
+
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
   """Architecture of an SPR-family network."""
-  encoder: str = "nature"  # "nature" | "impala"
-  encoder_channels: tuple[int, ...] = (32, 64, 64)  # nature only
+  encoder: str = "nature"  # "nature" | "impala" | "sgi_m" | "sgi_ml" (SGI_ENCODERS)
+  encoder_channels: tuple[int, ...] = (32, 64, 64)  # nature; sgi_* (times the size's scale)
   impala_width: int = 4  # impala only
   hidden: int = 256  # units of each dueling stream's hidden layer (projection = 2 * hidden)
   num_atoms: int = 51
@@ -178,6 +301,7 @@ class NetworkConfig:
   noisy_std: float = 0.5
   transition_hidden: int = 64
   predictor: str = "linear"  # "linear" (learned); closed-form ones plug in through spr.predictors
+  resnet_norm: str = "layer"  # sgi_* encoders: "layer" (per sample) | "batch" | "none"
 
 
 class SPRNetwork(hk.Module):
@@ -196,8 +320,13 @@ class SPRNetwork(hk.Module):
       self._encoder = NatureEncoder(config.encoder_channels)
     elif config.encoder == "impala":
       self._encoder = ImpalaEncoder(config.impala_width)
+    elif config.encoder in SGI_ENCODERS:
+      scale, blocks, expand = SGI_ENCODERS[config.encoder]
+      self._encoder = SGIResNetEncoder(tuple(int(c * scale) for c in config.encoder_channels),
+                                       blocks, expand, norm=config.resnet_norm)
     else:
-      raise ValueError(f"unknown encoder {config.encoder!r}: expected 'nature' or 'impala'")
+      raise ValueError(f"unknown encoder {config.encoder!r}: expected 'nature', 'impala' or "
+                       f"one of {sorted(SGI_ENCODERS)}")
     self._transition = TransitionModel(num_actions, config.transition_hidden)
     std = config.noisy_std if config.noisy else 0.0
     self._value_hidden = NoisyLinear(config.hidden, std, name="value_hidden")
@@ -215,8 +344,12 @@ class SPRNetwork(hk.Module):
     return self._transition(latent, action)
 
   def q_logits(self, latent: jax.Array, noise_rng: jax.Array | None) -> jax.Array:
-    """Dueling C51 logits `[B, num_actions, num_atoms]`; noise off when `noise_rng` is None."""
-    x = latent.reshape(latent.shape[0], -1)
+    """Dueling C51 logits `[B, num_actions, num_atoms]`; noise off when `noise_rng` is None.
+
+    The gradient entering the head is scaled by 1/sqrt(2) (Wang et al. 2016, as the SPR code's
+    dueling head does); the projection path is not scaled.
+    """
+    x = scale_gradient(latent.reshape(latent.shape[0], -1), 2 ** -0.5)
     keys = [None] * 4 if (noise_rng is None or not self.config.noisy) else list(
         jax.random.split(noise_rng, 4))
     value = self._value_out(jax.nn.relu(self._value_hidden(x, keys[0])), keys[1])
@@ -252,5 +385,76 @@ def make_spr_network(config: NetworkConfig, num_actions: int) -> hk.MultiTransfo
       return net.predict(net.project(nxt))
 
     return init, (net.encode, net.transition, net.q_logits, net.project, net.predict)
+
+  return hk.multi_transform(functions)
+
+
+class SGINetwork(SPRNetwork):
+  """SPR's network plus SGI's pretraining heads (mila-iqia/SGI src/models.py, src/networks.py).
+
+  Same module names as `SPRNetwork` for everything finetuning reuses (encoder, transition,
+  value_hidden / advantage_hidden = the first head layer, which is also the SPR projection, and
+  predictor), so a pretrained parameter dict loads into an SPR network by name. Added:
+  * a goal-conditioned dueling C51 head: the first layers are SHARED with the projection (SGI's
+    `q_l1` projection is built from `goal_linears[0]`, `goal_linears[2]`, and finetuning copies
+    them into the RL head), FiLM from the goal (`GoalFiLM`) applied after their ReLU, then
+    `goal_value_out` / `goal_advantage_out`. SGI's code computes the value stream as
+    `advantage_hidden * value_scales + value_biases` (src/networks.py, a typo reusing the advantage
+    stream); we use the value stream's own hidden layer, as the head's design intends.
+  * the inverse dynamics model: Linear(2P, 256) -> ReLU -> Linear(256, A) on [projection at k,
+    target projection at k+1] (`InverseModelHead`).
+  Pretraining runs without noise (SGI pretrains with noisy_nets_std 0): build it with noisy=False.
+  """
+
+  def __init__(self, config: NetworkConfig, num_actions: int, name: str = "spr"):
+    super().__init__(config, num_actions, name=name)
+    std = config.noisy_std if config.noisy else 0.0
+    self._film = GoalFiLM(config.hidden)
+    self._goal_value_out = NoisyLinear(config.num_atoms, std, name="goal_value_out")
+    self._goal_adv_out = NoisyLinear(num_actions * config.num_atoms, std,
+                                     name="goal_advantage_out")
+    self._inverse_hidden = hk.Linear(256, w_init=TORCH_INIT,
+                                     b_init=torch_bias_init(4 * config.hidden),
+                                     name="inverse_hidden")
+    self._inverse_out = hk.Linear(num_actions, w_init=TORCH_INIT, b_init=torch_bias_init(256),
+                                  name="inverse_out")
+
+  def goal_q_logits(self, latent: jax.Array, goal: jax.Array) -> jax.Array:
+    """Goal-conditioned dueling C51 logits `[B, A, N]` (no noise) for latent `[B, h, w, c]` and
+    flattened goals `[B, h * w * c]`."""
+    b = latent.shape[0]
+    x = latent.reshape(b, -1)
+    adv_bias, adv_scale, value_bias, value_scale = self._film(goal.reshape(latent.shape))
+    adv_h = jax.nn.relu(self._adv_hidden(x, None)) * adv_scale + adv_bias
+    value_h = jax.nn.relu(self._value_hidden(x, None)) * value_scale + value_bias
+    adv = self._goal_adv_out(adv_h, None).reshape(b, self.num_actions, self.config.num_atoms)
+    value = self._goal_value_out(value_h, None)[:, None, :]
+    return value + adv - jnp.mean(adv, axis=1, keepdims=True)
+
+  def inverse(self, projection: jax.Array, next_projection: jax.Array) -> jax.Array:
+    """Action logits `[B, A]` from projections `[B, P]` of s_k (online) and s_{k+1} (target)."""
+    x = jnp.concatenate([projection, next_projection], axis=-1)
+    return self._inverse_out(jax.nn.relu(self._inverse_hidden(x)))
+
+
+def make_sgi_network(config: NetworkConfig, num_actions: int) -> hk.MultiTransformed:
+  """Pure functions of an SGI pretraining network: `apply` is the tuple
+  `(encode, transition, q_logits, project, predict, goal_q_logits, inverse)`."""
+
+  def functions():
+    net = SGINetwork(config, num_actions)
+
+    def init(observations):
+      latent = net.encode(observations)
+      net.q_logits(latent, None)
+      flat = latent.reshape(latent.shape[0], -1)
+      net.goal_q_logits(latent, flat)
+      nxt = net.transition(latent, jnp.zeros((observations.shape[0],), jnp.int32))
+      proj = net.project(nxt)
+      net.inverse(proj, proj)
+      return net.predict(proj)
+
+    return init, (net.encode, net.transition, net.q_logits, net.project, net.predict,
+                  net.goal_q_logits, net.inverse)
 
   return hk.multi_transform(functions)

@@ -160,12 +160,18 @@ def test_step_adds_the_transition_and_acts_randomly_before_learn_start(setup):
   assert set(actions) == set(range(NUM_ACTIONS))  # uniform random: every action shows up
 
 
-def test_optimizer_clips_the_global_norm():
+def test_optimizer_clips_stem_and_transition_separately_and_not_the_predictor():
   config = smoke(grad_clip=1.0, learning_rate=1.0, adam_eps=1e8)
   opt = SPRLearner(config, NUM_ACTIONS).optimizer
-  params = {"w": jnp.zeros(4)}
-  grads = {"w": jnp.array([30.0, 40.0, 0.0, 0.0])}  # norm 50 -> clipped to 1
+  g = jnp.array([30.0, 40.0, 0.0, 0.0])  # norm 50
+  params = {"spr/~/encoder/conv0": {"w": jnp.zeros(4)},
+            "spr/~/transition/conv0": {"w": jnp.zeros(4)},
+            "spr/~/predictor": {"w": jnp.zeros(4)}}
+  grads = {"spr/~/encoder/conv0": {"w": g}, "spr/~/transition/conv0": {"w": 2 * g},
+           "spr/~/predictor": {"w": g}}
   updates, _ = opt.update(grads, opt.init(params), params)
-  # With a huge eps, Adam's step is lr * m_hat / eps = (1 - 0.9) g_clipped / (1 - 0.9) / eps.
-  np.testing.assert_allclose(-np.asarray(updates["w"]) * 1e8, [0.6, 0.8, 0, 0], rtol=1e-5)
-  assert optax.tree.norm(updates) < 1e-7
+  # With a huge eps, Adam's first step is lr * g / eps: the clipped gradient, scaled.
+  step = lambda name: -np.asarray(updates[name]["w"]) * 1e8
+  np.testing.assert_allclose(step("spr/~/encoder/conv0"), [0.6, 0.8, 0, 0], rtol=1e-5)
+  np.testing.assert_allclose(step("spr/~/transition/conv0"), [0.6, 0.8, 0, 0], rtol=1e-5)
+  np.testing.assert_allclose(step("spr/~/predictor"), [30, 40, 0, 0], rtol=1e-5)

@@ -120,3 +120,11 @@ def test_noise_changes_q_only_when_a_key_is_given(small_net):
   np.testing.assert_array_equal(a, q_logits(params, None, latent, None))
   b = q_logits(params, None, latent, jax.random.PRNGKey(3))
   assert not np.allclose(a, b)
+
+
+def test_scale_gradient_is_identity_forward_and_scales_backward():
+  x = jnp.array([1.0, -2.0, 3.0])
+  for fn in (networks.scale_gradient, jax.jit(networks.scale_gradient, static_argnums=1)):
+    np.testing.assert_array_equal(fn(x, 0.5), x)
+    np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(fn(v, 2 ** -0.5) ** 2))(x),
+                               2 * x * 2 ** -0.5, rtol=1e-6)

@@ -50,11 +50,63 @@ class StepMetrics(NamedTuple):
   finite: jax.Array  # bool: every loss and gradient norm of the step was finite
 
 
+def clip_group_labels(params: Params) -> Params:
+  """'transition' for the transition model, 'predictor' for the predictor, 'stem' otherwise."""
+
+  def label(module_name: str) -> str:
+    if "/transition" in module_name or module_name.startswith("transition"):
+      return "transition"
+    if module_name.endswith("predictor"):
+      return "predictor"
+    return "stem"
+
+  return {m: {k: label(m) for k in leaves} for m, leaves in params.items()}
+
+
+def lr_group_labels(params: Params) -> Params:
+  """SGI's learning-rate groups (mila-iqia/SGI src/models.py `list_params`): 'encoder' for the
+  encoder, 'head_first' for the first layer of both dueling streams (value_hidden /
+  advantage_hidden, SGI's q_l1), 'rest' for everything else (transition model included: SGI's
+  dynamics_model_lr defaults to the base learning rate)."""
+
+  def label(module_name: str) -> str:
+    if "/encoder" in module_name or module_name.startswith("encoder"):
+      return "encoder"
+    if module_name.endswith(("value_hidden", "advantage_hidden")):
+      return "head_first"
+    return "rest"
+
+  return {m: {k: label(m) for k in leaves} for m, leaves in params.items()}
+
+
+def _base_optimizer(config: SPRConfig, learning_rate: float) -> optax.GradientTransformation:
+  if config.optimizer == "adamw":
+    return optax.adamw(learning_rate, eps=config.adam_eps, weight_decay=config.weight_decay,
+                       mask=lambda p: jax.tree.map(lambda x: x.ndim != 1, p))
+  return optax.adam(learning_rate, eps=config.adam_eps)
+
+
 def make_optimizer(config: SPRConfig) -> optax.GradientTransformation:
-  """Adam (lr 1e-4, eps 1.5e-4) after a global-norm clip of 10, as the SPR code."""
+  """Adam (lr 1e-4, eps 1.5e-4) after gradient-norm clipping at 10, as the SPR code.
+
+  The SPR code clips two groups separately - encoder + Q head ("stem"), and the transition
+  model - and leaves the predictor unclipped (src/algos.py, optimize_agent); we do the same.
+  """
   parts = []
   if config.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(config.grad_clip))
+    parts.append(optax.multi_transform(
+        {"stem": optax.clip_by_global_norm(config.grad_clip),
+         "transition": optax.clip_by_global_norm(config.grad_clip),
+         "predictor": optax.identity()},
+        clip_group_labels))
+  if config.encoder_lr > 0 or config.head_first_lr > 0:
+    # SGI finetuning: one optimiser per parameter group (encoder / first head layer / rest).
+    rates = {"encoder": config.encoder_lr or config.learning_rate,
+             "head_first": config.head_first_lr or config.learning_rate,
+             "rest": config.learning_rate}
+    parts.append(optax.multi_transform({g: _base_optimizer(config, lr) for g, lr in rates.items()},
+                                       lr_group_labels))
+    return optax.chain(*parts)
   if config.optimizer == "adamw":
     # BBF: AdamW with decoupled weight decay on weights only (rank-1 params, biases and norm
     # scales, are not decayed), as its create_scaling_optimizer(decay_bias=False).
