@@ -8,6 +8,16 @@ loss, the gradient, Adam, the priority update - everything of one update), ms pe
 step of the learner (replay add + `updates_per_step` updates + next action: what training pays per
 env step), acting latency (one greedy action), and env steps/s of the training env. The update
 time is also printed alone as `update_ms: <value>` for scripts.
+
+Then the multi-run table (agents/spr/multi_trainer.py): for N concurrent runs (`--runs`, default
+1,2,4; on a GPU use --runs=1,4,16,26), one vmapped fused step (replay add + updates + next action
+for all N runs, replay filled with `--fill` transitions), and N emulators stepped by a loop and
+by a thread pool. Columns: learner updates/s and env steps/s (all runs together), the env's own
+steps/s, the end-to-end env steps/s of the training loop (learner call + env stepping, which
+run one after the other), the speed-up over N = 1, and the memory of the replay frames.
+
+    python -m launch.bench --runs=1,2,4 --multi_configs=smoke,bbf_smoke   # the CPU default
+    python -m launch.bench --runs=1,4,16,26 --multi_configs=spr,bbf_rr2,bbf   # on one GPU
 """
 from __future__ import annotations
 
@@ -21,6 +31,13 @@ _CONFIG = flags.DEFINE_string("config", "spr", "Named configuration to benchmark
 _GAME = flags.DEFINE_string("game", "Pong", "Game for the env rows (sets the action count).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per row (after warm-up).")
 _FILL = flags.DEFINE_integer("fill", 5000, "Transitions put in replay before timing.")
+_RUNS = flags.DEFINE_string("runs", "1,2,4", "Concurrent runs of the multi-run table ('' skips "
+                            "it; on a GPU: 1,4,16,26).")
+_MULTI_CONFIGS = flags.DEFINE_string(
+    "multi_configs", None, "Configs of the multi-run table (default: spr,bbf on a GPU, "
+    "smoke,bbf_smoke on CPU, where BBF costs ~6 s per update).")
+_SINGLE = flags.DEFINE_boolean("single", True, "Print the single-run table first.")
+_ENV_THREADS = flags.DEFINE_integer("env_threads", 0, "Threads of the env rows (0: min(N, cores)).")
 
 
 def machine_description() -> str:
@@ -49,8 +66,143 @@ def _time(fn, repeats: int) -> float:
   return times[len(times) // 2]
 
 
+def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: int,
+                    repeats: int, env_threads: int) -> list[dict]:
+  """Times the vmapped multi-run step and N emulators; returns one row per (config, N)."""
+  from concurrent.futures import ThreadPoolExecutor
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from agents.spr import multi_trainer
+  from agents.spr.config import make_config
+  from agents.spr.learner import learner_for
+  from envs.atari import AtariEnv
+  from spr import replay
+
+  rows = []
+  envs = [AtariEnv(game, seed=i) for i in range(max(runs))]
+  for e in envs:
+    e.reset()
+  num_actions = envs[0].num_actions
+  rng = np.random.default_rng(0)
+  env_rate = {}
+  for n in runs:
+    threads = env_threads or min(n, os.cpu_count() or 1)
+    batch = envs[:n]
+
+    def step_all(pool):
+      acts = rng.integers(num_actions, size=n)
+      if pool is None:
+        for e, a in zip(batch, acts):
+          e.step(int(a))
+      else:
+        list(pool.map(lambda ea: ea[0].step(int(ea[1])), zip(batch, acts)))
+
+    k = max(20, 400 // n)
+    t0 = time.perf_counter()
+    for _ in range(k):
+      step_all(None)
+    loop = n * k / (time.perf_counter() - t0)
+    with ThreadPoolExecutor(threads) as pool:
+      step_all(pool)
+      t0 = time.perf_counter()
+      for _ in range(k):
+        step_all(pool)
+      threaded = n * k / (time.perf_counter() - t0)
+    env_rate[n] = (loop, threaded, threads)
+
+  for name in config_names:
+    config = make_config(name)
+    learner = learner_for(config, num_actions)
+    add = jax.jit(lambda b, key: jax.lax.fori_loop(
+        0, fill, lambda i, b: replay.replay_add(
+            b, jax.random.randint(jax.random.fold_in(key, i), (84, 84), 0, 255).astype(jnp.uint8),
+            i % num_actions, 0.0, (i % 500) == 499), b), donate_argnums=0)
+    base_rate = None
+    for n in runs:
+      states = []
+      for i in range(n):
+        st = learner.init(jax.random.PRNGKey(i))
+        st = st._replace(replay=add(st.replay, jax.random.PRNGKey(100 + i)),
+                         env_step=jnp.asarray(max(config.learn_start, fill), jnp.int32))
+        states.append(st)
+      state = multi_trainer.stack_states(states)
+      del states
+      fn = multi_trainer.batched_step(learner, config.updates_per_step)
+      frames = np.zeros((n, 84, 84), np.uint8)
+      actions = np.zeros((n,), np.int32)
+      rewards = np.zeros((n,), np.float32)
+      terms = np.zeros((n,), np.bool_)
+      stacks = np.zeros((n, 4, 84, 84), np.uint8)
+      holder = [state]
+
+      def call():
+        holder[0], act, _ = fn(holder[0], frames, actions, rewards, terms, stacks)
+        jax.block_until_ready(act)
+
+      t0 = time.perf_counter()
+      call()
+      compile_s = time.perf_counter() - t0
+      step_ms = _time(call, max(3, repeats // max(1, n // 4)))
+      learner_rate = n / (step_ms / 1e3)
+      loop, threaded, threads = env_rate[n]
+      env_best = max(loop, threaded)
+      end_to_end = n / (step_ms / 1e3 + n / env_best)
+      base_rate = base_rate or end_to_end
+      mem = None
+      try:
+        stats = jax.devices()[0].memory_stats() or {}
+        mem = stats.get("peak_bytes_in_use")
+      except Exception:  # noqa: BLE001 - CPU backends have no memory stats
+        pass
+      rows.append(dict(
+          config=name, runs=n, step_ms=step_ms, updates_per_s=learner_rate * config.updates_per_step,
+          learner_steps_per_s=learner_rate, env_loop=loop, env_threads=threaded,
+          threads=threads, end_to_end=end_to_end, speedup=end_to_end / base_rate,
+          replay_gb=n * config.replay_capacity * 84 * 84 / 1e9,
+          device_peak_gb=None if mem is None else mem / 1e9, compile_s=compile_s))
+      holder.clear()
+      del state
+  return rows
+
+
+def print_multi_table(rows: list[dict]) -> None:
+  print(f"multi-run table (one vmapped step per env step; machine: {machine_description()})")
+  print("| config | runs | fused step (ms) | updates/s | learner env steps/s | env steps/s "
+        "loop / threads | end-to-end env steps/s | vs 1 run | replay frames (GB) | "
+        "device peak (GB) | compile (s) |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    peak = "-" if r["device_peak_gb"] is None else f"{r['device_peak_gb']:.1f}"
+    print(f"| {r['config']} | {r['runs']} | {r['step_ms']:.1f} | {r['updates_per_s']:.1f} | "
+          f"{r['learner_steps_per_s']:.1f} | {r['env_loop']:.0f} / {r['env_threads']:.0f} "
+          f"({r['threads']}) | {r['end_to_end']:.1f} | {r['speedup']:.2f}x | "
+          f"{r['replay_gb']:.2f} | {peak} | {r['compile_s']:.0f} |")
+
+
 def main(argv):
   del argv
+  import jax
+  if _RUNS.value:
+    runs = [int(v) for v in _RUNS.value.split(",") if v.strip()]
+    names = _MULTI_CONFIGS.value
+    if names is None:
+      names = "spr,bbf" if jax.default_backend() != "cpu" else "smoke,bbf_smoke"
+    if not _SINGLE.value:
+      rows = multi_run_table(names.split(","), runs, _GAME.value, _FILL.value, _REPEATS.value,
+                             _ENV_THREADS.value)
+      print_multi_table(rows)
+      return
+  _single_table()
+  if _RUNS.value:
+    rows = multi_run_table(names.split(","), runs, _GAME.value, _FILL.value, _REPEATS.value,
+                           _ENV_THREADS.value)
+    print_multi_table(rows)
+
+
+def _single_table():
   import jax
   import numpy as np
 

@@ -3,6 +3,12 @@
     python -m launch.train --game=Pong --seed=0 --workdir=runs/pong_0
     python -m launch.train --game=Pong --config=smoke --workdir=/tmp/smoke
     python -m launch.train --game=Pong --workdir=DIR --steps=50000 --spr_weight=2
+    python -m launch.train --games=Pong,Breakout --seeds=0-3 --workdir=runs/spr   # 8 runs, 1 process
+
+With --games and/or --seeds (lists) every (game, seed) pair is its own run, trained together in
+one process (agents/spr/multi_trainer.py: one vmapped jitted step per batch of runs with the same
+action count), each in `<workdir>/<game>/seed_<seed>` with the files a single run writes
+(launch/jobs.py's layout is ROOT/<label>/<game>/seed_<s>: pass --workdir=ROOT/<label>).
 
 Every field of `agents.spr.config.SPRConfig` is a flag of the same name that overrides the named
 configuration. Re-running the same command on the same workdir resumes from the last
@@ -23,6 +29,10 @@ _GAME = flags.DEFINE_string("game", "Pong", "Atari 100k game (ALE name, case-ins
 _SEED = flags.DEFINE_integer("seed", 0, "Run seed (network init, exploration, env no-ops).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (created; resumed if present).")
 _CONFIG = flags.DEFINE_string("config", "spr", f"Named configuration: {sorted(spr_config.CONFIGS)}.")
+_GAMES = flags.DEFINE_string("games", None, "Several games, comma-separated: multi-run mode.")
+_SEEDS = flags.DEFINE_string("seeds", None, "Several seeds ('0-3', '0,2,5'): multi-run mode.")
+_ENV_THREADS = flags.DEFINE_integer("env_threads", 0, "Multi-run mode: threads stepping the "
+                                    "emulators (0 or 1: a plain loop).")
 
 # One override flag per config field, parsed by the config module (typed, with clear errors).
 _OVERRIDES = {
@@ -51,6 +61,7 @@ def main(argv):
   # Imported here so that `--help` and bad flags answer without loading JAX.
   from agents.spr import trainer
   from envs import games
+  from agents.sgi.finetune import PretrainedMismatch
   from launch.common import configure_jax_cache
   from spr.workdir import WorkdirError
 
@@ -63,9 +74,13 @@ def main(argv):
     config = resolve_config()
   except ValueError as e:
     fail(str(e))
+  if _GAMES.value is not None or _SEEDS.value is not None:
+    return _main_many(config)
   try:
     final = trainer.train(game, _SEED.value, config, _WORKDIR.value, config_name=_CONFIG.value)
   except WorkdirError as e:
+    fail(str(e))
+  except PretrainedMismatch as e:  # --init_from does not fit this run (agents/sgi/finetune.py)
     fail(str(e))
   except trainer.NonFiniteLossError as e:
     fail(str(e), code=3)
@@ -74,6 +89,37 @@ def main(argv):
   print(f"{final['game']} seed {final['seed']}: mean score {final['mean_score']:.2f} over "
         f"{final['eval_episodes']} episodes, HNS {final['hns']:.3f} "
         f"({final['steps']} steps, {_WORKDIR.value}/final.json)")
+
+
+def _main_many(config) -> None:
+  """--games / --seeds: every (game, seed) pair trained together in one process."""
+  from agents.spr import multi_trainer, trainer
+  from envs import games
+  from spr.workdir import WorkdirError
+
+  try:
+    game_list = [games.canonical_name(g) for g in
+                 (_GAMES.value.split(",") if _GAMES.value else [_GAME.value]) if g.strip()]
+    seeds = multi_trainer.parse_seeds(_SEEDS.value) if _SEEDS.value else [_SEED.value]
+  except ValueError as e:
+    fail(str(e))
+  if len(set(game_list)) != len(game_list):
+    fail(f"duplicate games in --games={_GAMES.value}")
+  specs = [multi_trainer.RunSpec(g, s, multi_trainer.run_workdir(_WORKDIR.value, g, s))
+           for g in game_list for s in seeds]
+  try:
+    finals = multi_trainer.train_many(specs, config, _CONFIG.value,
+                                      env_threads=_ENV_THREADS.value)
+  except WorkdirError as e:
+    fail(str(e))
+  except trainer.NonFiniteLossError as e:
+    fail(str(e), code=3)
+  except trainer.Preempted as e:
+    fail(str(e), code=143)
+  for spec, final in zip(specs, finals):
+    print(f"{final['game']} seed {final['seed']}: mean score {final['mean_score']:.2f} over "
+          f"{final['eval_episodes']} episodes, HNS {final['hns']:.3f} "
+          f"({final['steps']} steps, {spec.workdir}/final.json)")
 
 
 def run():

@@ -397,3 +397,147 @@ def spr_loss_weighting(per_step: Array, weight: Numeric = 5.0) -> Array:
   """
   chex.assert_rank(per_step, 1)
   return weight * jnp.mean(per_step)
+
+
+# ---------------------------------------------------------------------------
+# SGI: goal-conditioned RL with hindsight goals, and inverse dynamics.
+# (Schwarzer et al., "Pretraining Representations for Data-Efficient
+# Reinforcement Learning", NeurIPS 2021, https://arxiv.org/abs/2106.04799;
+# code mila-iqia/SGI src/scrl.py and src/algos.py.)
+# ---------------------------------------------------------------------------
+
+# SGI's defaults (scripts/config.yaml): goal_dist "exp" with distance_scale 5 (hard-coded in
+# src/algos.py), goal_reward_scale 10, goal_noise_weight 0.5, goal_permute_prob 0.2.
+GOAL_DISTANCE_SCALE = 5.0
+GOAL_REWARD_SCALE = 10.0
+
+
+def latent_goal_distance(latent: Array, goal: Array,
+                         scale: Numeric = GOAL_DISTANCE_SCALE,
+                         eps: float = SPR_NORMALIZE_EPS) -> Array:
+  """SGI's goal distance d(s, g) = 1 - exp(-scale * ||n(s) - n(g)||^2).
+
+  mila-iqia/SGI src/scrl.py `exp_distance` / `norm_dist`: n = F.normalize(p=2,
+  eps=1e-3) over the feature axis, then the squared distance times `scale`.
+
+  Args:
+    latent: flattened latent of a state, [D] (or [..., D]).
+    goal: flattened goal latent, [D] (broadcastable against `latent`).
+    scale: the distance temperature (5 in SGI).
+    eps: normalisation floor (torch F.normalize eps, 1e-3).
+
+  Returns:
+    d in [0, 1 - exp(-4 * scale)], shape latent.shape[:-1].
+  """
+  chex.assert_rank(latent, goal.ndim)
+  x = _l2_normalize(latent, eps)
+  g = _l2_normalize(goal, eps)
+  return 1.0 - jnp.exp(-scale * jnp.sum(jnp.square(x - g), axis=-1))
+
+
+def hindsight_goal_returns(distances: Array, nonterminal: Array, gamma: Numeric,
+                           reward_scale: Numeric = GOAL_REWARD_SCALE) -> Array:
+  """Discounted goal returns of one sequence, exactly as SGI's `calculate_returns`.
+
+  Reward for moving closer to the goal in latent space:
+  r_j = reward_scale * (d_j - d_{j+1}), d_j = distance of s_{t+j} to the goal
+  (see `latent_goal_distance`, computed on TARGET latents, no gradient). The
+  code discounts with `cumprod(nonterminal * gamma)`, so the j-step return is
+  R_j = sum_{l <= j} reward_scale * (d_l - d_{l+1}) * prod_{m <= l} gamma * nt_m,
+  i.e. the first reward already carries one factor gamma (one step off the
+  usual n-step convention; we follow the code, it produced SGI's numbers).
+
+  Args:
+    distances: d_0 .. d_n, shape [n+1].
+    nonterminal: nt_0 .. nt_{n-1}, 1 while the episode goes on, shape [n].
+    gamma: discount.
+    reward_scale: SGI's goal_reward_scale (10).
+
+  Returns:
+    R_0 .. R_{n-1}, shape [n]; R_{n-1} is the n-step goal return.
+  """
+  chex.assert_rank([distances, nonterminal], 1)
+  if distances.shape[0] != nonterminal.shape[0] + 1:
+    raise ValueError(f"distances needs one more entry than nonterminal, got "
+                     f"{distances.shape} and {nonterminal.shape}")
+  deltas = distances[:-1] - distances[1:]
+  discounts = jnp.cumprod(nonterminal.astype(distances.dtype) * gamma)
+  return jnp.cumsum(reward_scale * deltas * discounts)
+
+
+def hindsight_goals(rng: chex.PRNGKey, goal_latents: Array,
+                    noise_weight: Numeric = 0.5, permute_prob: float = 0.2,
+                    eps: float = SPR_NORMALIZE_EPS) -> Array:
+  """SGI's goal relabelling: hindsight target latents, noised, permuted, renormalised.
+
+  mila-iqia/SGI src/scrl.py `add_noise` then `permute_goals`, then the model's
+  min-max `renormalize` (src/algos.py `sample_goals`):
+    w ~ U(0, 1) * noise_weight per goal, noise = n(N(0, I)),
+    g' = n(w * noise + (1 - w) * g);
+    with probability `permute_prob` a goal is replaced by a uniformly drawn
+    goal of the batch (with replacement, possibly itself);
+    finally (g' - min) / (max - min) per goal.
+  Acts on a whole batch (the permutation mixes samples), unlike the per-stream
+  functions above.
+
+  Args:
+    rng: key.
+    goal_latents: target latents of the hindsight goal states, [B, D].
+    noise_weight: maximum noise mixing weight (0.5).
+    permute_prob: probability of swapping in another sample's goal (0.2).
+    eps: normalisation floor (1e-3).
+
+  Returns:
+    Goals [B, D] in [0, 1], no gradient.
+  """
+  chex.assert_rank(goal_latents, 2)
+  b = goal_latents.shape[0]
+  k_noise, k_w, k_perm, k_mask = jax.random.split(rng, 4)
+  goals = jax.lax.stop_gradient(goal_latents)
+  noise = _l2_normalize(jax.random.normal(k_noise, goals.shape, goals.dtype), eps)
+  w = jax.random.uniform(k_w, (b, 1), goals.dtype) * noise_weight
+  goals = _l2_normalize(w * noise + (1.0 - w) * goals, eps)
+  if permute_prob > 0:
+    other = jax.random.randint(k_perm, (b,), 0, b)
+    swap = jax.random.uniform(k_mask, (b,)) < permute_prob
+    goals = goals[jnp.where(swap, other, jnp.arange(b))]
+  lo = jnp.min(goals, axis=-1, keepdims=True)
+  hi = jnp.max(goals, axis=-1, keepdims=True)
+  return (goals - lo) / jnp.maximum(hi - lo, 1e-8)
+
+
+def inverse_dynamics_loss(logits: Array, actions: Array,
+                          mask: Optional[Array] = None) -> Array:
+  """Inverse dynamics cross-entropy of one sequence, averaged over its K steps.
+
+  SGI (src/models.py, `inverse_model`): an MLP on [online projection of the
+  rolled-out latent at k, target projection at k+1] predicts a_k;
+  `F.cross_entropy` per step, mean over the K steps (the code applies no
+  terminal mask; `mask` multiplies the per-step losses when given, masked
+  steps still count in the mean, as the SPR loss).
+
+  Args:
+    logits: predicted action logits, [K, A].
+    actions: actions a_0 .. a_{K-1}, int [K].
+    mask: optional validity of each step, [K].
+
+  Returns:
+    Scalar mean cross-entropy.
+  """
+  chex.assert_rank([logits, actions], [2, 1])
+  chex.assert_equal_shape_prefix([logits, actions], 1)
+  chex.assert_type(actions, int)
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  per_step = -jnp.take_along_axis(log_p, actions[:, None], axis=-1)[:, 0]
+  if mask is not None:
+    chex.assert_equal_shape([per_step, mask])
+    per_step = per_step * mask.astype(per_step.dtype)
+  return jnp.mean(per_step)
+
+
+def batched_inverse_dynamics_loss(logits: Array, actions: Array,
+                                  mask: Optional[Array] = None) -> Array:
+  """vmap of `inverse_dynamics_loss`: [B, K, A], [B, K] (, [B, K]) -> [B]."""
+  if mask is None:
+    return jax.vmap(inverse_dynamics_loss)(logits, actions)
+  return jax.vmap(inverse_dynamics_loss)(logits, actions, mask)

@@ -423,7 +423,8 @@ class SGINetwork(SPRNetwork):
     """Goal-conditioned dueling C51 logits `[B, A, N]` (no noise) for latent `[B, h, w, c]` and
     flattened goals `[B, h * w * c]`."""
     b = latent.shape[0]
-    x = latent.reshape(b, -1)
+    # 1/sqrt(2) gradient scaling into the head, as q_logits (SGI's goal forward does it too).
+    x = scale_gradient(latent.reshape(b, -1), 2 ** -0.5)
     adv_bias, adv_scale, value_bias, value_scale = self._film(goal.reshape(latent.shape))
     adv_h = jax.nn.relu(self._adv_hidden(x, None)) * adv_scale + adv_bias
     value_h = jax.nn.relu(self._value_hidden(x, None)) * value_scale + value_bias

@@ -71,6 +71,10 @@ class SPRConfig:
   epsilon_decay_steps: int = 0  # linear 1 -> epsilon_train over this many steps after
   #                               learn_start (0: random before learn_start, then epsilon_train)
   act_with_target: bool = False  # act (training and evaluation) with the target params
+  # SGI finetuning (Schwarzer et al., NeurIPS 2021; see the `sgi` config and agents/sgi/).
+  init_from: str = ""  # launch.pretrain workdir (or its pretrained.pkl), loaded by a NEW run
+  encoder_lr: float = 0.0  # encoder learning rate (SGI 1e-6); 0: learning_rate
+  head_first_lr: float = 0.0  # first Q-head layer = projection (SGI 3e-5); 0: learning_rate
 
   def network(self) -> NetworkConfig:
     return NetworkConfig(
@@ -91,7 +95,10 @@ class SPRConfig:
         (self.num_atoms >= 2, "num_atoms must be >= 2"),
         (self.v_min < self.v_max, "v_min must be < v_max"),
         (0.0 < self.target_tau <= 1.0, "target_tau must be in (0, 1]"),
-        (self.encoder in ("nature", "impala"), "encoder must be 'nature' or 'impala'"),
+        (self.encoder in ("nature", "impala", "sgi_m", "sgi_ml"),
+         "encoder must be 'nature', 'impala', 'sgi_m' or 'sgi_ml'"),
+        (self.encoder_lr >= 0 and self.head_first_lr >= 0,
+         "encoder_lr and head_first_lr must be >= 0"),
         (self.replay_capacity > max(self.n_step, self.spr_steps) + 4,
          "replay_capacity too small for n_step / spr_steps"),
         (self.checkpoint_every > 0 and self.log_every > 0,
@@ -137,9 +144,9 @@ _BBF_RR2 = dict(
 # Tiny BBF-like config for tests (every BBF mechanism, CPU-sized network).
 _BBF_SMOKE = dict(
     _BBF_RR2, impala_width=1, hidden=16, num_atoms=11, transition_hidden=8, batch_size=4,
-    steps=300, learn_start=100, eval_episodes=2, n_step=4, n_step_final=2, spr_steps=2,
-    anneal_updates=40, reset_every=100, reset_until=300, epsilon_decay_steps=50,
-    replay_capacity=1000, log_every=100, checkpoint_every=100,
+    steps=200, learn_start=50, eval_episodes=1, n_step=4, n_step_final=2, spr_steps=2,
+    anneal_updates=40, reset_every=50, reset_until=150, epsilon_decay_steps=30,
+    replay_capacity=1000, log_every=50, checkpoint_every=50, updates_per_step=1,
 )
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -148,6 +155,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "bbf": dict(_BBF_RR2, updates_per_step=8),  # replay ratio 8 (the paper's headline BBF)
     "bbf_rr2": _BBF_RR2,  # replay ratio 2, as the shipped BBF.gin (replay_ratio 64 / batch 32)
     "bbf_smoke": _BBF_SMOKE,
+    # SGI finetuning (mila-iqia/SGI scripts/experiments/sgim_finetune.sh + config.yaml): SGI-M
+    # encoder, 512-unit head, per-group lrs, no clipping, EMA target 0.01 (momentum_tau). Pass
+    # --init_from=<pretraining workdir>. Differs from SGI: our single target also serves the C51
+    # bootstrap (SGI bootstraps from the online net, target_update_tau 1).
+    "sgi": dict(encoder="sgi_m", hidden=512, encoder_lr=1e-6, head_first_lr=3e-5,
+                grad_clip=0.0, target_tau=0.01),
 }
 
 

@@ -254,10 +254,8 @@ class SPRLearner:
     anneal = {}
     if annealing(cfg):
       n, gamma = self.annealed_n_gamma(cycle_updates(cfg, state.env_step, state.update_step))
-      # Bootstrap stack s_{t+n} at the traced n: one small gather per possible n, then select.
-      options = [replay.replay_gather(state.replay, indices, m, 0).next_observations
-                 for m in range(cfg.n_step_final, cfg.n_step + 1)]
-      batch = batch.replace(next_observations=jnp.stack(options)[n - cfg.n_step_final])
+      batch = batch.replace(next_observations=bootstrap_stacks(
+          state.replay, indices, n, cfg.n_step_final, cfg.n_step))
       anneal = dict(n=n, gamma=gamma)
     (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(
         state.params, state.target_params, batch, is_weights, loss_key, **anneal)
@@ -378,6 +376,15 @@ class SPRLearner:
 def _shrink_perturbed(module_name: str) -> bool:
   """Haiku modules BBF shrinks and perturbs at a reset (its "encoder,transition_model")."""
   return "/encoder" in module_name or "/transition" in module_name
+
+
+def bootstrap_stacks(replay_state, indices: jax.Array, n: jax.Array, n_min: int,
+                     n_max: int) -> jax.Array:
+  """Bootstrap stacks s_{t+n} `[B, 4, 84, 84]` for a traced n in [n_min, n_max] (BBF's annealed
+  n): one small gather per possible n (replay stacks need a static offset), then a select."""
+  options = [replay.replay_gather(replay_state, indices, m, 0).next_observations
+             for m in range(n_min, n_max + 1)]
+  return jnp.stack(options)[jnp.clip(n, n_min, n_max) - n_min]
 
 
 def annealing(config: SPRConfig) -> bool:

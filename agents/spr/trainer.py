@@ -94,6 +94,7 @@ def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_n
           progress: bool | None = None) -> dict:
   """Trains (or resumes) one run and returns the contents of its final.json."""
   game = games.canonical_name(game)
+  pretrained = _pretrained_for_new_run(config, game, workdir)
   path = wd.prepare(workdir, run_identity(config_name, game, seed, config))
   if wd.is_finished(path):
     final = wd.read_json(path / wd.FINAL)
@@ -109,6 +110,8 @@ def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_n
 
   host = _restore(ckpt_dir, learner, env, state)
   if host is None:
+    if pretrained is not None:
+      state = _load_pretrained(learner, state, pretrained, env.num_actions)
     frame = env.reset()
     state, action = learner.first_action(state)
     host = dict(step=0, frame=frame, action=int(action), elapsed=0.0, episodes=[],
@@ -124,6 +127,37 @@ def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_n
     with _TermFlag() as term:
       state, host = _train_loop(learner, state, env, host, config, metrics_log, ckpt_dir, term)
   return _final_evaluation(learner, state, host, game, seed, config, config_name, path)
+
+
+def _pretrained_for_new_run(config: SPRConfig, game: str, workdir: str | Path):
+  """SGI finetuning: the `init_from` checkpoint, checked against this run before its workdir is
+  created (raises agents.sgi.finetune.PretrainedMismatch); None without init_from or when the run
+  resumes (its own checkpoint holds the finetuned weights)."""
+  if not config.init_from:
+    return None
+  path = Path(workdir)
+  if wd.is_finished(path) or checkpoint.checkpoint_steps(path / wd.CHECKPOINTS):
+    return None
+  from agents.sgi import finetune
+
+  payload = finetune.load_pretrained(config.init_from)
+  probe = AtariEnv(game, seed=0, training=True)
+  finetune.check_compatible(payload, config, probe.num_actions)
+  probe.close()
+  return payload
+
+
+def _load_pretrained(learner: SPRLearner, state: TrainState, payload: dict,
+                     num_actions: int) -> TrainState:
+  from agents.sgi import finetune
+
+  params = finetune.apply_pretrained(jax.device_get(state.params), payload, learner.config,
+                                     num_actions)
+  params = jax.device_put(params)
+  target = () if learner.config.target_tau == 1.0 else jax.tree.map(lambda x: x.copy(), params)
+  logging.info("loaded pretrained encoder, transition model, predictor and first head layer "
+               "from %s (pretraining step %s)", payload["path"], payload.get("step"))
+  return state._replace(params=params, target_params=target)
 
 
 def _restore(ckpt_dir: Path, learner: SPRLearner, env: AtariEnv, template: TrainState):

@@ -1,0 +1,336 @@
+"""Many independent SPR / BBF runs (seeds and games) trained together in one process.
+
+    finals = train_many([RunSpec("Pong", 0, "runs/spr/Pong/seed_0"), ...], config, "spr")
+
+Each run has its own parameters, optimiser, replay, RNG, emulator and workdir, and its workdir is
+exactly what `agents.spr.trainer.train` writes for the same run (config.json, metrics.jsonl,
+checkpoints/ckpt_<step>.pkl in the SAME format, eval.csv, final.json), so sweeps and reports read
+them alike, and a run started in a batch can be resumed alone (or the other way round).
+
+How runs are batched
+--------------------
+Runs are grouped by (action count, step reached). A group holds its runs' `TrainState`s stacked
+along a leading run axis and advances with ONE jitted call per env step: `jax.vmap` of the
+single-run learner step (replay add + updates + next action, state donated). Grouping by action
+count rather than padding the action dimension: a padded run would have other parameter shapes
+(transition-model input planes, advantage head) and therefore another initialisation and another
+trajectory than the same run trained alone; grouped, every run in a batch is initialised by
+`learner.init(PRNGKey(seed))` with its true action count, exactly as alone. The 26 Atari 100k
+games use 3, 4, 6, 8, 9 or 18 actions, so a full table is at most 6 vmapped batches in one loop;
+each group's call is dispatched before any group's actions are fetched, so the device runs them
+back to back while the host waits once per env step.
+
+Trajectory: a run in a batch takes the same actions and reaches the same parameters as alone up
+to float reassociation in XLA's batched kernels (tests/test_multi_run.py: 101 updates on CPU,
+integers - replay, actions, counters, RNG - identical, floats within ~1e-6). A batch is
+deterministic (same command, same result bitwise); batches of other sizes (a resume where only
+some runs are unfinished) are other XLA programs, equal within that float tolerance.
+
+Env stepping: one `AtariEnv` per run (the single-run protocol, exactly), stepped by a thread
+pool when `env_threads > 1` (the ALE's C++ act() does the emulation; measured speed-up in
+`launch.bench`), else a plain loop. Threads do not change results: each env is independent.
+
+Host synchronisation: one device->host transfer per env step (the actions and the step metrics of
+all runs); checkpoints fetch the stacked state once and slice it per run on the host.
+
+Resume: every run restores its own newest checkpoint; runs that reached different steps land in
+different groups (and advance in the same loop). A run whose loss becomes non-finite stops being
+logged and checkpointed (its last good checkpoint stays), the others go on; the batch then raises
+NonFiniteLossError naming it. SIGTERM checkpoints every run and raises Preempted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from agents.spr import trainer as single
+from agents.spr.config import SPRConfig
+from agents.spr.learner import SPRLearner, TrainState, is_reset_step, learner_for, param_count
+from envs import games
+from envs.atari import AtariEnv, clip_reward
+from spr import checkpoint, workdir as wd
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  game: str
+  seed: int
+  workdir: str | Path
+
+
+def run_workdir(root: str | Path, game: str, seed: int) -> Path:
+  """The workdir of one run of a multi-run command: `<root>/<game>/seed_<seed>` (launch/jobs.py
+  uses `ROOT/<label>/<game>/seed_<s>`: pass `ROOT/<label>` as the root to share its layout)."""
+  return Path(root) / games.canonical_name(game) / f"seed_{int(seed)}"
+
+
+def parse_seeds(text: str) -> list[int]:
+  """'0-3' -> [0, 1, 2, 3]; '0,2,5' and mixes ('0-2,7') work; duplicates are an error."""
+  seeds: list[int] = []
+  for part in (p.strip() for p in text.split(",")):
+    if not part:
+      continue
+    try:
+      if "-" in part:
+        lo, hi = (int(v) for v in part.split("-", 1))
+        if hi < lo:
+          raise ValueError
+        seeds.extend(range(lo, hi + 1))
+      else:
+        seeds.append(int(part))
+    except (TypeError, ValueError):
+      raise ValueError(f"malformed seed list {text!r} (expected e.g. '0-3' or '0,2,5')") from None
+  if not seeds:
+    raise ValueError(f"empty seed list {text!r}")
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"duplicate seeds in {text!r}")
+  return seeds
+
+
+# ------------------------------------------------------------------------------ compiled steps
+@functools.lru_cache(maxsize=None)
+def batched_step(learner: SPRLearner, num_updates: int, reset: bool = False):
+  """The single-run step vmapped over a leading run axis, jitted, state donated."""
+  fn = functools.partial(learner._step, num_updates=num_updates, reset=reset)  # pylint: disable=protected-access
+  return jax.jit(jax.vmap(fn), donate_argnums=0)
+
+
+def stack_states(states: list[Any]) -> Any:
+  """Stacks per-run pytrees along a new leading axis (on the host, then one device_put)."""
+  host = [jax.device_get(s) for s in states]
+  return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *host))
+
+
+def unstack_host(state: Any, n: int) -> list[Any]:
+  """One device->host transfer of a stacked state, sliced per run (numpy views)."""
+  host = jax.device_get(state)
+  return [jax.tree.map(lambda x, i=i: x[i], host) for i in range(n)]
+
+
+# ------------------------------------------------------------------------------ host state
+@dataclasses.dataclass
+class _Run:
+  spec: RunSpec
+  path: Path
+  env: AtariEnv
+  host: dict
+  metrics_log: wd.MetricsLog
+  window: dict = dataclasses.field(default_factory=dict)
+  failed: str | None = None
+
+  @property
+  def ckpt_dir(self) -> Path:
+    return self.path / wd.CHECKPOINTS
+
+  def new_window(self):
+    self.window = dict(loss=0.0, rl_loss=0.0, spr_loss=0.0, updates=0, returns=[])
+
+
+@dataclasses.dataclass
+class _Group:
+  learner: SPRLearner
+  runs: list[_Run]
+  state: TrainState  # stacked over runs
+  step: int  # env steps done by every run of the group
+  actions: np.ndarray  # [N] int32, the pending actions
+  frames: np.ndarray  # [N, 84, 84] uint8, the frames the pending actions are taken from
+  t_window: float = 0.0
+  step_window: int = 0
+
+
+def _env_step(env: AtariEnv, action: int):
+  next_frame, reward, terminal, info = env.step(action)
+  return next_frame, reward, terminal, info, env.stack
+
+
+def train_many(specs: list[RunSpec], config: SPRConfig, config_name: str = "spr",
+               progress: bool | None = None, env_threads: int = 0) -> list[dict]:
+  """Trains (or resumes) every run of `specs` together; returns their final.json contents in
+  the order of `specs`. Finished runs are skipped (their final.json is returned)."""
+  if len({Path(s.workdir).resolve() for s in specs}) != len(specs):
+    raise ValueError("two runs share a workdir")
+  finals: dict[int, dict] = {}
+  pending: list[tuple[int, _Run, SPRLearner, TrainState]] = []
+  for index, spec in enumerate(specs):
+    game = games.canonical_name(spec.game)
+    spec = RunSpec(game, int(spec.seed), spec.workdir)
+    path = wd.prepare(spec.workdir, single.run_identity(config_name, game, spec.seed, config))
+    if wd.is_finished(path):
+      finals[index] = wd.read_json(path / wd.FINAL)
+      logging.info("run in %s already finished; skipped", path)
+      continue
+    env = AtariEnv(game, seed=spec.seed, training=True)
+    learner = learner_for(config, env.num_actions)
+    state = learner.init(jax.random.PRNGKey(spec.seed))
+    run = _Run(spec, path, env, {}, wd.MetricsLog(path))
+    restored = single._restore(run.ckpt_dir, learner, env, state)  # pylint: disable=protected-access
+    if restored is None:
+      frame = env.reset()
+      state, action = learner.first_action(state)
+      run.host = dict(step=0, frame=frame, action=int(action), elapsed=0.0, episodes=[],
+                      params_count=param_count(state.params))
+    else:
+      state, run.host = restored
+      run.metrics_log.truncate_after(run.host["step"])
+      logging.info("resumed %s at step %d", path, run.host["step"])
+    pending.append((index, run, learner, state))
+
+  groups = _make_groups(pending)
+  for g in groups:
+    logging.info("batch of %d runs (%d actions) from step %d: %s", len(g.runs),
+                 g.learner.num_actions, g.step,
+                 ", ".join(f"{r.spec.game}/seed_{r.spec.seed}" for r in g.runs))
+  states = {}
+  if groups:
+    pool = ThreadPoolExecutor(env_threads) if env_threads > 1 else None
+    try:
+      with single._TermFlag() as term:  # pylint: disable=protected-access
+        _loop(groups, config, term, pool, progress)
+    finally:
+      if pool is not None:
+        pool.shutdown()
+    for g in groups:
+      for run, st in zip(g.runs, unstack_host(g.state, len(g.runs))):
+        states[id(run)] = (g.learner, st)
+
+  failed = []
+  for index, run, _, _ in pending:
+    if run.failed:
+      failed.append(run.failed)
+      continue
+    learner, st = states[id(run)]
+    finals[index] = single._final_evaluation(  # pylint: disable=protected-access
+        learner, st, run.host, run.spec.game, run.spec.seed, config, config_name, run.path)
+  if failed:
+    raise single.NonFiniteLossError("; ".join(failed))
+  return [finals[i] for i in range(len(specs))]
+
+
+def _make_groups(pending) -> list[_Group]:
+  by_key: dict[tuple[int, int], list] = {}
+  for _, run, learner, state in pending:
+    by_key.setdefault((learner.num_actions, run.host["step"]), []).append((run, learner, state))
+  groups = []
+  for (_, step), members in sorted(by_key.items()):
+    runs = [m[0] for m in members]
+    groups.append(_Group(
+        learner=members[0][1], runs=runs, state=stack_states([m[2] for m in members]), step=step,
+        actions=np.array([r.host["action"] for r in runs], np.int32),
+        frames=np.stack([r.host["frame"] for r in runs])))
+    for r in runs:
+      r.new_window()
+  return groups
+
+
+def _loop(groups: list[_Group], config: SPRConfig, term, pool, progress) -> None:
+  t_start = time.perf_counter() - max(r.host["elapsed"] for g in groups for r in g.runs)
+  for g in groups:
+    g.t_window, g.step_window = time.perf_counter(), g.step
+  bar = single._progress_bar(config.steps, min(g.step for g in groups), progress)  # pylint: disable=protected-access
+  while True:
+    active = [g for g in groups if g.step < config.steps]
+    if not active:
+      break
+    # 1. Step every env of every active group (threads if asked).
+    jobs = [(r.env, int(a)) for g in active for r, a in zip(g.runs, g.actions)]
+    results = list(pool.map(lambda j: _env_step(*j), jobs)) if pool else [
+        _env_step(*j) for j in jobs]
+    # 2. Dispatch every group's batched learner step, then fetch all actions at once.
+    outputs, k = [], 0
+    for g in active:
+      res = results[k:k + len(g.runs)]
+      k += len(g.runs)
+      done = g.step + 1
+      num_updates = config.updates_per_step if done >= config.learn_start else 0
+      fn = batched_step(g.learner, num_updates, is_reset_step(config, done))
+      rewards = np.array([clip_reward(r[1]) for r in res], np.float32)
+      terminals = np.array([r[2] for r in res], np.bool_)
+      stacks = np.stack([r[4] for r in res])
+      g.state, next_actions, m = fn(g.state, g.frames, g.actions, rewards, terminals, stacks)
+      outputs.append((g, res, next_actions, m))
+    fetched = jax.device_get([(o[2], o[3]) for o in outputs])
+    # 3. Host bookkeeping per run: metrics, episodes, logs, checkpoints.
+    preempted = term is not None and term.set
+    for (g, res, _, _), (next_actions, m) in zip(outputs, fetched):
+      g.actions = np.asarray(next_actions, np.int32)
+      g.frames = np.stack([r[0] for r in res])
+      g.step += 1
+      _bookkeeping(g, res, m, config, t_start)
+      if g.step % config.checkpoint_every == 0 or g.step == config.steps or preempted:
+        _checkpoint(g, config, t_start)
+    if bar is not None:
+      bar.update(1)
+    if preempted:
+      raise single.Preempted(
+          f"SIGTERM: checkpointed {sum(len(g.runs) for g in groups)} runs; rerun to resume")
+  if bar is not None:
+    bar.close()
+
+
+def _bookkeeping(g: _Group, res, m, config: SPRConfig, t_start: float) -> None:
+  done = g.step
+  for i, run in enumerate(g.runs):
+    if run.failed:
+      continue
+    if not m.finite[i]:
+      last = checkpoint.checkpoint_steps(run.ckpt_dir)
+      run.failed = (f"{run.spec.game} seed {run.spec.seed}: non-finite loss at env step {done}; "
+                    f"last good checkpoint: {'step ' + str(last[-1]) if last else 'none'} in "
+                    f"{run.ckpt_dir}")
+      logging.error(run.failed)
+      continue
+    w = run.window
+    w["loss"] += float(m.loss[i])
+    w["rl_loss"] += float(m.rl_loss[i])
+    w["spr_loss"] += float(m.spr_loss[i])
+    w["updates"] += int(m.updates[i])
+    info = res[i][3]
+    if info.get("game_over"):
+      w["returns"].append(float(info["episode_return"]))
+      run.host["episodes"].append((float(info["episode_return"]), int(info["episode_length"])))
+  if done % config.log_every == 0 or done == config.steps:
+    now = time.perf_counter()
+    rate = (done - g.step_window) / max(now - g.t_window, 1e-9)
+    losses = []
+    for run in g.runs:
+      if run.failed:
+        continue
+      w = run.window
+      n_upd = max(w["updates"], 1)
+      record = dict(
+          step=done, time_s=round(now - t_start, 3), steps_per_s=round(rate, 2),
+          updates=int(config.updates_per_step * max(done - config.learn_start + 1, 0)),
+          loss=w["loss"] / n_upd, rl_loss=w["rl_loss"] / n_upd, spr_loss=w["spr_loss"] / n_upd,
+          episodes=len(w["returns"]),
+          train_return=float(np.mean(w["returns"])) if w["returns"] else None,
+          batch_runs=len(g.runs))
+      run.metrics_log.write(record)
+      losses.append(record["loss"])
+      run.new_window()
+    logging.info("step %d/%d | %d runs (%d actions) | %.1f steps/s per run, %.0f total | "
+                 "mean loss %.4f", done, config.steps, len(g.runs), g.learner.num_actions, rate,
+                 rate * len(g.runs), float(np.mean(losses)) if losses else float("nan"))
+    g.t_window, g.step_window = now, done
+
+
+def _checkpoint(g: _Group, config: SPRConfig, t_start: float) -> None:
+  elapsed = time.perf_counter() - t_start
+  for i, (run, st) in enumerate(zip(g.runs, unstack_host(g.state, len(g.runs)))):
+    run.host.update(step=g.step, frame=g.frames[i].copy(), action=int(g.actions[i]),
+                    elapsed=elapsed)
+    if run.failed:
+      continue
+    checkpoint.save(run.ckpt_dir, g.step, st, dict(run.host, env=run.env.get_state()),
+                    keep=config.checkpoint_keep)
+
+
+__all__ = ["RunSpec", "train_many", "run_workdir", "parse_seeds", "batched_step",
+           "stack_states", "unstack_host"]

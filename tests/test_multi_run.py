@@ -1,0 +1,125 @@
+"""Several runs in one process (`launch.train --games/--seeds`, agents/spr/multi_trainer.py):
+per-run workdirs, the same trajectory as each run trained alone, per-run resume."""
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.spr.multi_trainer import parse_seeds, run_workdir
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ["--config=smoke", "--steps=200", "--eval_episodes=1", "--checkpoint_every=50"]
+
+
+def run(cmd):
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  if proc.returncode != 0:
+    raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def batch_cmd(root):
+  return [sys.executable, "-m", "launch.train", "--games=Pong,Breakout", "--seeds=0-1",
+          f"--workdir={root}", *FLAGS]
+
+
+def leaves(workdir, step=200):
+  with open(Path(workdir) / "checkpoints" / f"ckpt_{step}.pkl", "rb") as f:
+    return pickle.load(f)["leaves"]
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+  root = tmp_path_factory.mktemp("multi") / "smoke"
+  proc = run(batch_cmd(root))
+  return root, proc
+
+
+def test_parse_seeds():
+  assert parse_seeds("0-3") == [0, 1, 2, 3]
+  assert parse_seeds("0,2,5") == [0, 2, 5]
+  assert parse_seeds("0-1,7") == [0, 1, 7]
+  for bad in ("", "a", "3-1", "0,0"):
+    with pytest.raises(ValueError):
+      parse_seeds(bad)
+
+
+def test_every_run_writes_its_own_workdir(batch):
+  root, proc = batch
+  for game in ("Pong", "Breakout"):
+    for seed in (0, 1):
+      wd = run_workdir(root, game, seed)
+      assert wd == root / game / f"seed_{seed}"
+      config = json.loads((wd / "config.json").read_text())
+      assert (config["game"], config["seed"], config["config_name"]) == (game, seed, "smoke")
+      lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+      assert [l["step"] for l in lines] == [100, 200]
+      assert lines[-1]["updates"] == 101 and all(np.isfinite(l["loss"]) for l in lines)
+      final = json.loads((wd / "final.json").read_text())
+      assert final["game"] == game and final["seed"] == seed and final["steps"] == 200
+      assert final["eval_episodes"] == 1
+      assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == [
+          "ckpt_150.pkl", "ckpt_200.pkl"]
+      assert f"{game} seed {seed}: mean score" in proc.stdout
+  # Two vmapped batches: Pong (6 actions) and Breakout (4 actions).
+  assert "batch of 2 runs (6 actions)" in proc.stderr
+  assert "batch of 2 runs (4 actions)" in proc.stderr
+
+
+@pytest.mark.parametrize("game, seed", [("Pong", 1), ("Breakout", 0)])
+def test_run_in_batch_follows_the_run_alone(batch, tmp_path, game, seed):
+  """101 updates: the same actions, replay and counters exactly, parameters and optimiser
+  state within float tolerance (XLA's batched kernels may reassociate sums)."""
+  root, _ = batch
+  alone = tmp_path / "alone"
+  run([sys.executable, "-m", "launch.train", f"--game={game}", f"--seed={seed}",
+       f"--workdir={alone}", *FLAGS])
+  a, b = leaves(alone), leaves(run_workdir(root, game, seed))
+  assert len(a) == len(b)
+  exact = 0
+  for x, y in zip(a, b):
+    assert x.shape == y.shape and x.dtype == y.dtype
+    if x.dtype.kind in "iub":  # replay frames/actions/terminals, counters, RNG key
+      np.testing.assert_array_equal(x, y)
+    else:
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    exact += 1
+  assert exact == len(a)
+  with open(alone / "checkpoints" / "ckpt_200.pkl", "rb") as f:
+    host_a = pickle.load(f)["host"]
+  with open(run_workdir(root, game, seed) / "checkpoints" / "ckpt_200.pkl", "rb") as f:
+    host_b = pickle.load(f)["host"]
+  assert host_a["episodes"] == host_b["episodes"] and host_a["action"] == host_b["action"]
+
+
+def test_rerun_skips_finished_and_resumes_unfinished_runs_per_run(batch):
+  """Two runs lose their last checkpoint and final.json (as if killed after step 150): the
+  rerun skips the two finished runs and resumes the others, in two batches of one (different
+  action counts), from their own checkpoints. Integers (replay, actions, counters, RNG) come out
+  identical; floats within tolerance: a batch of 1 and a batch of 2 are different XLA programs."""
+  root, _ = batch
+  resumed = [run_workdir(root, "Pong", 0), run_workdir(root, "Breakout", 1)]
+  before = {wd: (leaves(wd), (wd / "eval.csv").read_text()) for wd in resumed}
+  untouched = run_workdir(root, "Pong", 1)
+  final_untouched = (untouched / "final.json").read_text()
+  for wd in resumed:
+    (wd / "final.json").unlink()
+    (wd / "checkpoints" / "ckpt_200.pkl").unlink()
+  proc = run(batch_cmd(root))
+  assert proc.stderr.count("already finished; skipped") == 2
+  assert "batch of 1 runs (6 actions) from step 150" in proc.stderr
+  for wd in resumed:
+    old_leaves, old_eval = before[wd]
+    for x, y in zip(old_leaves, leaves(wd)):
+      if x.dtype.kind in "iub":
+        np.testing.assert_array_equal(x, y)
+      else:
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+    assert (wd / "eval.csv").read_text() == old_eval
+    steps = [json.loads(l)["step"] for l in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [100, 200]
+  assert (untouched / "final.json").read_text() == final_untouched
