@@ -14,6 +14,7 @@ import dataclasses
 import json
 from typing import Any
 
+from spr import configs
 from spr.networks import NetworkConfig
 
 
@@ -98,31 +99,7 @@ def field_names() -> list[str]:
 
 def parse_value(name: str, text: str) -> Any:
   """Parses a command-line override for field `name` (ValueError naming the flag if malformed)."""
-  fields = {f.name: f for f in dataclasses.fields(SGIConfig)}
-  if name not in fields:
-    raise ValueError(f"unknown setting {name!r}")
-  default = fields[name].default
-  try:
-    if isinstance(default, bool):
-      low = text.strip().lower()
-      if low in ("1", "true", "yes"):
-        return True
-      if low in ("0", "false", "no"):
-        return False
-      raise ValueError(text)
-    if isinstance(default, int):
-      value = float(text)
-      if value != int(value):
-        raise ValueError(text)
-      return int(value)
-    if isinstance(default, float):
-      return float(text)
-    if isinstance(default, tuple):
-      return tuple(int(v) for v in text.replace("(", "").replace(")", "").split(",") if v.strip())
-    return text
-  except ValueError:
-    raise ValueError(f"malformed value {text!r} for --{name} "
-                     f"(expected {type(default).__name__})") from None
+  return configs.parse_override(SGIConfig, name, text)
 
 
 def make_config(name: str, overrides: dict[str, Any] | None = None) -> SGIConfig:
