@@ -9,6 +9,7 @@ import dataclasses
 import json
 from typing import Any
 
+from spr import configs
 from spr.networks import NetworkConfig
 
 
@@ -169,35 +170,8 @@ def field_names() -> list[str]:
 
 
 def parse_value(name: str, text: str) -> Any:
-  """Parses a command-line override `text` for field `name` into the field's type.
-
-  Raises ValueError with a one-line message naming the field on malformed input.
-  """
-  fields = {f.name: f for f in dataclasses.fields(SPRConfig)}
-  if name not in fields:
-    raise ValueError(f"unknown setting {name!r}")
-  default = fields[name].default
-  try:
-    if isinstance(default, bool):
-      low = text.strip().lower()
-      if low in ("1", "true", "yes"):
-        return True
-      if low in ("0", "false", "no"):
-        return False
-      raise ValueError(text)
-    if isinstance(default, int):
-      value = float(text)
-      if value != int(value):
-        raise ValueError(text)
-      return int(value)
-    if isinstance(default, float):
-      return float(text)
-    if isinstance(default, tuple):
-      return tuple(int(v) for v in text.replace("(", "").replace(")", "").split(",") if v.strip())
-    return text
-  except ValueError:
-    kind = type(default).__name__
-    raise ValueError(f"malformed value {text!r} for --{name} (expected {kind})") from None
+  """Parses a command-line override for field `name` (ValueError naming the flag if malformed)."""
+  return configs.parse_override(SPRConfig, name, text)
 
 
 def make_config(name: str, overrides: dict[str, Any] | None = None) -> SPRConfig:
