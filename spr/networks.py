@@ -166,9 +166,10 @@ class NoisyLinear(hk.Module):
     k_in, k_out = jax.random.split(noise_rng)
     eps_in = f(jax.random.normal(k_in, (n_in,), x.dtype))
     eps_out = f(jax.random.normal(k_out, (n_out,), x.dtype))
-    # (x * eps_in) @ sigma * eps_out == x @ (sigma * outer(eps_in, eps_out)) without the outer.
-    noisy = ((x * eps_in) @ w_sigma) * eps_out
-    return x @ w_mu + b_mu + noisy + b_sigma * eps_out
+    # The noisy weight is formed explicitly: one [in, out] elementwise op, then ONE matmul
+    # (the factored form (x * eps_in) @ sigma * eps_out needs two, and four in the backward).
+    w = w_mu + w_sigma * jnp.outer(eps_in, eps_out)
+    return x @ w + (b_mu + b_sigma * eps_out)
 
 
 def _kaiming_normal(fan: int, gain: float = 1.0) -> hk.initializers.Initializer:

@@ -28,6 +28,7 @@ class SPRConfig:
   # Network.
   encoder: str = "nature"
   encoder_channels: tuple[int, ...] = (32, 64, 64)
+  encoder_chunk: int = -1  # no-gradient encoder passes in chunks of this size; -1 auto, 0 none
   impala_width: int = 4
   hidden: int = 256
   num_atoms: int = 51
