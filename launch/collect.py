@@ -23,10 +23,11 @@ longer, more varied episodes than uniform noise); `checkpoint` an agent trained 
 """
 from __future__ import annotations
 
-import sys
 import time
 
 from absl import app, flags, logging
+
+from launch.common import fail
 
 _GAME = flags.DEFINE_string("game", "Pong", "Atari game.")
 _POLICY = flags.DEFINE_enum("policy", "random", ["random", "epsilon", "checkpoint"], "Behaviour.")
@@ -39,11 +40,6 @@ _STICKY = flags.DEFINE_float("sticky", 0.25, "Sticky-action probability (0.25 as
 _EPSILON = flags.DEFINE_float("epsilon", 0.01, "Epsilon of the epsilon / checkpoint policies.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "launch.train workdir (--policy=checkpoint).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the env and the policy.")
-
-
-def fail(message: str, code: int = 2) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(code)
 
 
 def _checkpoint_policy(workdir: str, game: str, num_actions: int):

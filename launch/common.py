@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 import os
+import sys
+
+
+def fail(message: str, code: int = 2) -> None:
+  """Bad input (or a run that cannot go on): one `error:` line on stderr and exit `code`."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
 
 
 def configure_jax_cache() -> None:

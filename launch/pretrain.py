@@ -14,10 +14,10 @@ Exit codes: 0 done, 2 bad input (flags, missing/corrupt data), 3 non-finite loss
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from absl import app, flags, logging
 
+from launch.common import fail
 from agents.sgi import config as sgi_config
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root of the data: <data_dir>/<Game>/<run>/...")
@@ -35,11 +35,6 @@ _OVERRIDES = {
                                 f"(default of 'sgi_m': {f.default!r}).")
     for f in dataclasses.fields(sgi_config.SGIConfig)
 }
-
-
-def fail(message: str, code: int = 2) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(code)
 
 
 def _list(text: str) -> list[str]:

@@ -19,10 +19,10 @@ loss (the last good checkpoint is kept),
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from absl import app, flags, logging
 
+from launch.common import fail
 from agents.spr import config as spr_config
 
 _GAME = flags.DEFINE_string("game", "Pong", "Atari 100k game (ALE name, case-insensitive).")
@@ -40,11 +40,6 @@ _OVERRIDES = {
                                 f"(default of 'spr': {f.default!r}).")
     for f in dataclasses.fields(spr_config.SPRConfig)
 }
-
-
-def fail(message: str, code: int = 2) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(code)
 
 
 def resolve_config():

@@ -36,3 +36,21 @@ def parse_override(config_cls: type, name: str, text: str) -> Any:
   except ValueError:
     kind = type(default).__name__
     raise ValueError(f"malformed value {text!r} for --{name} (expected {kind})") from None
+
+
+def make_named(config_cls: type, named: dict[str, dict[str, Any]], name: str,
+               overrides: dict[str, Any] | None = None):
+  """`config_cls` built from the named configuration `name` plus typed `overrides`, validated
+  (the class must have a `validate()` that returns the instance or raises ValueError)."""
+  if name not in named:
+    raise ValueError(f"unknown config {name!r}; valid: {', '.join(sorted(named))}")
+  values = dict(named[name])
+  values.update(overrides or {})
+  return config_cls(**values).validate()
+
+
+def from_json(config_cls: type, data: dict[str, Any]):
+  """Rebuilds a config from its config.json dict (lists back to tuples, other keys ignored)."""
+  names = {f.name for f in dataclasses.fields(config_cls)}
+  return config_cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()
+                       if k in names})

@@ -245,7 +245,6 @@ def sample_indices(state: ReplayState, rng: chex.PRNGKey, batch_size: int, n_ste
     The caller must make sure at least one index is sampleable (e.g. sample only after the
     2000 random warm-up steps); with none, the indices returned are garbage (but in range).
     """
-    capacity = state.frames.shape[0]
     valid = sampleable_mask(state, n_step, spr_steps, stack_size)
     mass = jnp.where(valid, jnp.power(state.priorities, alpha), 0.0)
     cumsum = jnp.cumsum(mass)

@@ -4,7 +4,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from agents.spr.config import make_config
@@ -62,7 +61,7 @@ def test_total_is_importance_weighted_sum_of_rl_and_weighted_spr(setup):
   for weight in (0.0, 5.0):
     learner = SPRLearner(dataclasses.replace(config, spr_weight=weight), NUM_ACTIONS)
     results[weight] = loss_parts(learner, state.params, batch, w)
-  (l0, a0), (l5, a5) = results[0.0], results[5.0]
+  (_, a0), (l5, a5) = results[0.0], results[5.0]
   np.testing.assert_allclose(a0["rl_loss"], a5["rl_loss"], rtol=1e-6)  # same rng, same RL part
   assert float(a0["spr_loss"]) == 0.0 and float(a5["spr_loss"]) > 0
   # Doubling every importance weight doubles the loss.
@@ -175,3 +174,43 @@ def test_optimizer_clips_stem_and_transition_separately_and_not_the_predictor():
   np.testing.assert_allclose(step("spr/~/encoder/conv0"), [0.6, 0.8, 0, 0], rtol=1e-5)
   np.testing.assert_allclose(step("spr/~/transition/conv0"), [0.6, 0.8, 0, 0], rtol=1e-5)
   np.testing.assert_allclose(step("spr/~/predictor"), [30, 40, 0, 0], rtol=1e-5)
+
+
+def test_sgi_style_bootstrap_uses_the_online_net_and_spr_targets_the_ema():
+  config = smoke(target_tau=0.5, bootstrap_with_target=False, augmentation=False, noisy=False)
+  learner = SPRLearner(config, NUM_ACTIONS)
+  state = learner.init(jax.random.PRNGKey(0))
+  batch, w, key = make_batch(config), jnp.ones(4), jax.random.PRNGKey(1)
+  other = learner.init(jax.random.PRNGKey(5)).params  # a different target network
+  _, same = learner.loss(state.params, state.params, batch, w, key)
+  _, diff = learner.loss(state.params, other, batch, w, key)
+  np.testing.assert_allclose(diff["rl_loss"], same["rl_loss"], rtol=1e-6)  # bootstrap: online
+  assert abs(float(diff["spr_loss"]) - float(same["spr_loss"])) > 1e-4  # SPR targets: EMA net
+  bbf_like = SPRLearner(dataclasses.replace(config, bootstrap_with_target=True), NUM_ACTIONS)
+  _, tgt = bbf_like.loss(state.params, other, batch, w, key)
+  assert abs(float(tgt["rl_loss"]) - float(same["rl_loss"])) > 1e-4  # bootstrap: target
+
+
+@pytest.mark.parametrize("name", ["lrp", "directpred"])
+def test_closed_form_predictor_plugs_in_with_ema_statistics(name):
+  config = smoke(predictor=name, predictor_ema=0.5)
+  learner = SPRLearner(config, NUM_ACTIONS)
+  state = filled_state(learner, config)
+  assert int(state.predictor_state.count) == 0
+  update = jax.jit(learner.update)
+  new, m = update(state)
+  new, m = update(new)
+  assert bool(m.finite) and float(m.spr_loss) > 0
+  assert int(new.predictor_state.count) == 2
+  sigma = np.asarray(new.predictor_state.sigma)
+  np.testing.assert_allclose(sigma, sigma.T, atol=1e-6)  # an EMA of correlations z^T z / N
+  assert np.all(np.linalg.eigvalsh(sigma) > -1e-5)
+  # The learned predictor is not used: it gets no gradient, Adam leaves it where it was.
+  for k in ("w", "b"):
+    np.testing.assert_array_equal(new.params["spr/~/predictor"][k],
+                                  state.params["spr/~/predictor"][k])
+
+
+def test_unknown_predictor_is_a_config_error():
+  with pytest.raises(ValueError, match="predictor must be one of linear, directcopy"):
+    smoke(predictor="nope")

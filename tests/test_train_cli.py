@@ -1,7 +1,6 @@
 """End-to-end runs of `python -m launch.train` with the `smoke` config: every output file,
 resume after a kill, same-seed determinism, and the bad inputs."""
 import json
-import os
 import pickle
 import signal
 import subprocess

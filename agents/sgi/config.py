@@ -11,7 +11,6 @@ of 256; `steps` counts gradient updates.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from spr import configs
@@ -93,28 +92,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def field_names() -> list[str]:
-  return [f.name for f in dataclasses.fields(SGIConfig)]
-
-
 def parse_value(name: str, text: str) -> Any:
   """Parses a command-line override for field `name` (ValueError naming the flag if malformed)."""
   return configs.parse_override(SGIConfig, name, text)
 
 
 def make_config(name: str, overrides: dict[str, Any] | None = None) -> SGIConfig:
-  if name not in CONFIGS:
-    raise ValueError(f"unknown config {name!r}; valid: {', '.join(sorted(CONFIGS))}")
-  values = dict(CONFIGS[name])
-  values.update(overrides or {})
-  return SGIConfig(**values).validate()
+  """The named configuration with `overrides` applied (already typed), validated."""
+  return configs.make_named(SGIConfig, CONFIGS, name, overrides)
 
 
 def config_from_json(data: dict[str, Any]) -> SGIConfig:
-  values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()
-            if k in field_names()}
-  return SGIConfig(**values)
-
-
-def dumps(config: SGIConfig) -> str:
-  return json.dumps(config.to_json(), indent=2, sort_keys=True)
+  return configs.from_json(SGIConfig, data)

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from agents.sgi.config import SGIConfig
-from agents.sgi.learner import SGILearner, SGIState
+from agents.sgi.learner import SGILearner
 from envs import games as games_lib
 from spr import checkpoint, dqn_replay, workdir as wd
 

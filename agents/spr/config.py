@@ -6,11 +6,13 @@ Every default is the value the SPR reference code (mila-iqia/spr) ran for the pu
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from spr import configs
 from spr.networks import NetworkConfig
+from spr.predictors import PREDICTORS
+
+PREDICTOR_NAMES = ("linear",) + tuple(sorted(PREDICTORS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +75,12 @@ class SPRConfig:
   epsilon_decay_steps: int = 0  # linear 1 -> epsilon_train over this many steps after
   #                               learn_start (0: random before learn_start, then epsilon_train)
   act_with_target: bool = False  # act (training and evaluation) with the target params
+  bootstrap_with_target: bool = True  # C51 bootstrap from the target (False: the online params)
+  # SPR predictor: "linear" (learned, the SPR default) or a closed-form one of spr.predictors
+  # (lrp, ne, visser, ns, ns2, stiefel, directpred, directcopy) from EMA batch statistics.
+  predictor: str = "linear"
+  predictor_ema: float = 0.99
+  predictor_ridge: float = 0.0
   # SGI finetuning (Schwarzer et al., NeurIPS 2021; see the `sgi` config and agents/sgi/).
   init_from: str = ""  # launch.pretrain workdir (or its pretrained.pkl), loaded by a NEW run
   encoder_lr: float = 0.0  # encoder learning rate (SGI 1e-6); 0: learning_rate
@@ -97,6 +105,9 @@ class SPRConfig:
         (self.num_atoms >= 2, "num_atoms must be >= 2"),
         (self.v_min < self.v_max, "v_min must be < v_max"),
         (0.0 < self.target_tau <= 1.0, "target_tau must be in (0, 1]"),
+        (self.predictor in PREDICTOR_NAMES,
+         f"predictor must be one of {', '.join(PREDICTOR_NAMES)}"),
+        (0.0 <= self.predictor_ema < 1.0, "predictor_ema must be in [0, 1)"),
         (self.encoder in ("nature", "impala", "sgi_m", "sgi_ml"),
          "encoder must be 'nature', 'impala', 'sgi_m' or 'sgi_ml'"),
         (self.encoder_lr >= 0 and self.head_first_lr >= 0,
@@ -159,15 +170,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "bbf_smoke": _BBF_SMOKE,
     # SGI finetuning (mila-iqia/SGI scripts/experiments/sgim_finetune.sh + config.yaml): SGI-M
     # encoder, 512-unit head, per-group lrs, no clipping, EMA target 0.01 (momentum_tau). Pass
-    # --init_from=<pretraining workdir>. Differs from SGI: our single target also serves the C51
-    # bootstrap (SGI bootstraps from the online net, target_update_tau 1).
+    # --init_from=<pretraining workdir>. The C51 bootstrap uses the online net (SGI's
+    # target_update_tau 1); the EMA target only gives the SPR targets.
     "sgi": dict(encoder="sgi_m", hidden=512, encoder_lr=1e-6, head_first_lr=3e-5,
-                grad_clip=0.0, target_tau=0.01),
+                grad_clip=0.0, target_tau=0.01, bootstrap_with_target=False),
 }
-
-
-def field_names() -> list[str]:
-  return [f.name for f in dataclasses.fields(SPRConfig)]
 
 
 def parse_value(name: str, text: str) -> Any:
@@ -177,18 +184,8 @@ def parse_value(name: str, text: str) -> Any:
 
 def make_config(name: str, overrides: dict[str, Any] | None = None) -> SPRConfig:
   """The named configuration with `overrides` applied (already typed), validated."""
-  if name not in CONFIGS:
-    raise ValueError(f"unknown config {name!r}; valid: {', '.join(sorted(CONFIGS))}")
-  values = dict(CONFIGS[name])
-  values.update(overrides or {})
-  return SPRConfig(**values).validate()
+  return configs.make_named(SPRConfig, CONFIGS, name, overrides)
 
 
 def config_from_json(data: dict[str, Any]) -> SPRConfig:
-  values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()
-            if k in field_names()}
-  return SPRConfig(**values)
-
-
-def dumps(config: SPRConfig) -> str:
-  return json.dumps(config.to_json(), indent=2, sort_keys=True)
+  return configs.from_json(SPRConfig, data)

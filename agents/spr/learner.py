@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from agents.spr.config import SPRConfig
-from spr import augmentation, losses, replay
+from spr import augmentation, losses, predictors, replay
 from spr.networks import make_spr_network
 
 Params = Any
@@ -39,6 +39,8 @@ class TrainState(NamedTuple):
   rng: jax.Array
   env_step: jax.Array  # int32 [], transitions added so far
   update_step: jax.Array  # int32 [], gradient updates done so far
+  # EMA statistics of a closed-form SPR predictor (spr.predictors); () for the learned one.
+  predictor_state: Any = ()
 
 
 class StepMetrics(NamedTuple):
@@ -80,6 +82,8 @@ def lr_group_labels(params: Params) -> Params:
 
 
 def _base_optimizer(config: SPRConfig, learning_rate: float) -> optax.GradientTransformation:
+  """Adam, or for BBF AdamW with decoupled weight decay on weights only (rank-1 params, biases
+  and norm scales, are not decayed), as its create_scaling_optimizer(decay_bias=False)."""
   if config.optimizer == "adamw":
     return optax.adamw(learning_rate, eps=config.adam_eps, weight_decay=config.weight_decay,
                        mask=lambda p: jax.tree.map(lambda x: x.ndim != 1, p))
@@ -106,15 +110,8 @@ def make_optimizer(config: SPRConfig) -> optax.GradientTransformation:
              "rest": config.learning_rate}
     parts.append(optax.multi_transform({g: _base_optimizer(config, lr) for g, lr in rates.items()},
                                        lr_group_labels))
-    return optax.chain(*parts)
-  if config.optimizer == "adamw":
-    # BBF: AdamW with decoupled weight decay on weights only (rank-1 params, biases and norm
-    # scales, are not decayed), as its create_scaling_optimizer(decay_bias=False).
-    parts.append(optax.adamw(config.learning_rate, eps=config.adam_eps,
-                             weight_decay=config.weight_decay,
-                             mask=lambda p: jax.tree.map(lambda x: x.ndim != 1, p)))
   else:
-    parts.append(optax.adam(config.learning_rate, eps=config.adam_eps))
+    parts.append(_base_optimizer(config, config.learning_rate))
   return optax.chain(*parts)
 
 
@@ -148,7 +145,9 @@ class SPRLearner:
     return TrainState(
         params=params, target_params=target, opt_state=self.optimizer.init(params),
         replay=replay.replay_init(self.config.replay_capacity), rng=rng,
-        env_step=jnp.zeros((), jnp.int32), update_step=jnp.zeros((), jnp.int32))
+        env_step=jnp.zeros((), jnp.int32), update_step=jnp.zeros((), jnp.int32),
+        predictor_state=(() if self.config.predictor == "linear"
+                         else predictors.init_state(2 * self.config.hidden)))
 
   def _target(self, state_params: Params, target_params: Params) -> Params:
     return state_params if self.config.target_tau == 1.0 else target_params
@@ -169,7 +168,8 @@ class SPRLearner:
 
   # ---------------------------------------------------------------- loss
   def loss(self, params: Params, target_params: Params, batch: dict, is_weights: jax.Array,
-           rng: jax.Array, n: jax.Array | None = None, gamma: jax.Array | None = None):
+           rng: jax.Array, n: jax.Array | None = None, gamma: jax.Array | None = None,
+           predictor_state: Any = ()):
     """Importance-weighted C51 double-DQN loss plus the SPR loss (Schwarzer et al. 2021, Eq. 4).
 
     Args:
@@ -181,8 +181,10 @@ class SPRLearner:
       is_weights: `[B]` prioritised-replay importance weights (applied to both losses).
       rng: key for augmentation and noisy-layer noise.
       n, gamma: traced n-step and discount (BBF annealing); None: the config's fixed values.
+      predictor_state: EMA statistics of a closed-form predictor (config.predictor != "linear").
     Returns:
-      (scalar loss, aux dict with per-sample `priorities` [B] and the loss parts).
+      (scalar loss, aux dict with per-sample `priorities` [B], the loss parts and the new
+      `predictor_state`).
     """
     cfg = self.config
     encode, transition, q_logits, project, predict = self.network.apply
@@ -207,17 +209,24 @@ class SPRLearner:
     # ---- no-gradient passes: SPR targets, bootstrap distribution, double-DQN selector.
     target = jax.lax.stop_gradient(self._target(params, target_params))
     online_fixed = jax.lax.stop_gradient(params)
+    # The C51 bootstrap uses the target network, or the online one (SGI finetuning bootstraps
+    # from the online net while its SPR targets come from the EMA encoder).
+    rl_target = target if cfg.bootstrap_with_target else online_fixed
     if cfg.target_tau == 1.0:
       # Same parameters: one encoder call over every no-gradient input.
       latents = self._encode_chunked(target, jnp.concatenate([future, nxt_target, nxt_select]))
       fut_latent = latents[:b * k_steps]
       nxt_t_latent = latents[b * k_steps:b * k_steps + b]
       nxt_s_latent = latents[b * k_steps + b:]
-    else:
+    elif cfg.bootstrap_with_target:
       latents = self._encode_chunked(target, jnp.concatenate([future, nxt_target]))
       fut_latent, nxt_t_latent = latents[:b * k_steps], latents[b * k_steps:]
       nxt_s_latent = self._encode_chunked(online_fixed, nxt_select)
-    next_logits_target = q_logits(target, None, nxt_t_latent, keys[4])
+    else:
+      fut_latent = self._encode_chunked(target, future)
+      latents = self._encode_chunked(online_fixed, jnp.concatenate([nxt_target, nxt_select]))
+      nxt_t_latent, nxt_s_latent = latents[:b], latents[b:]
+    next_logits_target = q_logits(rl_target, None, nxt_t_latent, keys[4])
     if cfg.double_dqn:
       selector = q_values(q_logits(online_fixed, None, nxt_s_latent, keys[5]), self.support)
     else:
@@ -248,9 +257,19 @@ class SPRLearner:
       # Project and predict all K steps in one matmul each ([K*B, ...], k-major): the same
       # values as per step, and one large GEMM is much cheaper than K small ones.
       rolled = jnp.concatenate(rolled)
-      predictions = predict(params, None, project(params, None, rolled))
-      predictions = predictions.reshape(k_steps, b, -1).transpose(1, 0, 2)  # [B, K, D]
       targets = project(target, None, fut_latent).reshape(b, k_steps, -1)
+      projections = project(params, None, rolled)  # [K*B, D], k-major
+      if cfg.predictor == "linear":
+        predictions = predict(params, None, projections)
+      else:
+        # A closed-form predictor (Richemond et al. 2023; Tian et al. 2021) from the EMA
+        # statistics of (online projection, target projection) pairs; no gradient through W.
+        pairs_target = targets.transpose(1, 0, 2).reshape(k_steps * b, -1)
+        weights, predictor_state = predictors.PREDICTORS[cfg.predictor](
+            jax.lax.stop_gradient(projections), pairs_target, predictor_state,
+            ema=cfg.predictor_ema, ridge=cfg.predictor_ridge)
+        predictions = projections @ jax.lax.stop_gradient(weights)
+      predictions = predictions.reshape(k_steps, b, -1).transpose(1, 0, 2)  # [B, K, D]
       mask = jax.vmap(losses.spr_sequence_mask)(batch["terminals"][:, :k_steps + 1])
       per_step = jax.vmap(losses.self_predictive_loss)(predictions, targets, mask)  # [B, K]
       spr_loss = cfg.spr_weight * jnp.mean(per_step, axis=1)
@@ -259,7 +278,7 @@ class SPRLearner:
 
     total = jnp.mean(is_weights * (rl_loss + spr_loss))
     aux = dict(priorities=priorities, rl_loss=jnp.mean(rl_loss),
-               spr_loss=jnp.mean(spr_loss))
+               spr_loss=jnp.mean(spr_loss), predictor_state=predictor_state)
     return total, aux
 
   # ---------------------------------------------------------------- update
@@ -279,7 +298,8 @@ class SPRLearner:
           state.replay, indices, n, cfg.n_step_final, cfg.n_step))
       anneal = dict(n=n, gamma=gamma)
     (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(
-        state.params, state.target_params, batch, is_weights, loss_key, **anneal)
+        state.params, state.target_params, batch, is_weights, loss_key, **anneal,
+        predictor_state=state.predictor_state)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if cfg.target_tau == 1.0:
@@ -291,8 +311,8 @@ class SPRLearner:
     metrics = StepMetrics(loss=loss, rl_loss=aux["rl_loss"], spr_loss=aux["spr_loss"],
                           updates=jnp.ones((), jnp.int32), finite=finite)
     return state._replace(params=params, target_params=target_params, opt_state=opt_state,
-                          replay=new_replay, rng=rng,
-                          update_step=state.update_step + 1), metrics
+                          replay=new_replay, rng=rng, update_step=state.update_step + 1,
+                          predictor_state=aux["predictor_state"]), metrics
 
   # ---------------------------------------------------------------- acting
   def _greedy_actions(self, params: Params, stacks: jax.Array,
