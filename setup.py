@@ -25,5 +25,5 @@ setup(
         "rliable>=1.2",  # stratified-bootstrap aggregate metrics
         "pandas<3",  # rliable's dependency chain breaks on pandas 3 (arch import)
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist"]},
+    extras_require={"test": ["pytest>=8"]},
 )
