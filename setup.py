@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="self-predictive-rl",
     version="0.1.0",
-    description=__doc__,
+    description=" ".join(__doc__.split()),
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["spr*", "agents*", "envs*", "theory*", "launch*"]),
     package_data={"envs": ["scores.csv"]},
