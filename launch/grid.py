@@ -189,6 +189,7 @@ class SweepDef:
     joint: bool = False  # pretrain: one run over all games per seed
     init_from: str = ""  # finetuning: template with {label} {config} {game} {ale_game} {seed}
     name: str = ""  # explicit label (only with one config and no grid)
+    data_dir: str = ""  # pretrain: launch.pretrain --data_dir (a path, not part of the label)
 
     def points(self) -> list[GridPoint]:
         if not self.configs:
@@ -222,6 +223,7 @@ def write_manifest(root: Path, label: str, sweep: SweepDef, points: Sequence[Gri
         "entry": sweep.entry,
         "joint": sweep.joint,
         "init_from": sweep.init_from,
+        "data_dir": sweep.data_dir,
         "games": games,
         "seeds": seeds,
         **extra,

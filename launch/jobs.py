@@ -17,7 +17,8 @@ Run states (read_state), first match wins:
   failed       exit.json with a non-zero return code that is not an interruption, or exit 0
                without final.json; `error` = last non-empty line of log.txt.
   interrupted  started but not running and not failed: requeued after a timeout/preemption,
-               killed by SIGTERM/SIGINT/SIGKILL/SIGUSR*, or a stale lock (runner killed).
+               killed by SIGTERM/SIGINT/SIGKILL/SIGUSR* (or exited 128+N after catching one:
+               launch.train's 143 = checkpointed on SIGTERM), or a stale lock (runner killed).
                A sweep resumes it from its checkpoint.
   pending      nothing written yet.
 """
@@ -141,7 +142,16 @@ class RunState:
     error: str = ""  # failed: last non-empty line of log.txt; interrupted: why
 
 
+def _interrupt_signal(rc: int) -> int | None:
+    """The interrupting signal behind exit status rc: -N (killed by N) or 128+N (a trainer
+    that caught N, checkpointed and exited, e.g. launch.train's 143 after SIGTERM); else None."""
+    sig = -rc if rc < 0 else rc - 128 if rc > 128 else None
+    return sig if sig in {int(s) for s in _INTERRUPT_SIGNALS} else None
+
+
 def _describe_rc(rc: int) -> str:
+    if rc > 128 and _interrupt_signal(rc) is not None:
+        return f"exit code {rc} (stopped by {signal.Signals(rc - 128).name})"
     if rc < 0:
         try:
             return f"killed by {signal.Signals(-rc).name}"
@@ -165,7 +175,7 @@ def read_state(workdir: Path | str) -> RunState:
         rc = int(ex.get("returncode", 1))
         if ex.get("requeued"):
             return RunState("interrupted", step, budget, "requeued after timeout/preemption")
-        if rc < 0 and -rc in {int(s) for s in _INTERRUPT_SIGNALS}:
+        if _interrupt_signal(rc) is not None:
             return RunState("interrupted", step, budget, _describe_rc(rc))
         if rc == 0:
             return RunState("failed", step, budget, "exited 0 without final.json")
@@ -396,6 +406,8 @@ def build_spec(point: grid.GridPoint, root: Path | str, sweep: grid.SweepDef, mo
     else:
         args.append(f"--game={grid.ale_name(point.game)}")
     args += [f"--seed={point.seed}", f"--workdir={wd}"]
+    if sweep.data_dir:
+        args.append(f"--data_dir={sweep.data_dir}")
     if sweep.init_from:
         args.append("--init_from=" + init_from_path(sweep.init_from, point))
     args += [f"--{k}={v}" for k, v in point.overrides]

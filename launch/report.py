@@ -9,7 +9,8 @@ and ROOT/<label>/sweep.json for the seeds asked for) and writes to OUT:
   per_game.csv          per configuration and game: seeds, mean and 95% t-CI over seeds, mean HNS,
                         and the random, human, DER, SPR, BBF columns of scores.csv
   aggregates.csv        IQM, median, mean, optimality gap of HNS with 95% stratified-bootstrap CIs
-  interval_estimates.png, performance_profile.png, learning_curves.png (if periodic evals exist)
+  interval_estimates.png, performance_profile.png, learning_curves.png (periodic evals from
+                        metrics.jsonl, else training returns; only if some run logged them)
 """
 from __future__ import annotations
 
@@ -296,7 +297,13 @@ def _plots(out: Path, score_dict, aggregates, records, labels, all_games, opts) 
         fig.savefig(out / "performance_profile.png", bbox_inches="tight", dpi=120)
         plt.close(fig)
         figures.append("performance_profile.png")
-    curves = _learning_curves(records, labels)
+    # periodic evaluations if the runs have them; else the training-episode returns launch.train
+    # logs (`train_return`, mean over the episodes ended since the previous metrics line)
+    curve_key = "eval_mean_score"
+    curves = _learning_curves(records, labels, curve_key)
+    if not curves:
+        curve_key = "train_return"
+        curves = _learning_curves(records, labels, curve_key)
     if curves:
         games = [g for g in all_games if any(g in curves[lab] for lab in curves)]
         ncol = min(6, len(games))
@@ -314,7 +321,8 @@ def _plots(out: Path, score_dict, aggregates, records, labels, all_games, opts) 
             ax.axis("off")
         axes.flat[0].legend(fontsize=7)
         fig.supxlabel("env steps")
-        fig.supylabel("eval mean score (mean, min-max over seeds)")
+        fig.supylabel(("eval mean score" if curve_key == "eval_mean_score" else "training return")
+                      + " (mean, min-max over seeds)")
         fig.tight_layout()
         fig.savefig(out / "learning_curves.png", dpi=100)
         plt.close(fig)
@@ -322,8 +330,8 @@ def _plots(out: Path, score_dict, aggregates, records, labels, all_games, opts) 
     return figures
 
 
-def _learning_curves(records, labels) -> dict:
-    """label -> game -> (steps, mean, min, max) over seeds of periodic `eval_mean_score`."""
+def _learning_curves(records, labels, key: str = "eval_mean_score") -> dict:
+    """label -> game -> (steps, mean, min, max) over seeds of metrics.jsonl's `key` (non-null)."""
     curves: dict = {}
     for lab in labels:
         for g in dict.fromkeys(r.game for r in records if r.label == lab):
@@ -339,8 +347,8 @@ def _learning_curves(records, labels) -> dict:
                                 d = json.loads(line)
                             except ValueError:
                                 continue
-                            if "eval_mean_score" in d and "step" in d:
-                                pts[int(d["step"])] = float(d["eval_mean_score"])
+                            if isinstance(d, dict) and d.get(key) is not None and "step" in d:
+                                pts[int(d["step"])] = float(d[key])
                 except OSError:
                     continue
                 if pts:

@@ -1,11 +1,12 @@
 r"""Launch (or resume) a sweep of runs, locally or on SLURM, or print its status.
 
   python -m launch.sweep --config=spr --games=all --seeds=0-9 --root=DIR
-  python -m launch.sweep --config=spr,der --games=pong,breakout --seeds=0-4 --root=DIR \
-      --grid=lr=1e-4,3e-4 --set=steps=100000 --max_parallel=4
-  python -m launch.sweep --config=sgi --entry=pretrain --games=all --seeds=0-4 --root=PRE
-  python -m launch.sweep --config=sgi_ft --games=all --seeds=0-4 --root=FT \
-      --init_from=PRE/sgi/{game}/seed_{seed}
+  python -m launch.sweep --config=spr,bbf --games=pong,breakout --seeds=0-4 --root=DIR \
+      --grid=learning_rate=1e-4,3e-4 --set=steps=100000 --max_parallel=4
+  python -m launch.sweep --entry=pretrain --config=sgi_m --data_dir=DATA --games=all --seeds=0-4 \
+      --root=PRE
+  python -m launch.sweep --config=sgi --games=all --seeds=0-4 --root=FT \
+      --init_from=PRE/sgi_m/{game}/seed_{seed}
   python -m launch.sweep --backend=slurm --partition=gpu --time_min=720 ... --root=DIR
   python -m launch.sweep --root=DIR --status
 
@@ -35,6 +36,8 @@ def define_flags() -> None:
     flags.DEFINE_string("name", "", "Explicit label instead of config+overrides (one config, no --grid).")
     flags.DEFINE_enum("entry", "train", ["train", "pretrain"], "launch.train or launch.pretrain.")
     flags.DEFINE_string("module", "", "Python module to run instead of the entry's (tests, new entry points).")
+    flags.DEFINE_string("data_dir", "", "pretrain: logged data root passed to every run as --data_dir "
+                        "(not part of the label; required unless given in --set).")
     flags.DEFINE_bool("joint", False, "pretrain: one run over all --games per seed (ROOT/<label>/joint/).")
     flags.DEFINE_string("init_from", "", "Finetuning: pretrained workdir template, "
                         "with {game} {ale_game} {seed} {label} {config}.")
@@ -67,7 +70,8 @@ def sweep_from_flags() -> grid.SweepDef:
     return grid.SweepDef(
         configs=configs, games=grid.parse_games(FLAGS.games), seeds=grid.parse_seeds(FLAGS.seeds),
         fixed=grid.parse_overrides(FLAGS.set), grid=list(FLAGS.grid), entry=FLAGS.entry,
-        joint=FLAGS.joint, init_from=FLAGS.init_from, name=FLAGS.name)
+        joint=FLAGS.joint, init_from=FLAGS.init_from, name=FLAGS.name,
+        data_dir=str(Path(FLAGS.data_dir).expanduser().resolve()) if FLAGS.data_dir else "")
 
 
 def discovered_runs(root: Path) -> list[tuple[str, str, int, Path]]:
@@ -127,6 +131,11 @@ def main(argv):
         if not FLAGS.config:
             _fail("--config is required")
         sweep = sweep_from_flags()
+        if sweep.data_dir and sweep.entry != "pretrain":
+            _fail("--data_dir is for --entry=pretrain")
+        if sweep.entry == "pretrain" and not sweep.data_dir and not any(
+                k == "data_dir" for k, _ in sweep.fixed):
+            _fail("--entry=pretrain needs --data_dir=DIR (the logged data, see launch.pretrain)")
         points = sweep.points()
         env = dict(grid.parse_overrides(FLAGS.env))
         specs = [jobs.build_spec(p, root, sweep, FLAGS.module, env) for p in points]

@@ -92,6 +92,11 @@ def _main_many(config) -> None:
   from envs import games
   from spr.workdir import WorkdirError
 
+  if config.init_from:
+    fail("--init_from (finetuning) is not supported with --games/--seeds yet: "
+         "finetune each run with its own --game/--seed")
+  if config.eval_every:
+    fail("--eval_every (periodic evaluation) is not supported with --games/--seeds yet")
   try:
     game_list = [games.canonical_name(g) for g in
                  (_GAMES.value.split(",") if _GAMES.value else [_GAME.value]) if g.strip()]

@@ -26,7 +26,7 @@ def torch_bias_init(fan_in: int) -> hk.initializers.Initializer:
   return hk.initializers.RandomUniform(-bound, bound)
 
 
-def renormalize(latent: jax.Array) -> jax.Array:
+def renormalize(latent: jax.Array, eps: float = 0.0) -> jax.Array:
   """Per-sample min-max renormalisation to [0, 1] over all non-batch axes (SPR, eq. in App. C).
 
   Args:
@@ -34,11 +34,14 @@ def renormalize(latent: jax.Array) -> jax.Array:
   Returns:
     `(latent - min) / (max - min)` per sample. The SPR code divides by `max - min` without a
     guard; we floor the denominator at 1e-8 so a constant latent gives zeros instead of NaN
-    (identical whenever the latent is not constant).
+    (identical whenever the latent is not constant). With `eps > 0` the denominator is
+    `max - min + eps` instead (BBF's spr_networks.renormalize, eps 1e-5).
   """
   axes = tuple(range(1, latent.ndim))
   lo = jnp.min(latent, axis=axes, keepdims=True)
   hi = jnp.max(latent, axis=axes, keepdims=True)
+  if eps > 0:
+    return (latent - lo) / (hi - lo + eps)
   return (latent - lo) / jnp.maximum(hi - lo, 1e-8)
 
 
@@ -47,7 +50,23 @@ def scale_gradient(x: jax.Array, scale: float) -> jax.Array:
   return x * scale + jax.lax.stop_gradient(x * (1.0 - scale))
 
 
-def _conv(channels: int, kernel: int, stride: int, padding: str, in_channels: int, name: str):
+# Glorot/Xavier uniform, U(+-sqrt(6 / (fan_in + fan_out))) with the receptive field in both fans:
+# flax's nn.initializers.xavier_uniform(), which BBF (spr_networks.py) uses for every kernel, with
+# flax's default zero biases.
+XAVIER_INIT = hk.initializers.VarianceScaling(1.0, "fan_avg", "uniform")
+INITS = ("torch", "xavier")
+
+
+def _check_init(init: str) -> None:
+  if init not in INITS:
+    raise ValueError(f"unknown init {init!r}: expected one of {INITS}")
+
+
+def _conv(channels: int, kernel: int, stride: int, padding: str, in_channels: int, name: str,
+          init: str = "torch"):
+  if init == "xavier":
+    return hk.Conv2D(channels, kernel, stride=stride, padding=padding, w_init=XAVIER_INIT,
+                     b_init=jnp.zeros, name=name)
   return hk.Conv2D(channels, kernel, stride=stride, padding=padding, w_init=TORCH_INIT,
                    b_init=torch_bias_init(in_channels * kernel * kernel), name=name)
 
@@ -55,15 +74,17 @@ def _conv(channels: int, kernel: int, stride: int, padding: str, in_channels: in
 class NatureEncoder(hk.Module):
   """Nature-DQN CNN (Mnih et al. 2015): 32/64/64 channels, kernels 8/4/3, strides 4/2/1, VALID."""
 
-  def __init__(self, channels: Sequence[int] = (32, 64, 64), name: str = "encoder"):
+  def __init__(self, channels: Sequence[int] = (32, 64, 64), name: str = "encoder",
+               init: str = "torch"):
     super().__init__(name=name)
     self.channels = tuple(channels)
+    self.init = init
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x: float `[B, 84, 84, C]` in [0, 1]. Returns the ReLU feature map `[B, 7, 7, C_out]`."""
     in_ch = x.shape[-1]
     for i, (ch, k, s) in enumerate(zip(self.channels, (8, 4, 3), (4, 2, 1))):
-      x = jax.nn.relu(_conv(ch, k, s, "VALID", in_ch, f"conv{i}")(x))
+      x = jax.nn.relu(_conv(ch, k, s, "VALID", in_ch, f"conv{i}", self.init)(x))
       in_ch = ch
     return x
 
@@ -73,21 +94,22 @@ class ImpalaEncoder(hk.Module):
   max-pool 3x3 stride 2 and two residual blocks, no normalisation, ReLU at the end."""
 
   def __init__(self, width: int = 4, stages: Sequence[int] = (16, 32, 32), blocks: int = 2,
-               name: str = "encoder"):
+               name: str = "encoder", init: str = "torch"):
     super().__init__(name=name)
     self.stages = tuple(int(s * width) for s in stages)
     self.blocks = blocks
+    self.init = init
 
   def __call__(self, x: jax.Array) -> jax.Array:
     in_ch = x.shape[-1]
     for i, ch in enumerate(self.stages):
-      x = _conv(ch, 3, 1, "SAME", in_ch, f"stage{i}_conv")(x)
+      x = _conv(ch, 3, 1, "SAME", in_ch, f"stage{i}_conv", self.init)(x)
       x = hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
       for j in range(self.blocks):
         y = jax.nn.relu(x)
-        y = _conv(ch, 3, 1, "SAME", ch, f"stage{i}_block{j}_conv0")(y)
+        y = _conv(ch, 3, 1, "SAME", ch, f"stage{i}_block{j}_conv0", self.init)(y)
         y = jax.nn.relu(y)
-        y = _conv(ch, 3, 1, "SAME", ch, f"stage{i}_block{j}_conv1")(y)
+        y = _conv(ch, 3, 1, "SAME", ch, f"stage{i}_block{j}_conv1", self.init)(y)
         x = x + y
       in_ch = ch
     return jax.nn.relu(x)
@@ -116,12 +138,19 @@ class BatchStatNorm(hk.Module):
 
 class TransitionModel(hk.Module):
   """SPR's latent transition model: [latent, one-hot action planes] -> conv3x3 -> ReLU -> BN ->
-  conv3x3 -> ReLU -> renormalise (Schwarzer et al. 2021, Sec. 2.2 and their code)."""
+  conv3x3 -> ReLU -> renormalise (Schwarzer et al. 2021, Sec. 2.2 and their code).
 
-  def __init__(self, num_actions: int, hidden: int = 64, name: str = "transition"):
+  `norm=False`: BBF's ConvTMCell (spr_networks.py), conv3x3 -> ReLU -> conv3x3 -> ReLU ->
+  renormalise, no BatchNorm (the "norm0" module is then absent)."""
+
+  def __init__(self, num_actions: int, hidden: int = 64, name: str = "transition",
+               norm: bool = True, init: str = "torch", renorm_eps: float = 0.0):
     super().__init__(name=name)
     self.num_actions = num_actions
     self.hidden = hidden
+    self.norm = norm
+    self.init = init
+    self.renorm_eps = renorm_eps
 
   def __call__(self, latent: jax.Array, action: jax.Array) -> jax.Array:
     """latent `[B, H, W, C]`, action int `[B]` -> next latent `[B, H, W, C]`."""
@@ -129,10 +158,11 @@ class TransitionModel(hk.Module):
     planes = jnp.broadcast_to(jax.nn.one_hot(action, self.num_actions, dtype=latent.dtype)
                               [:, None, None, :], (b, h, w, self.num_actions))
     x = jnp.concatenate([latent, planes], axis=-1)
-    x = jax.nn.relu(_conv(self.hidden, 3, 1, "SAME", c + self.num_actions, "conv0")(x))
-    x = BatchStatNorm(name="norm0")(x)
-    x = jax.nn.relu(_conv(c, 3, 1, "SAME", self.hidden, "conv1")(x))
-    return renormalize(x)
+    x = jax.nn.relu(_conv(self.hidden, 3, 1, "SAME", c + self.num_actions, "conv0", self.init)(x))
+    if self.norm:
+      x = BatchStatNorm(name="norm0")(x)
+    x = jax.nn.relu(_conv(c, 3, 1, "SAME", self.hidden, "conv1", self.init)(x))
+    return renormalize(x, self.renorm_eps)
 
 
 class NoisyLinear(hk.Module):
@@ -143,17 +173,25 @@ class NoisyLinear(hk.Module):
   `noise_rng=None` the layer is deterministic (mean weights): evaluation, and the SPR projection.
   """
 
-  def __init__(self, output_size: int, std_init: float = 0.5, name: str | None = None):
+  def __init__(self, output_size: int, std_init: float = 0.5, name: str | None = None,
+               init: str = "torch"):
     super().__init__(name=name)
     self.output_size = output_size
     self.std_init = std_init
+    self.init = init
 
   def __call__(self, x: jax.Array, noise_rng: jax.Array | None) -> jax.Array:
     n_in, n_out = x.shape[-1], self.output_size
     bound = 1.0 / n_in ** 0.5
     uniform = hk.initializers.RandomUniform(-bound, bound)
-    w_mu = hk.get_parameter("w_mu", (n_in, n_out), init=uniform)
-    b_mu = hk.get_parameter("b_mu", (n_out,), init=uniform)
+    if self.init == "xavier":
+      # BBF: Dense(kernel_init=xavier_uniform) with zero bias; its NoisyNetwork keeps the
+      # U(+-1/sqrt(in)) bias init (mu_init).
+      w_mu = hk.get_parameter("w_mu", (n_in, n_out), init=XAVIER_INIT)
+      b_mu = hk.get_parameter("b_mu", (n_out,), init=uniform if self.std_init else jnp.zeros)
+    else:
+      w_mu = hk.get_parameter("w_mu", (n_in, n_out), init=uniform)
+      b_mu = hk.get_parameter("b_mu", (n_out,), init=uniform)
     if noise_rng is None and self.std_init == 0.0:
       return x @ w_mu + b_mu
     w_sigma = hk.get_parameter("w_sigma", (n_in, n_out),
@@ -303,6 +341,15 @@ class NetworkConfig:
   transition_hidden: int = 64
   predictor: str = "linear"  # "linear" (learned); closed-form ones plug in through spr.predictors
   resnet_norm: str = "layer"  # sgi_* encoders: "layer" (per sample) | "batch" | "none"
+  # BBF (google-research bigger_better_faster, bbf/spr_networks.py RainbowDQNNetwork); the
+  # defaults keep SPR's network.
+  head: str = "dueling"  # "dueling": SPR, a hidden layer per stream (value_hidden /
+  #   advantage_hidden, `hidden` units each; projection = both concatenated, 1/sqrt(2) gradient
+  #   scaling into the head). "shared": BBF, ONE layer "shared_hidden" of 2 * hidden units is the
+  #   projection (no ReLU) and, after a ReLU, the input of value_out / advantage_out; no scaling.
+  transition_norm: bool = True  # BatchNorm after the transition model's first conv (BBF: none)
+  init: str = "torch"  # "torch" (PyTorch defaults) | "xavier" (xavier_uniform weights, zero biases)
+  renorm_eps: float = 0.0  # 0: (x-min)/max(max-min, 1e-8); > 0: (x-min)/(max-min+eps) (BBF 1e-5)
 
 
 class SPRNetwork(hk.Module):
@@ -317,10 +364,13 @@ class SPRNetwork(hk.Module):
     super().__init__(name=name)
     self.config = config
     self.num_actions = num_actions
+    _check_init(config.init)
+    if config.head not in ("dueling", "shared"):
+      raise ValueError(f"unknown head {config.head!r}: expected 'dueling' or 'shared'")
     if config.encoder == "nature":
-      self._encoder = NatureEncoder(config.encoder_channels)
+      self._encoder = NatureEncoder(config.encoder_channels, init=config.init)
     elif config.encoder == "impala":
-      self._encoder = ImpalaEncoder(config.impala_width)
+      self._encoder = ImpalaEncoder(config.impala_width, init=config.init)
     elif config.encoder in SGI_ENCODERS:
       scale, blocks, expand = SGI_ENCODERS[config.encoder]
       self._encoder = SGIResNetEncoder(tuple(int(c * scale) for c in config.encoder_channels),
@@ -328,18 +378,31 @@ class SPRNetwork(hk.Module):
     else:
       raise ValueError(f"unknown encoder {config.encoder!r}: expected 'nature', 'impala' or "
                        f"one of {sorted(SGI_ENCODERS)}")
-    self._transition = TransitionModel(num_actions, config.transition_hidden)
+    self._transition = TransitionModel(num_actions, config.transition_hidden,
+                                       norm=config.transition_norm, init=config.init,
+                                       renorm_eps=config.renorm_eps)
     std = config.noisy_std if config.noisy else 0.0
-    self._value_hidden = NoisyLinear(config.hidden, std, name="value_hidden")
-    self._value_out = NoisyLinear(config.num_atoms, std, name="value_out")
-    self._adv_hidden = NoisyLinear(config.hidden, std, name="advantage_hidden")
-    self._adv_out = NoisyLinear(num_actions * config.num_atoms, std, name="advantage_out")
-    self._predictor = hk.Linear(2 * config.hidden, w_init=TORCH_INIT,
-                                b_init=torch_bias_init(2 * config.hidden), name="predictor")
+    init = config.init
+    if config.head == "shared":
+      self._shared_hidden = NoisyLinear(2 * config.hidden, std, name="shared_hidden", init=init)
+    else:
+      self._value_hidden = NoisyLinear(config.hidden, std, name="value_hidden", init=init)
+    self._value_out = NoisyLinear(config.num_atoms, std, name="value_out", init=init)
+    if config.head == "dueling":
+      self._adv_hidden = NoisyLinear(config.hidden, std, name="advantage_hidden", init=init)
+    self._adv_out = NoisyLinear(num_actions * config.num_atoms, std, name="advantage_out",
+                                init=init)
+    if init == "xavier":
+      self._predictor = hk.Linear(2 * config.hidden, w_init=XAVIER_INIT, b_init=jnp.zeros,
+                                  name="predictor")
+    else:
+      self._predictor = hk.Linear(2 * config.hidden, w_init=TORCH_INIT,
+                                  b_init=torch_bias_init(2 * config.hidden), name="predictor")
 
   def encode(self, observations: jax.Array) -> jax.Array:
     """Float observations `[B, C, 84, 84]` in [0, 1] -> renormalised latent `[B, h, w, c]`."""
-    return renormalize(self._encoder(jnp.transpose(observations, (0, 2, 3, 1))))
+    return renormalize(self._encoder(jnp.transpose(observations, (0, 2, 3, 1))),
+                       self.config.renorm_eps)
 
   def transition(self, latent: jax.Array, action: jax.Array) -> jax.Array:
     return self._transition(latent, action)
@@ -348,8 +411,19 @@ class SPRNetwork(hk.Module):
     """Dueling C51 logits `[B, num_actions, num_atoms]`; noise off when `noise_rng` is None.
 
     The gradient entering the head is scaled by 1/sqrt(2) (Wang et al. 2016, as the SPR code's
-    dueling head does); the projection path is not scaled.
+    dueling head does); the projection path is not scaled. The shared (BBF) head is
+    `shared_hidden` -> ReLU -> value_out / advantage_out, unscaled (BBF's RainbowDQNNetwork:
+    relu(projection(x)) -> LinearHead).
     """
+    if self.config.head == "shared":
+      x = latent.reshape(latent.shape[0], -1)
+      keys = [None] * 3 if (noise_rng is None or not self.config.noisy) else list(
+          jax.random.split(noise_rng, 3))
+      h = jax.nn.relu(self._shared_hidden(x, keys[0]))
+      value = self._value_out(h, keys[1])[:, None, :]
+      adv = self._adv_out(h, keys[2]).reshape(x.shape[0], self.num_actions,
+                                              self.config.num_atoms)
+      return value + adv - jnp.mean(adv, axis=1, keepdims=True)
     x = scale_gradient(latent.reshape(latent.shape[0], -1), 2 ** -0.5)
     keys = [None] * 4 if (noise_rng is None or not self.config.noisy) else list(
         jax.random.split(noise_rng, 4))
@@ -360,8 +434,11 @@ class SPRNetwork(hk.Module):
     return value + adv - jnp.mean(adv, axis=1, keepdims=True)
 
   def project(self, latent: jax.Array) -> jax.Array:
-    """SPR projection `[B, 2 * hidden]`: the head's first layers with mean weights."""
+    """SPR projection `[B, 2 * hidden]`: the head's first layers with mean weights (the shared
+    head: `shared_hidden`'s pre-ReLU output, BBF's `project`)."""
     x = latent.reshape(latent.shape[0], -1)
+    if self.config.head == "shared":
+      return self._shared_hidden(x, None)
     return jnp.concatenate([self._value_hidden(x, None), self._adv_hidden(x, None)], axis=-1)
 
   def predict(self, projection: jax.Array) -> jax.Array:

@@ -114,6 +114,8 @@ def test_same_seed_same_result_other_seed_differs(finished_run, tmp_path):
     (["--steps=abc"], "malformed value 'abc' for --steps"),
     (["--noisy=maybe"], "malformed value 'maybe' for --noisy"),
     (["--n_step=0"], "n_step must be >= 1"),
+    (["--learn_start=2"], "learn_start must be > max(n_step, spr_steps)"),
+    (["--seeds=0-1", "--init_from=/nowhere"], "--init_from (finetuning) is not supported"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, args, message):
   proc = run(train_cmd(tmp_path / "w", *args), check=False)
@@ -146,3 +148,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
   kept = sorted(int(p.stem.split("_")[1]) for p in (workdir / "checkpoints").glob("ckpt_*.pkl"))
   assert all(s < step for s in kept)
   assert not (workdir / "final.json").exists()
+
+
+def test_periodic_evaluations_are_logged_as_learning_curve_points(tmp_path):
+  run(train_cmd(tmp_path / "w", "--eval_every=200", "--eval_every_episodes=1"))
+  lines = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+  evals = [l for l in lines if "eval_mean_score" in l]
+  assert [(l["step"], l["eval_episodes"]) for l in evals] == [(200, 1)]
+  assert -21 <= evals[0]["eval_mean_score"] <= 21  # a Pong score

@@ -39,6 +39,11 @@ class SPRConfig:
   noisy: bool = True
   noisy_std: float = 0.5
   transition_hidden: int = 64
+  # BBF network (bbf/spr_networks.py RainbowDQNNetwork); see spr.networks.NetworkConfig.
+  head: str = "dueling"  # "dueling" (SPR) | "shared" (BBF: one 2*hidden layer = projection)
+  transition_norm: bool = True  # BatchNorm in the transition model (BBF's ConvTMCell: none)
+  init: str = "torch"  # "torch" | "xavier" (BBF: xavier_uniform weights, zero biases)
+  renorm_eps: float = 0.0  # latent min-max renormalisation: 0 SPR's guard, BBF 1e-5
   # Losses.
   gamma: float = 0.99
   n_step: int = 10
@@ -56,6 +61,10 @@ class SPRConfig:
   priority_alpha: float = 0.5
   priority_beta_start: float = 0.4
   priority_beta_end: float = 1.0  # annealed linearly over `steps`
+  # Stored priority: "kl" (the SPR code's clamped KL(target || prediction)) or "ce" (BBF: the
+  # C51 cross-entropy + 1e-10; with priority_alpha 0.5 sampling is proportional to
+  # sqrt(CE + 1e-10), BBF's stored priority, which its sum tree samples proportionally).
+  priority_kind: str = "kl"
   # Bookkeeping.
   log_every: int = 1000  # env steps between metrics.jsonl lines
   checkpoint_every: int = 10_000  # env steps between checkpoints
@@ -90,13 +99,18 @@ class SPRConfig:
     return NetworkConfig(
         encoder=self.encoder, encoder_channels=tuple(self.encoder_channels),
         impala_width=self.impala_width, hidden=self.hidden, num_atoms=self.num_atoms,
-        noisy=self.noisy, noisy_std=self.noisy_std, transition_hidden=self.transition_hidden)
+        noisy=self.noisy, noisy_std=self.noisy_std, transition_hidden=self.transition_hidden,
+        head=self.head, transition_norm=self.transition_norm, init=self.init,
+        renorm_eps=self.renorm_eps)
 
   def validate(self) -> "SPRConfig":
     """Raises ValueError on settings that cannot run."""
     checks = [
         (self.steps > 0, "steps must be > 0"),
         (0 <= self.learn_start < self.steps, "learn_start must be in [0, steps)"),
+        # Replay can only sample once some transition has its n-step / K-step future stored.
+        (self.learn_start > max(self.n_step, self.spr_steps),
+         "learn_start must be > max(n_step, spr_steps): replay has nothing to sample before"),
         (self.batch_size > 0, "batch_size must be > 0"),
         (self.updates_per_step >= 0, "updates_per_step must be >= 0"),
         (self.eval_episodes >= 0, "eval_episodes must be >= 0"),
@@ -118,6 +132,12 @@ class SPRConfig:
          "checkpoint_every and log_every must be > 0"),
         (self.checkpoint_keep >= 1, "checkpoint_keep must be >= 1"),
         (self.optimizer in ("adam", "adamw"), "optimizer must be 'adam' or 'adamw'"),
+        (self.head in ("dueling", "shared"), "head must be 'dueling' or 'shared'"),
+        (self.init in ("torch", "xavier"), "init must be 'torch' or 'xavier'"),
+        (self.renorm_eps >= 0, "renorm_eps must be >= 0"),
+        (self.priority_kind in ("kl", "ce"), "priority_kind must be 'kl' or 'ce'"),
+        (not self.init_from or self.head == "dueling",
+         "init_from (SGI finetuning) needs head='dueling' (SGI's first head layer per stream)"),
         (0 <= self.n_step_final <= self.n_step, "n_step_final must be in [0, n_step]"),
         (self.anneal_updates >= 0 and self.reset_every >= 0, "anneal_updates and reset_every "
          "must be >= 0"),
@@ -146,8 +166,14 @@ _SMOKE = dict(
 # shrink-and-perturb (0.5/0.5) of encoder + transition model and fresh head/projection/predictor
 # every 20k env steps while step + 20k <= 100k (resets at 20k, 40k, 60k, 80k), epsilon 1 -> 0 over
 # steps 2000..4001, fixed PER exponent 0.5 for the importance weights, replay 200k.
+# Network as bbf/spr_networks.py RainbowDQNNetwork (hidden_dim 2048): one shared
+# Dense(flat -> 2048) = projection (ReLU'd for the head; hidden=1024 -> 2 * 1024), no head
+# gradient scaling, ConvTMCell without BatchNorm, xavier_uniform kernels / zero biases,
+# renormalise with +1e-5; priorities sqrt(CE + 1e-10) sampled proportionally (_training_step_update).
 _BBF_RR2 = dict(
     encoder="impala", impala_width=4, hidden=1024, transition_hidden=128, noisy=False,
+    head="shared", transition_norm=False, init="xavier", renorm_eps=1e-5, priority_kind="ce",
+    priority_alpha=0.5,
     optimizer="adamw", weight_decay=0.1, grad_clip=0.0, target_tau=0.005, act_with_target=True,
     n_step=10, n_step_final=3, gamma=0.997, gamma_start=0.97, anneal_updates=10_000,
     reset_every=20_000, reset_until=100_000, shrink_factor=0.5, perturb_factor=0.5,

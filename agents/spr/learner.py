@@ -74,7 +74,7 @@ def lr_group_labels(params: Params) -> Params:
   def label(module_name: str) -> str:
     if "/encoder" in module_name or module_name.startswith("encoder"):
       return "encoder"
-    if module_name.endswith(("value_hidden", "advantage_hidden")):
+    if module_name.endswith(("value_hidden", "advantage_hidden", "shared_hidden")):
       return "head_first"
     return "rest"
 
@@ -228,7 +228,8 @@ class SPRLearner:
       nxt_t_latent, nxt_s_latent = latents[:b], latents[b:]
     next_logits_target = q_logits(rl_target, None, nxt_t_latent, keys[4])
     if cfg.double_dqn:
-      selector = q_values(q_logits(online_fixed, None, nxt_s_latent, keys[5]), self.support)
+      # The same noise sample as the online head (the SPR code resets noise once per loss).
+      selector = q_values(q_logits(online_fixed, None, nxt_s_latent, keys[6]), self.support)
     else:
       selector = q_values(next_logits_target, self.support)
 
@@ -243,9 +244,14 @@ class SPRLearner:
           batch["rewards"][:, :cfg.n_step], batch["terminals"][:, :cfg.n_step], gamma, n)
     rl_args = (logits, batch["actions"][:, 0], returns, discounts, next_logits_target, selector)
     rl_loss = losses.batched_categorical_double_q_loss(*rl_args, self.support)
-    # The SPR code prioritises by KL(target || prediction), not by the cross-entropy.
-    priorities = losses.batched_categorical_kl_priority(
-        *jax.lax.stop_gradient(rl_args), self.support)
+    if cfg.priority_kind == "ce":
+      # BBF stores sqrt(CE + 1e-10) and samples proportionally to it: we store CE + 1e-10 and
+      # sample p^alpha with alpha 0.5 (the BBF configs), the same distribution.
+      priorities = jax.lax.stop_gradient(rl_loss) + 1e-10
+    else:
+      # The SPR code prioritises by KL(target || prediction), not by the cross-entropy.
+      priorities = losses.batched_categorical_kl_priority(
+          *jax.lax.stop_gradient(rl_args), self.support)
 
     # ---- SPR: roll the transition model K steps with the replayed actions.
     if k_steps:

@@ -125,7 +125,8 @@ def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_n
 
   if host["step"] < config.steps:
     with _TermFlag() as term:
-      state, host = _train_loop(learner, state, env, host, config, metrics_log, ckpt_dir, term)
+      state, host = _train_loop(learner, state, env, host, config, metrics_log, ckpt_dir, term,
+                                seed=seed)
   return _final_evaluation(learner, state, host, game, seed, config, config_name, path)
 
 
@@ -175,7 +176,7 @@ def _save(ckpt_dir: Path, state: TrainState, env: AtariEnv, host: dict, keep: in
 
 def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dict,
                 config: SPRConfig, metrics_log: wd.MetricsLog, ckpt_dir: Path,
-                term: _TermFlag | None = None):
+                term: _TermFlag | None = None, seed: int = 0):
   frame, action = host["frame"], host["action"]
   bar = _progress_bar(config.steps, host["step"], None)
   window = dict(loss=0.0, rl_loss=0.0, spr_loss=0.0, updates=0, returns=[])
@@ -226,6 +227,9 @@ def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dic
                    record["rl_loss"], record["spr_loss"], record["train_return"])
       window = dict(loss=0.0, rl_loss=0.0, spr_loss=0.0, updates=0, returns=[])
       t_window, step_window = now, done
+    if config.eval_every and done % config.eval_every == 0 and done < config.steps:
+      _periodic_evaluation(learner, state, env.game, seed, config, done, metrics_log,
+                           time.perf_counter() - t_start)
     preempted = term is not None and term.set
     if done % config.checkpoint_every == 0 or done == config.steps or preempted:
       host.update(step=done, frame=frame, action=action, elapsed=time.perf_counter() - t_start)
@@ -235,6 +239,24 @@ def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dic
   if bar is not None:
     bar.close()
   return state, host
+
+
+def _periodic_evaluation(learner: SPRLearner, state: TrainState, game: str, seed: int,
+                         config: SPRConfig, step: int, metrics_log: wd.MetricsLog,
+                         elapsed: float) -> None:
+  """`eval_every_episodes` full games with the current policy, logged as `eval_mean_score`.
+
+  It reads the state and touches none of it (its own env seeds, derived from the step), so a
+  resumed run logs the same values."""
+  act = make_eval_act_fn(learner, learner.acting_params(state), config.eval_every_episodes)
+  episodes = evaluate(act, game, num_episodes=config.eval_every_episodes,
+                      seed=seed + EVAL_SEED_OFFSET + 7919 * step,
+                      epsilon=config.eval_epsilon)
+  scores = [s for s, _ in episodes]
+  metrics_log.write(dict(step=step, time_s=round(elapsed, 3),
+                         eval_mean_score=float(np.mean(scores)), eval_episodes=len(scores)))
+  logging.info("step %d: evaluation over %d episodes: mean score %.2f", step, len(scores),
+               float(np.mean(scores)))
 
 
 def _final_evaluation(learner: SPRLearner, state: TrainState, host: dict, game: str, seed: int,
