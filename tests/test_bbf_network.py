@@ -24,7 +24,7 @@ NET = NetworkConfig(encoder="impala", impala_width=1, hidden=8, num_atoms=5, noi
 def net():
   network = make_spr_network(NET, A)
   obs = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 84, 84))
-  params = network.init(jax.random.PRNGKey(0), obs)
+  params = jax.jit(network.init)(jax.random.PRNGKey(0), obs)
   return network, params, obs
 
 
@@ -152,7 +152,7 @@ def test_ce_priorities_and_bbfs_sampling_distribution():
       actions=jnp.asarray(rng.integers(0, A, (4, 1)), jnp.int32),
       rewards=jnp.asarray(rng.choice([-1.0, 0.0, 1.0], (4, h + 1)), jnp.float32),
       terminals=jnp.zeros((4, h + 1), bool))
-  _, aux = learner.loss(state.params, (), batch, jnp.ones(4), jax.random.PRNGKey(1))
+  _, aux = jax.jit(learner.loss)(state.params, (), batch, jnp.ones(4), jax.random.PRNGKey(1))
   encode, _, q_logits, _, _ = learner.network.apply
   obs = batch["observations"][:, 0].astype(jnp.float32) / 255
   nxt = batch["next_observations"].astype(jnp.float32) / 255
@@ -169,9 +169,9 @@ def test_ce_priorities_and_bbfs_sampling_distribution():
   # priority, sampled proportionally by its sum tree); IS weights with beta 0.5 equal BBF's
   # 1 / sqrt(stored priority), normalised by the batch max.
   buf = replay.replay_init(64)
+  add = jax.jit(replay.replay_add)
   for t in range(40):
-    buf = replay.replay_add(buf, np.zeros((84, 84), np.uint8), np.int32(0), np.float32(0),
-                            np.bool_(False))
+    buf = add(buf, np.zeros((84, 84), np.uint8), np.int32(0), np.float32(0), np.bool_(False))
   idx = jnp.arange(3, 33)
   ce_vals = jnp.asarray(rng.uniform(0.05, 4.0, 30), jnp.float32)
   buf = replay.replay_update_priorities(buf, idx, ce_vals + 1e-10)
