@@ -339,7 +339,6 @@ class NetworkConfig:
   noisy: bool = True
   noisy_std: float = 0.5
   transition_hidden: int = 64
-  predictor: str = "linear"  # "linear" (learned); closed-form ones plug in through spr.predictors
   resnet_norm: str = "layer"  # sgi_* encoders: "layer" (per sample) | "batch" | "none"
   # BBF (google-research bigger_better_faster, bbf/spr_networks.py RainbowDQNNetwork); the
   # defaults keep SPR's network.

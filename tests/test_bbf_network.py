@@ -2,7 +2,6 @@
 (bbf/spr_networks.py RainbowDQNNetwork / ConvTMCell / ImpalaCNN, bbf/agents/spr_agent.py):
 the shared projection/head layer, no head gradient scaling, the transition model without
 BatchNorm, xavier_uniform init with zero biases, and sqrt(CE)-proportional priorities."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
