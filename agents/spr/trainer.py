@@ -90,8 +90,8 @@ def make_eval_act_fn(learner: SPRLearner, params, batch: int) -> Callable[[np.nd
   return act
 
 
-def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_name: str = "spr",
-          progress: bool | None = None) -> dict:
+def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_name: str = "spr"
+          ) -> dict:
   """Trains (or resumes) one run and returns the contents of its final.json."""
   game = games.canonical_name(game)
   pretrained = _pretrained_for_new_run(config, game, workdir)
