@@ -163,7 +163,7 @@ class SGILearner:
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     target = optax.incremental_update(params, state.target_params, cfg.target_tau)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     metrics = SGIMetrics(loss=loss, finite=finite, **aux)
     return SGIState(params, target, opt_state, rng, state.step + 1), metrics
 

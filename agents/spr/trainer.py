@@ -83,7 +83,9 @@ def make_eval_act_fn(learner: SPRLearner, params, batch: int) -> Callable[[np.nd
 
   def act(stacks: np.ndarray) -> np.ndarray:
     n = stacks.shape[0]
-    padded = np.zeros((max(batch, n),) + stacks.shape[1:], np.uint8)
+    if n >= batch:  # already full size (the evaluator pads to powers of two): no copy
+      return np.asarray(learner.greedy_actions(params, stacks))
+    padded = np.zeros((batch,) + stacks.shape[1:], np.uint8)
     padded[:n] = stacks
     return np.asarray(learner.greedy_actions(params, padded))[:n]
 
