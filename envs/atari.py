@@ -145,6 +145,11 @@ class AtariEnv:
         return int(self._env.action_space.n)
 
     @property
+    def action_set(self) -> list[int]:
+        """ALE action ids of the minimal action set, in the order of the action indices."""
+        return [int(a.value) for a in self._env.unwrapped._action_set]
+
+    @property
     def action_meanings(self) -> list[str]:
         return list(self._env.unwrapped.get_action_meanings())
 

@@ -261,8 +261,8 @@ def _single_table():
   one_step()
   step_ms = _time(one_step, max(_REPEATS.value // 2, 3))
 
-  params = holder[0].params
-  act = lambda: jax.block_until_ready(learner.greedy_actions(params, stack[None]))
+  acting = learner.acting_params(holder[0])
+  act = lambda: jax.block_until_ready(learner.greedy_actions(acting, stack[None]))
   act()
   act_ms = _time(act, 50)
 
@@ -275,7 +275,7 @@ def _single_table():
       ("update compile time (s)", f"{compile_s:.1f}"),
   ]
   print(f"SPR benchmark: config={_CONFIG.value}, batch {config.batch_size}, "
-        f"K={config.spr_steps}, n={config.n_step}, {param_count(params):,} parameters, "
+        f"K={config.spr_steps}, n={config.n_step}, {param_count(acting[0]):,} parameters, "
         f"game {_GAME.value}")
   print(f"machine: {machine_description()}")
   width = max(len(r[0]) for r in rows)

@@ -66,13 +66,11 @@ def _checkpoint_policy(workdir: str, game: str, num_actions: int):
     step, tree, _ = checkpoint.restore(path / wd.CHECKPOINTS, template)
   except checkpoint.CheckpointError as e:
     raise ValueError(f"--workdir: {e}") from None
-  params = jax.device_put(tree.params)
-  if getattr(config, "act_with_target", False):
-    params = jax.device_put(tree.target_params)
+  acting = jax.device_put(learner.acting_params(tree))  # (params, running statistics)
   logging.info("collecting with the agent of %s at step %d", path, step)
 
   def act(stack: np.ndarray) -> int:
-    return int(learner.greedy_actions(params, stack[None])[0])
+    return int(learner.greedy_actions(acting, stack[None])[0])
 
   return act
 

@@ -11,6 +11,7 @@ Fortunato et al. (2018) with the SPR/rlpyt sigma initialisation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import haiku as hk
@@ -80,7 +81,7 @@ class NatureEncoder(hk.Module):
     self.channels = tuple(channels)
     self.init = init
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, training: bool = False) -> jax.Array:
     """x: float `[B, 84, 84, C]` in [0, 1]. Returns the ReLU feature map `[B, 7, 7, C_out]`."""
     in_ch = x.shape[-1]
     for i, (ch, k, s) in enumerate(zip(self.channels, (8, 4, 3), (4, 2, 1))):
@@ -100,7 +101,7 @@ class ImpalaEncoder(hk.Module):
     self.blocks = blocks
     self.init = init
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, training: bool = False) -> jax.Array:
     in_ch = x.shape[-1]
     for i, ch in enumerate(self.stages):
       x = _conv(ch, 3, 1, "SAME", in_ch, f"stage{i}_conv", self.init)(x)
@@ -216,9 +217,7 @@ def _kaiming_normal(fan: int, gain: float = 1.0) -> hk.initializers.Initializer:
 
 class SampleNorm(hk.Module):
   """Per-sample normalisation over (H, W, C) with a per-channel affine map: torch's
-  GroupNorm(1, C), SGI's `norm_type="ln"`. Used by the SGI ResNet instead of SGI's BatchNorm:
-  our networks are pure functions of their parameters (no running statistics), and batch
-  statistics would make an action depend on the rest of the batch (evaluation pads batches)."""
+  GroupNorm(1, C), SGI's `norm_type="ln"` (`resnet_norm="layer"`; SGI's default is BatchNorm)."""
 
   def __init__(self, eps: float = 1e-5, zero_scale: bool = False, name: str | None = None):
     super().__init__(name=name)
@@ -235,14 +234,53 @@ class SampleNorm(hk.Module):
     return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + offset
 
 
-def _norm(kind: str, zero_scale: bool, name: str):
+class BatchNorm(hk.Module):
+  """BatchNorm over (B, H, W) with running statistics, as torch.nn.BatchNorm2d (the SGI ResNet's
+  `norm_type="bn"`): in training mode it normalises with the call's batch statistics (biased
+  variance) and moves the running mean / UNBIASED variance by `momentum` (torch's 0.1, i.e. an
+  EMA with decay 0.9; running mean starts at 0, variance at 1, no zero-debiasing); in evaluation
+  mode (acting) it normalises with the running statistics.
+
+  The running statistics are Haiku state ("mean", "var"), not parameters: the optimiser never
+  sees them; the learners carry them as `norm_state` next to the parameters.
+  """
+
+  def __init__(self, eps: float = 1e-5, momentum: float = 0.1, zero_scale: bool = False,
+               name: str | None = None):
+    super().__init__(name=name)
+    self.eps, self.momentum, self.zero_scale = eps, momentum, zero_scale
+
+  def __call__(self, x: jax.Array, training: bool) -> jax.Array:
+    c = x.shape[-1]
+    scale = hk.get_parameter("scale", (c,), init=jnp.zeros if self.zero_scale else jnp.ones)
+    offset = hk.get_parameter("offset", (c,), init=jnp.zeros)
+    running_mean = hk.get_state("mean", (c,), init=jnp.zeros)
+    running_var = hk.get_state("var", (c,), init=jnp.ones)
+    if training:
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x, axis=axes)
+      var = jnp.var(x, axis=axes)
+      n = x.size // c
+      m = self.momentum
+      # No gradient flows into running statistics (torch updates them under no_grad).
+      hk.set_state("mean", jax.lax.stop_gradient((1 - m) * running_mean + m * mean))
+      hk.set_state("var", jax.lax.stop_gradient(
+          (1 - m) * running_var + m * var * (n / max(n - 1, 1))))
+    else:
+      mean, var = running_mean, running_var
+    return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + offset
+
+
+def _norm(kind: str, zero_scale: bool, name: str, training: bool):
+  """The SGI ResNet's normalisation layer as a function of x: "batch" (BatchNorm with running
+  statistics, SGI's default), "layer" (per sample) or "none"."""
   if kind == "layer":
     return SampleNorm(zero_scale=zero_scale, name=name)
   if kind == "batch":
-    return BatchStatNorm(name=name)
+    return functools.partial(BatchNorm(zero_scale=zero_scale, name=name), training=training)
   if kind == "none":
     return lambda x: x
-  raise ValueError(f"unknown norm {kind!r}: expected 'layer', 'batch' or 'none'")
+  raise ValueError(f"unknown norm {kind!r}: expected 'batch', 'layer' or 'none'")
 
 
 class InvertedResidual(hk.Module):
@@ -258,7 +296,7 @@ class InvertedResidual(hk.Module):
     self.channels, self.stride, self.expand = channels, stride, expand
     self.num_layers, self.norm = num_layers, norm
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, training: bool = False) -> jax.Array:
     in_ch = x.shape[-1]
     hidden = int(round(in_ch * self.expand))
     fix = self.num_layers ** -0.25
@@ -271,14 +309,14 @@ class InvertedResidual(hk.Module):
       shortcut = x
     y = hk.Conv2D(hidden, 1, w_init=_kaiming_normal(hidden, fix),
                   b_init=torch_bias_init(in_ch), name="expand")(x)
-    y = jax.nn.relu(_norm(self.norm, False, "norm0")(y))
+    y = jax.nn.relu(_norm(self.norm, False, "norm0", training)(y))
     y = jnp.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
     y = hk.DepthwiseConv2D(1, 3, stride=s, padding="VALID", w_init=_kaiming_normal(hidden * 9, fix),
                            b_init=torch_bias_init(9), name="depthwise")(y)
-    y = jax.nn.relu(_norm(self.norm, False, "norm1")(y))
+    y = jax.nn.relu(_norm(self.norm, False, "norm1", training)(y))
     y = hk.Conv2D(self.channels, 1, w_init=_kaiming_normal(self.channels, fix),
                   b_init=torch_bias_init(hidden), name="project")(y)
-    y = _norm(self.norm, self.norm != "none", "norm2")(y)
+    y = _norm(self.norm, self.norm != "none", "norm2", training)(y)
     return shortcut + y
 
 
@@ -294,12 +332,12 @@ class SGIResNetEncoder(hk.Module):
     self.channels, self.blocks, self.expand = tuple(channels), blocks, expand
     self.strides, self.norm = tuple(strides), norm
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, training: bool = False) -> jax.Array:
     num_layers = self.blocks * len(self.channels)
     for i, (ch, s) in enumerate(zip(self.channels, self.strides)):
       for j in range(self.blocks):
         x = InvertedResidual(ch, s if j == 0 else 1, self.expand, num_layers, self.norm,
-                             name=f"group{i}_block{j}")(x)
+                             name=f"group{i}_block{j}")(x, training)
     return x
 
 
@@ -339,7 +377,9 @@ class NetworkConfig:
   noisy: bool = True
   noisy_std: float = 0.5
   transition_hidden: int = 64
-  resnet_norm: str = "layer"  # sgi_* encoders: "layer" (per sample) | "batch" | "none"
+  # sgi_* encoders: "batch" (BatchNorm with running statistics, SGI's norm_type="bn") |
+  # "layer" (per sample, SGI's "ln") | "none".
+  resnet_norm: str = "batch"
   # BBF (google-research bigger_better_faster, bbf/spr_networks.py RainbowDQNNetwork); the
   # defaults keep SPR's network.
   head: str = "dueling"  # "dueling": SPR, a hidden layer per stream (value_hidden /
@@ -398,9 +438,13 @@ class SPRNetwork(hk.Module):
       self._predictor = hk.Linear(2 * config.hidden, w_init=TORCH_INIT,
                                   b_init=torch_bias_init(2 * config.hidden), name="predictor")
 
-  def encode(self, observations: jax.Array) -> jax.Array:
-    """Float observations `[B, C, 84, 84]` in [0, 1] -> renormalised latent `[B, h, w, c]`."""
-    return renormalize(self._encoder(jnp.transpose(observations, (0, 2, 3, 1))),
+  def encode(self, observations: jax.Array, training: bool = False) -> jax.Array:
+    """Float observations `[B, C, 84, 84]` in [0, 1] -> renormalised latent `[B, h, w, c]`.
+
+    `training` only matters for an encoder with BatchNorm running statistics (the SGI ResNet
+    with resnet_norm="batch"): batch statistics and a running-statistics update when True, the
+    running statistics when False (acting and evaluation)."""
+    return renormalize(self._encoder(jnp.transpose(observations, (0, 2, 3, 1)), training),
                        self.config.renorm_eps)
 
   def transition(self, latent: jax.Array, action: jax.Array) -> jax.Array:
@@ -444,12 +488,54 @@ class SPRNetwork(hk.Module):
     return self._predictor(projection)
 
 
-def make_spr_network(config: NetworkConfig, num_actions: int) -> hk.MultiTransformed:
+class NetworkFunctions:
+  """The pure functions of a network, with its BatchNorm running statistics kept apart.
+
+  * `init(rng, observations)` -> parameters; `init_norm_state(rng, observations)` -> the running
+    statistics (`{}` for a network without BatchNorm running statistics: every network but the
+    SGI ResNet with resnet_norm="batch").
+  * `apply`: a tuple of functions called as `fn(params, norm_state, *args)`; `norm_state` may be
+    None for a network without running statistics. `apply[0]` is `encode` in evaluation mode
+    (running statistics); the others never touch the statistics.
+  * `encode_train(params, norm_state, observations)` -> (latent, new norm_state): training-mode
+    encoding (batch statistics, running statistics moved as torch's BatchNorm does).
+  """
+
+  def __init__(self, transformed: hk.MultiTransformedWithState, has_norm_state: bool):
+    self._t = transformed
+    self.has_norm_state = has_norm_state
+
+    def wrap(fn):
+      return lambda params, norm_state, *args: fn(params, norm_state or {}, None, *args)[0]
+
+    encode, *rest = transformed.apply
+    self.apply = (lambda params, norm_state, obs: encode(params, norm_state or {}, None, obs,
+                                                         False)[0],
+                  *(wrap(f) for f in rest))
+    self._encode = encode
+
+  def init(self, rng: jax.Array, observations: jax.Array):
+    return self._t.init(rng, observations)[0]
+
+  def init_norm_state(self, rng: jax.Array, observations: jax.Array):
+    return self._t.init(rng, observations)[1]
+
+  def encode_train(self, params, norm_state, observations: jax.Array):
+    return self._encode(params, norm_state or {}, None, observations, True)
+
+
+def has_running_stats(config: NetworkConfig) -> bool:
+  """Whether the network carries BatchNorm running statistics (an SGI ResNet with BatchNorm)."""
+  return config.encoder in SGI_ENCODERS and config.resnet_norm == "batch"
+
+
+def make_spr_network(config: NetworkConfig, num_actions: int) -> NetworkFunctions:
   """Builds the pure functions of an SPR network.
 
-  Returns a `hk.MultiTransformed` whose `init(rng, observations)` creates every parameter and
-  whose `apply` is the tuple `(encode, transition, q_logits, project, predict)`, each called as
-  `fn(params, None, *args)` (randomness is passed explicitly as noise keys).
+  `init(rng, observations)` creates every parameter; `apply` is the tuple
+  `(encode, transition, q_logits, project, predict)`, each called as `fn(params, norm_state,
+  *args)` (`norm_state` None for networks without BatchNorm running statistics; randomness is
+  passed explicitly as noise keys). See `NetworkFunctions`.
   """
 
   def functions():
@@ -463,7 +549,7 @@ def make_spr_network(config: NetworkConfig, num_actions: int) -> hk.MultiTransfo
 
     return init, (net.encode, net.transition, net.q_logits, net.project, net.predict)
 
-  return hk.multi_transform(functions)
+  return NetworkFunctions(hk.multi_transform_with_state(functions), has_running_stats(config))
 
 
 class SGINetwork(SPRNetwork):
@@ -515,7 +601,7 @@ class SGINetwork(SPRNetwork):
     return self._inverse_out(jax.nn.relu(self._inverse_hidden(x)))
 
 
-def make_sgi_network(config: NetworkConfig, num_actions: int) -> hk.MultiTransformed:
+def make_sgi_network(config: NetworkConfig, num_actions: int) -> NetworkFunctions:
   """Pure functions of an SGI pretraining network: `apply` is the tuple
   `(encode, transition, q_logits, project, predict, goal_q_logits, inverse)`."""
 
@@ -535,4 +621,4 @@ def make_sgi_network(config: NetworkConfig, num_actions: int) -> hk.MultiTransfo
     return init, (net.encode, net.transition, net.q_logits, net.project, net.predict,
                   net.goal_q_logits, net.inverse)
 
-  return hk.multi_transform(functions)
+  return NetworkFunctions(hk.multi_transform_with_state(functions), has_running_stats(config))

@@ -124,7 +124,8 @@ def test_collect_with_a_checkpoint_policy(chain, tmp_path):
 def test_mismatched_checkpoint_is_a_one_line_error(chain, tmp_path):
   base = ["launch.train", "--config=smoke", *SMALL, f"--init_from={chain['pre']}"]
   err = one_error(run([*base, "--game=Breakout", f"--workdir={tmp_path / 'a'}"], check=False))
-  assert "pretrained with 6 actions" in err and "this game has 4" in err
+  assert "pretrained on ALE actions [0, 1, 3, 4, 11, 12]" in err
+  assert "this game has [0, 1, 3, 4]" in err and "--full_action_set" in err
   err = one_error(run([*base, "--game=Pong", "--encoder_channels=16,16,16",
                        f"--workdir={tmp_path / 'b'}"], check=False))
   assert "encoder_channels" in err
@@ -147,3 +148,24 @@ def test_bad_data_is_a_one_line_error_naming_the_file(chain, tmp_path):
   err = one_error(run(["launch.pretrain", "--config=smoke", f"--data_dir={data}",
                        "--games=Breakout", f"--workdir={tmp_path / 'w2'}"], check=False))
   assert "Breakout: missing" in err
+
+
+def test_games_with_other_action_sets_pretrain_on_the_full_set(chain, tmp_path):
+  """Pong (6 actions) + Breakout (4): refused without --full_action_set; with it, pretraining
+  maps each game's actions to ALE ids (18 actions) and Breakout finetunes in its minimal set."""
+  data = tmp_path / "data"
+  run(["launch.collect", "--game=Breakout", "--policy=random", "--steps=200",
+       "--checkpoint_size=128", f"--out={data}"])
+  (data / "Pong").symlink_to(chain["data"] / "Pong", target_is_directory=True)
+  base = ["launch.pretrain", "--config=smoke", *SMALL, f"--data_dir={data}",
+          "--games=Pong,Breakout", "--steps=4"]
+  err = one_error(run([*base, f"--workdir={tmp_path / 'refused'}"], check=False))
+  assert "--full_action_set" in err and "Pong: 6" in err and "Breakout: 4" in err
+  run([*base, "--full_action_set=true", f"--workdir={tmp_path / 'pre'}"])
+  payload = pickle.loads((tmp_path / "pre" / "pretrained.pkl").read_bytes())
+  assert payload["num_actions"] == 18 and payload["action_set"] == list(range(18))
+  assert payload["games"] == ["Pong", "Breakout"]
+  fine = run(["launch.train", "--config=smoke", *SMALL, "--game=Breakout", "--steps=120",
+              "--eval_episodes=1", f"--init_from={tmp_path / 'pre'}",
+              f"--workdir={tmp_path / 'fine'}"])
+  assert "loaded pretrained encoder" in fine.stderr

@@ -3,10 +3,11 @@ Data-Efficient Reinforcement Learning", NeurIPS 2021) and its named configuratio
 
 Defaults are SGI-M's pretraining run (mila-iqia/SGI scripts/experiments/sgim_pretrain.sh on top of
 scripts/config.yaml): SPR + goal-conditioned RL + inverse dynamics, weight 1 each; EMA target 0.01
-(momentum_tau and target_update_tau); batch 256; Adam 1e-4 (eps 1.5e-4); gradient clipping 10;
-no noisy-net noise; K = 5; goal window 50; goal n-step 1; gamma 0.99; C51 51 atoms on [-10, 10];
-head hidden 512. SGI trains 20 epochs over 3M transitions (checkpoints 1/25/50): 234,375 updates
-of 256; `steps` counts gradient updates.
+(momentum_tau and target_update_tau); batch 256; Adam 1e-4 (eps 1.5e-4); gradient clipping 10
+(encoder + heads and transition model separately); no noisy-net noise; K = 5; goal window 50;
+goal n-step 1; gamma 0.99; C51 51 atoms on [-10, 10]; head hidden 512; SGI-M's ResNet with
+BatchNorm (running statistics). SGI trains 20 epochs over 3M transitions (checkpoints 1/25/50):
+234,375 updates of 256; `steps` counts gradient updates.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class SGIConfig:
   # Network (the finetuning SPRConfig must match these: see agents/sgi/finetune.py).
   encoder: str = "sgi_m"  # "sgi_m" | "sgi_ml" | "nature"
   encoder_channels: tuple[int, ...] = (32, 64, 64)
+  resnet_norm: str = "batch"  # sgi_* encoders: BatchNorm with running statistics (SGI's "bn")
   hidden: int = 512
   num_atoms: int = 51
   v_min: float = -10.0
@@ -42,6 +44,10 @@ class SGIConfig:
   goal_reward_scale: float = 10.0
   goal_distance_scale: float = 5.0
   augmentation: bool = True
+  # Actions as ALE ids of the full 18-action set (SGI's full_action_set): needed to pretrain on
+  # games whose minimal action sets differ; finetuning slices the transition model back to the
+  # game's minimal set (agents/sgi/finetune.py).
+  full_action_set: bool = False
   target_tau: float = 0.01  # EMA weight of the online params (SGI momentum 0.99)
   # Optimiser.
   learning_rate: float = 1e-4
@@ -54,7 +60,8 @@ class SGIConfig:
 
   def network(self) -> NetworkConfig:
     return NetworkConfig(encoder=self.encoder, encoder_channels=tuple(self.encoder_channels),
-                         hidden=self.hidden, num_atoms=self.num_atoms, noisy=False,
+                         resnet_norm=self.resnet_norm, hidden=self.hidden,
+                         num_atoms=self.num_atoms, noisy=False,
                          transition_hidden=self.transition_hidden)
 
   def validate(self) -> "SGIConfig":
@@ -69,6 +76,8 @@ class SGIConfig:
         (self.encoder in ("nature", "sgi_m", "sgi_ml"),
          "encoder must be 'sgi_m', 'sgi_ml' or 'nature'"),
         (0.0 <= self.goal_permute_prob <= 1.0, "goal_permute_prob must be in [0, 1]"),
+        (self.resnet_norm in ("batch", "layer", "none"),
+         "resnet_norm must be 'batch', 'layer' or 'none'"),
         (self.log_every > 0 and self.checkpoint_every > 0,
          "log_every and checkpoint_every must be > 0"),
         (self.checkpoint_keep >= 1, "checkpoint_keep must be >= 1"),

@@ -18,9 +18,19 @@ Loss (mila-iqia/SGI src/algos.py `loss` + src/models.py `forward(train=True)`), 
 * Inverse dynamics: MLP(online projection of the rolled-out latent at k, target projection at k+1)
   -> a_k, cross-entropy, mean over k = 0..K-1.
 No terminal masks are needed: the sampler never returns a sequence that crosses a terminal.
-The EMA target (tau 0.01) of all parameters serves SPR, the goal reward and the bootstrap (SGI
-keeps two copies, target_encoder/projection with momentum_tau and the agent's target model with
-target_update_tau, both 0.01 in pretraining: the same values).
+The EMA target (tau 0.01) of all parameters serves SPR, the goal reward and the bootstrap. SGI
+keeps two copies with the same tau: target_encoder/projection (momentum_tau), moved inside the
+forward pass, i.e. towards the parameters before the update - what we do - and the agent's
+target model (target_update_tau), moved after the update; we keep one.
+
+Gradient clipping as SGI's optimize_agent: encoder + heads and the transition model clipped
+separately at 10 (each its own global norm), the predictor and inverse model not clipped.
+
+BatchNorm (SGI's norm_type="bn", resnet_norm="batch"): every encoder call runs in training mode
+with its own batch statistics, as SGI's separate forwards do (target on the goal frames, online on
+s_t, target on s_t..s_{t+K}, online on s_{t+1} for the double-DQN selector); the online running
+statistics move with the online calls, the target's with the target calls and then the EMA
+towards the online ones (torch's update_state_dict copies buffers too).
 """
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from agents.sgi.config import SGIConfig
+from agents.spr.learner import grouped_clip
 from spr import augmentation, losses
 from spr.networks import make_sgi_network
 
@@ -43,6 +54,9 @@ class SGIState(NamedTuple):
   opt_state: Any
   rng: jax.Array
   step: jax.Array  # int32 [], gradient updates done
+  # BatchNorm running statistics of the online / target encoder; () without BatchNorm.
+  norm_state: Any = ()
+  target_norm_state: Any = ()
 
 
 class SGIMetrics(NamedTuple):
@@ -58,7 +72,7 @@ class SGIMetrics(NamedTuple):
 def make_optimizer(config: SGIConfig) -> optax.GradientTransformation:
   parts = []
   if config.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(config.grad_clip))
+    parts.append(grouped_clip(config.grad_clip))
   parts.append(optax.adam(config.learning_rate, eps=config.adam_eps))
   return optax.chain(*parts)
 
@@ -82,13 +96,26 @@ class SGILearner:
 
   def init(self, rng: jax.Array) -> SGIState:
     init_rng, rng = jax.random.split(rng)
-    params = self.network.init(init_rng, jnp.zeros((1, 4, 84, 84), jnp.float32))
+    dummy = jnp.zeros((1, 4, 84, 84), jnp.float32)
+    params = self.network.init(init_rng, dummy)
+    norm_state = (self.network.init_norm_state(init_rng, dummy) if self.network.has_norm_state
+                  else ())
     return SGIState(params=params, target_params=jax.tree.map(jnp.copy, params),
                     opt_state=self.optimizer.init(params), rng=rng,
-                    step=jnp.zeros((), jnp.int32))
+                    step=jnp.zeros((), jnp.int32), norm_state=norm_state,
+                    target_norm_state=jax.tree.map(jnp.copy, norm_state))
 
-  def loss(self, params: Params, target_params: Params, batch: dict, rng: jax.Array):
-    """Weighted SPR + goal RL + inverse dynamics loss; returns (scalar, aux dict)."""
+  def _encode_train(self, params: Params, norm_state: Any, images: jax.Array):
+    """Training-mode encoding -> (latent, new running statistics) (unchanged without BN)."""
+    if self.network.has_norm_state:
+      return self.network.encode_train(params, norm_state, images)
+    return self.network.apply[0](params, None, images), norm_state
+
+  def loss(self, params: Params, target_params: Params, batch: dict, rng: jax.Array,
+           norm_state: Any = (), target_norm_state: Any = ()):
+    """Weighted SPR + goal RL + inverse dynamics loss; returns (scalar, aux dict); the aux dict
+    carries the running statistics (`norm_state` after every online call, `norm_state_main`
+    after the call on s_t, `target_norm_state` after the target's calls)."""
     cfg = self.config
     encode, transition, _, project, predict, goal_q_logits, inverse = self.network.apply
     obs = stacks_from_frames(batch["frames"])  # uint8 [B, K+1, 4, 84, 84]
@@ -105,14 +132,20 @@ class SGILearner:
     online_fixed = jax.lax.stop_gradient(params)
     # ---- target side (no gradient): latents of s_t..s_{t+K} and of the goal state.
     flat_obs = obs.reshape((b * k1,) + obs.shape[2:])
-    t_in = jnp.concatenate([prep(keys[0], flat_obs), prep(keys[1], batch["goal_frames"])])
-    t_lat = encode(target, None, t_in)
-    seq_lat = t_lat[:b * k1].reshape((b, k1) + t_lat.shape[1:])  # [B, K+1, h, w, c]
-    goal_lat = t_lat[b * k1:].reshape(b, -1)
-    t_proj = project(target, None, seq_lat.reshape((b * k1,) + t_lat.shape[1:])).reshape(b, k1, -1)
+    seq_in, goal_in = prep(keys[0], flat_obs), prep(keys[1], batch["goal_frames"])
+    if self.network.has_norm_state:  # separate calls, SGI's order (see the module docstring)
+      goal_lat, target_norm_state = self._encode_train(target, target_norm_state, goal_in)
+      latent, norm_main = self._encode_train(params, norm_state, prep(keys[2], obs[:, 0]))
+      seq_flat, target_norm_state = self._encode_train(target, target_norm_state, seq_in)
+    else:  # per-sample encoders: one call over every target input
+      t_lat = encode(target, None, jnp.concatenate([seq_in, goal_in]))
+      seq_flat, goal_lat = t_lat[:b * k1], t_lat[b * k1:]
+      latent, norm_main = encode(params, None, prep(keys[2], obs[:, 0])), norm_state
+    seq_lat = seq_flat.reshape((b, k1) + seq_flat.shape[1:])  # [B, K+1, h, w, c]
+    goal_lat = goal_lat.reshape(b, -1)
+    t_proj = project(target, None, seq_flat).reshape(b, k1, -1)
 
     # ---- online rollout.
-    latent = encode(params, None, prep(keys[2], obs[:, 0]))
     z, projs, preds = latent, [project(params, None, latent)], []
     for k in range(k_steps):  # unrolled (see agents/spr/learner.py)
       z = transition(params, None, z, actions[:, k])
@@ -140,7 +173,8 @@ class SGILearner:
     returns = jax.lax.stop_gradient(returns)
     goal_logits = goal_q_logits(params, None, latent, goals)
     next_target_logits = goal_q_logits(target, None, seq_lat[:, 1], goals)
-    next_online_lat = encode(online_fixed, None, prep(keys[4], obs[:, 1]))
+    next_online_lat, norm_state = self._encode_train(online_fixed, norm_main,
+                                                     prep(keys[4], obs[:, 1]))
     selector = jnp.sum(jax.nn.softmax(goal_q_logits(online_fixed, None, next_online_lat, goals))
                        * self.support, axis=-1)
     discounts = jnp.full((b,), cfg.gamma, jnp.float32)
@@ -152,20 +186,26 @@ class SGILearner:
                      + cfg.inverse_weight * inverse_loss)
     aux = dict(spr_loss=jnp.mean(spr_loss), goal_loss=jnp.mean(goal_loss),
                inverse_loss=jnp.mean(inverse_loss), inverse_accuracy=inverse_acc,
-               goal_return=jnp.mean(jnp.abs(returns)))
+               goal_return=jnp.mean(jnp.abs(returns)), norm_state=norm_state,
+               norm_state_main=norm_main, target_norm_state=target_norm_state)
     return total, aux
 
   def _update(self, state: SGIState, batch: dict) -> tuple[SGIState, SGIMetrics]:
     cfg = self.config
     rng, key = jax.random.split(state.rng)
     (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(
-        state.params, state.target_params, batch, key)
+        state.params, state.target_params, batch, key, state.norm_state, state.target_norm_state)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    target = optax.incremental_update(params, state.target_params, cfg.target_tau)
+    # SGI moves its target encoder inside the forward pass: towards the pre-update parameters.
+    target = optax.incremental_update(state.params, state.target_params, cfg.target_tau)
+    target_norm = optax.incremental_update(aux.pop("norm_state_main"),
+                                           aux.pop("target_norm_state"), cfg.target_tau)
+    norm_state = aux.pop("norm_state")
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     metrics = SGIMetrics(loss=loss, finite=finite, **aux)
-    return SGIState(params, target, opt_state, rng, state.step + 1), metrics
+    return SGIState(params, target, opt_state, rng, state.step + 1, norm_state,
+                    target_norm), metrics
 
 
 __all__ = ["SGILearner", "SGIState", "SGIMetrics", "stacks_from_frames", "make_optimizer"]

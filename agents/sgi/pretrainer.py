@@ -7,6 +7,7 @@ atomically at every checkpoint, and final.json when the budget is done.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import sys
@@ -23,36 +24,60 @@ from envs import games as games_lib
 from spr import checkpoint, dqn_replay, workdir as wd
 
 PRETRAINED = "pretrained.pkl"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: action_set, target_params, norm_state, target_norm_state
 
 
 class NonFiniteLossError(RuntimeError):
   pass
 
 
-def num_actions_of(games: list[str]) -> int:
-  """The minimal action-set size shared by `games` (the DQN Replay data's action indices)."""
+def action_sets_of(games: list[str]) -> dict[str, list[int]]:
+  """Each game's minimal action set as ALE action ids (what the DQN Replay action indices mean)."""
   from envs.atari import AtariEnv
 
-  counts = {}
+  sets = {}
   for g in games:
     env = AtariEnv(g, seed=0, training=False)
-    counts[g] = env.num_actions
+    sets[g] = env.action_set
     env.close()
-  if len(set(counts.values())) != 1:
-    raise ValueError(f"games have different action counts {counts}: multi-game pretraining "
-                     "needs one action set (the full action set is not supported)")
-  return next(iter(counts.values()))
+  return sets
 
 
-def export_pretrained(path: Path, params, config: SGIConfig, games: list[str], num_actions: int,
-                      step: int) -> None:
-  """Writes the parameters finetuning reuses, by Haiku module name, with what they came from."""
-  params = jax.device_get(params)
+FULL_ACTION_SET = list(range(18))
+
+
+def pretraining_action_set(games: list[str], full_action_set: bool) -> list[int]:
+  """The ALE action ids of the pretraining network's action indices: the games' shared minimal
+  set, or the full 18-action set (`full_action_set`, SGI's option for games that differ)."""
+  if full_action_set:
+    return FULL_ACTION_SET
+  sets = action_sets_of(games)
+  if len({tuple(s) for s in sets.values()}) != 1:
+    detail = ", ".join(f"{g}: {len(s)}" for g, s in sets.items())
+    raise ValueError(f"games have different minimal action sets ({detail} actions): pretrain "
+                     "them together with --full_action_set")
+  return next(iter(sets.values()))
+
+
+def to_full_action_set(ckpt, game_actions: list[int]):
+  """`ckpt` with its actions (indices into the game's minimal set) mapped to ALE ids."""
+  table = np.asarray(game_actions, np.int32)
+  return dataclasses.replace(ckpt, action=table[np.asarray(ckpt.action)])
+
+
+def export_pretrained(path: Path, state, config: SGIConfig, games: list[str],
+                      action_set: list[int], step: int) -> None:
+  """Writes what finetuning loads - online and EMA-target parameters and BatchNorm running
+  statistics, by Haiku module name - with what they came from (games, ALE action set)."""
+  state = jax.device_get(state)
+  as_numpy = lambda tree: {m: {k: np.asarray(v) for k, v in leaves.items()}
+                           for m, leaves in (tree or {}).items()}
   payload = dict(version=EXPORT_VERSION, step=int(step), games=list(games),
-                 num_actions=int(num_actions), config=config.to_json(),
-                 params={m: {k: np.asarray(v) for k, v in leaves.items()}
-                         for m, leaves in params.items()})
+                 num_actions=len(action_set), action_set=[int(a) for a in action_set],
+                 config=config.to_json(), params=as_numpy(state.params),
+                 target_params=as_numpy(state.target_params),
+                 norm_state=as_numpy(state.norm_state),
+                 target_norm_state=as_numpy(state.target_norm_state))
   tmp = path.with_name("." + path.name + ".tmp")
   with open(tmp, "wb") as f:
     pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -74,12 +99,17 @@ def pretrain(data_dir: str, games: list[str], config: SGIConfig, workdir: str | 
     return final
 
   ckpts = dqn_replay.open_dataset(data_dir, games, runs, checkpoints, cache_dir)
-  num_actions = num_actions_of(games)
-  for c in ckpts:
-    if len(c.action) and (c.action.min() < 0 or c.action.max() >= num_actions):
+  action_set = pretraining_action_set(games, config.full_action_set)
+  num_actions = len(action_set)
+  game_sets = action_sets_of(games) if config.full_action_set else {g: action_set for g in games}
+  for i, c in enumerate(ckpts):
+    n = len(game_sets[c.game])
+    if len(c.action) and (c.action.min() < 0 or c.action.max() >= n):
       raise dqn_replay.DataError(
           f"{c.game}/{c.run} checkpoint {c.index} ($store$_action_ckpt.{c.index}.gz): actions "
-          f"in [{c.action.min()}, {c.action.max()}], {c.game} has {num_actions} actions")
+          f"in [{c.action.min()}, {c.action.max()}], {c.game} has {n} actions")
+    if config.full_action_set:
+      ckpts[i] = to_full_action_set(c, game_sets[c.game])
   sampler = dqn_replay.SequenceSampler(ckpts, config.spr_steps, config.goal_window, games)
   learner = SGILearner(config, num_actions)
   state = learner.init(jax.random.PRNGKey(seed))
@@ -143,7 +173,7 @@ def pretrain(data_dir: str, games: list[str], config: SGIConfig, workdir: str | 
       checkpoint.save(ckpt_dir, step, state, dict(step=step, rng=rng.bit_generator.state,
                                                   elapsed=elapsed, data_dir=str(data_dir)),
                       keep=config.checkpoint_keep)
-      export_pretrained(path / PRETRAINED, state.params, config, games, num_actions, step)
+      export_pretrained(path / PRETRAINED, state, config, games, action_set, step)
   if bar is not None:
     bar.close()
   lines = [l for l in (path / wd.METRICS).read_text().splitlines() if l.strip()]

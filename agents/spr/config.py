@@ -32,6 +32,7 @@ class SPRConfig:
   encoder_channels: tuple[int, ...] = (32, 64, 64)
   encoder_chunk: int = -1  # no-gradient encoder passes in chunks of this size; -1 auto, 0 none
   impala_width: int = 4
+  resnet_norm: str = "batch"  # sgi_* encoders: "batch" (running statistics, SGI) | "layer" | "none"
   hidden: int = 256
   num_atoms: int = 51
   v_min: float = -10.0
@@ -51,6 +52,9 @@ class SPRConfig:
   spr_weight: float = 5.0  # times the mean over k = 1..K
   augmentation: bool = True  # random shift (pad 4) + intensity, online and target inputs
   target_tau: float = 1.0  # weight of the ONLINE params in the target update; 1 = copy
+  # EMA towards the online params before this update (the SPR/SGI code moves its target encoder
+  # inside the forward pass) or after it (BBF). Only matters when target_tau < 1.
+  target_ema_before_update: bool = False
   double_dqn: bool = True
   # Optimiser.
   learning_rate: float = 1e-4
@@ -98,7 +102,8 @@ class SPRConfig:
   def network(self) -> NetworkConfig:
     return NetworkConfig(
         encoder=self.encoder, encoder_channels=tuple(self.encoder_channels),
-        impala_width=self.impala_width, hidden=self.hidden, num_atoms=self.num_atoms,
+        impala_width=self.impala_width, resnet_norm=self.resnet_norm, hidden=self.hidden,
+        num_atoms=self.num_atoms,
         noisy=self.noisy, noisy_std=self.noisy_std, transition_hidden=self.transition_hidden,
         head=self.head, transition_norm=self.transition_norm, init=self.init,
         renorm_eps=self.renorm_eps)
@@ -119,6 +124,8 @@ class SPRConfig:
         (self.num_atoms >= 2, "num_atoms must be >= 2"),
         (self.v_min < self.v_max, "v_min must be < v_max"),
         (0.0 < self.target_tau <= 1.0, "target_tau must be in (0, 1]"),
+        (self.resnet_norm in ("batch", "layer", "none"),
+         "resnet_norm must be 'batch', 'layer' or 'none'"),
         (self.predictor in PREDICTOR_NAMES,
          f"predictor must be one of {', '.join(PREDICTOR_NAMES)}"),
         (0.0 <= self.predictor_ema < 1.0, "predictor_ema must be in [0, 1)"),
@@ -197,9 +204,11 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # SGI finetuning (mila-iqia/SGI scripts/experiments/sgim_finetune.sh + config.yaml): SGI-M
     # encoder, 512-unit head, per-group lrs, no clipping, EMA target 0.01 (momentum_tau). Pass
     # --init_from=<pretraining workdir>. The C51 bootstrap uses the online net (SGI's
-    # target_update_tau 1); the EMA target only gives the SPR targets.
+    # target_update_tau 1); the EMA target only gives the SPR targets, moved inside the forward
+    # pass as SGI's code does (before the update).
     "sgi": dict(encoder="sgi_m", hidden=512, encoder_lr=1e-6, head_first_lr=3e-5,
-                grad_clip=0.0, target_tau=0.01, bootstrap_with_target=False),
+                grad_clip=0.0, target_tau=0.01, target_ema_before_update=True,
+                bootstrap_with_target=False),
 }
 
 

@@ -41,6 +41,10 @@ class TrainState(NamedTuple):
   update_step: jax.Array  # int32 [], gradient updates done so far
   # EMA statistics of a closed-form SPR predictor (spr.predictors); () for the learned one.
   predictor_state: Any = ()
+  # BatchNorm running statistics of the online / EMA-target encoder (the SGI ResNet with
+  # resnet_norm="batch", spr.networks.BatchNorm); () for every other network.
+  norm_state: Any = ()
+  target_norm_state: Any = ()  # () also when target_tau == 1 (the online statistics serve)
 
 
 class StepMetrics(NamedTuple):
@@ -53,16 +57,29 @@ class StepMetrics(NamedTuple):
 
 
 def clip_group_labels(params: Params) -> Params:
-  """'transition' for the transition model, 'predictor' for the predictor, 'stem' otherwise."""
+  """'transition' for the transition model; 'unclipped' for the predictor and SGI's inverse
+  dynamics model; 'stem' (encoder and every Q / goal head layer) otherwise."""
 
   def label(module_name: str) -> str:
     if "/transition" in module_name or module_name.startswith("transition"):
       return "transition"
-    if module_name.endswith("predictor"):
-      return "predictor"
+    if module_name.endswith("predictor") or module_name.endswith(("inverse_hidden",
+                                                                  "inverse_out")):
+      return "unclipped"
     return "stem"
 
   return {m: {k: label(m) for k in leaves} for m, leaves in params.items()}
+
+
+def grouped_clip(max_norm: float) -> optax.GradientTransformation:
+  """Gradient-norm clipping as the SPR and SGI code (src/algos.py, optimize_agent): the stem
+  (encoder + heads) and the transition model are clipped SEPARATELY at `max_norm` (each its own
+  global norm); the predictor and the inverse model are not clipped."""
+  return optax.multi_transform(
+      {"stem": optax.clip_by_global_norm(max_norm),
+       "transition": optax.clip_by_global_norm(max_norm),
+       "unclipped": optax.identity()},
+      clip_group_labels)
 
 
 def lr_group_labels(params: Params) -> Params:
@@ -94,15 +111,11 @@ def make_optimizer(config: SPRConfig) -> optax.GradientTransformation:
   """Adam (lr 1e-4, eps 1.5e-4) after gradient-norm clipping at 10, as the SPR code.
 
   The SPR code clips two groups separately - encoder + Q head ("stem"), and the transition
-  model - and leaves the predictor unclipped (src/algos.py, optimize_agent); we do the same.
+  model - and leaves the predictor unclipped (src/algos.py, optimize_agent): `grouped_clip`.
   """
   parts = []
   if config.grad_clip > 0:
-    parts.append(optax.multi_transform(
-        {"stem": optax.clip_by_global_norm(config.grad_clip),
-         "transition": optax.clip_by_global_norm(config.grad_clip),
-         "predictor": optax.identity()},
-        clip_group_labels))
+    parts.append(grouped_clip(config.grad_clip))
   if config.encoder_lr > 0 or config.head_first_lr > 0:
     # SGI finetuning: one optimiser per parameter group (encoder / first head layer / rest).
     rates = {"encoder": config.encoder_lr or config.learning_rate,
@@ -142,18 +155,23 @@ class SPRLearner:
     dummy = jnp.zeros((1, 4, 84, 84), jnp.float32)
     params = self.network.init(init_rng, dummy)
     target = () if self.config.target_tau == 1.0 else jax.tree.map(jnp.copy, params)
+    norm_state = (self.network.init_norm_state(init_rng, dummy) if self.network.has_norm_state
+                  else ())
+    target_norm = () if self.config.target_tau == 1.0 else jax.tree.map(jnp.copy, norm_state)
     return TrainState(
         params=params, target_params=target, opt_state=self.optimizer.init(params),
         replay=replay.replay_init(self.config.replay_capacity), rng=rng,
         env_step=jnp.zeros((), jnp.int32), update_step=jnp.zeros((), jnp.int32),
         predictor_state=(() if self.config.predictor == "linear"
-                         else predictors.init_state(2 * self.config.hidden)))
+                         else predictors.init_state(2 * self.config.hidden)),
+        norm_state=norm_state, target_norm_state=target_norm)
 
   def _target(self, state_params: Params, target_params: Params) -> Params:
     return state_params if self.config.target_tau == 1.0 else target_params
 
-  def _encode_chunked(self, params: Params, images: jax.Array) -> jax.Array:
-    """`encode` over `images` in chunks of `encoder_chunk` (an unrolled loop; same values).
+  def _encode_chunked(self, params: Params, images: jax.Array, norm_state: Any = ()) -> jax.Array:
+    """`encode` (evaluation mode) over `images` in chunks of `encoder_chunk` (an unrolled loop;
+    same values: every sample is encoded on its own).
 
     On XLA:CPU a convolution over 192 images took 85 ms at once and 31-34 ms in chunks of 16-32
     (the working set stays in cache); on a GPU one large batch is best (no chunking).
@@ -162,14 +180,22 @@ class SPRLearner:
     chunk = self.encoder_chunk
     n = images.shape[0]
     if chunk <= 0 or n <= chunk:
-      return encode(params, None, images)
-    return jnp.concatenate([encode(params, None, images[i:i + chunk])
+      return encode(params, norm_state, images)
+    return jnp.concatenate([encode(params, norm_state, images[i:i + chunk])
                             for i in range(0, n, chunk)])
+
+  def _encode_train(self, params: Params, norm_state: Any, images: jax.Array):
+    """Training-mode encoding -> (latent, new norm_state). With BatchNorm running statistics
+    this is ONE call with the batch statistics of `images` (as one torch forward); without,
+    it is `_encode_chunked` and the (empty) statistics pass through."""
+    if self.network.has_norm_state:
+      return self.network.encode_train(params, norm_state, images)
+    return self._encode_chunked(params, images), norm_state
 
   # ---------------------------------------------------------------- loss
   def loss(self, params: Params, target_params: Params, batch: dict, is_weights: jax.Array,
            rng: jax.Array, n: jax.Array | None = None, gamma: jax.Array | None = None,
-           predictor_state: Any = ()):
+           predictor_state: Any = (), norm_state: Any = (), target_norm_state: Any = ()):
     """Importance-weighted C51 double-DQN loss plus the SPR loss (Schwarzer et al. 2021, Eq. 4).
 
     Args:
@@ -182,9 +208,13 @@ class SPRLearner:
       rng: key for augmentation and noisy-layer noise.
       n, gamma: traced n-step and discount (BBF annealing); None: the config's fixed values.
       predictor_state: EMA statistics of a closed-form predictor (config.predictor != "linear").
+      norm_state, target_norm_state: BatchNorm running statistics of the online / target
+        encoder (() without them).
     Returns:
-      (scalar loss, aux dict with per-sample `priorities` [B], the loss parts and the new
-      `predictor_state`).
+      (scalar loss, aux dict with per-sample `priorities` [B], the loss parts, the new
+      `predictor_state` and the running statistics: `norm_state` after every online pass,
+      `norm_state_main` after the pass on s_i only and `target_norm_state` after the target's
+      pass, before the EMA - see `update`).
     """
     cfg = self.config
     encode, transition, q_logits, project, predict = self.network.apply
@@ -212,7 +242,24 @@ class SPRLearner:
     # The C51 bootstrap uses the target network, or the online one (SGI finetuning bootstraps
     # from the online net while its SPR targets come from the EMA encoder).
     rl_target = target if cfg.bootstrap_with_target else online_fixed
-    if cfg.target_tau == 1.0:
+    if self.network.has_norm_state:
+      # BatchNorm in training mode normalises with each call's batch statistics, so the calls
+      # are the SPR/SGI code's own forwards, in its order: online on s_i (with gradient, below),
+      # the target encoder on s_i..s_{i+K} (frame 0 too: it shapes the batch statistics), the
+      # bootstrap network on s_{i+n}, the online network on s_{i+n} (double-DQN selector).
+      # Running statistics move on the online and EMA-target encoders; the bootstrap
+      # network's pass changes none we keep (torch's copy of the online net, re-synced).
+      latent, norm_main = self._encode_train(params, norm_state, current)
+      seq = prep(keys[1], obs.reshape((b * k_plus_1,) + obs.shape[2:]))
+      t_norm = norm_state if cfg.target_tau == 1.0 else target_norm_state
+      seq_latent, target_norm_state = self._encode_train(target, t_norm, seq)
+      fut_latent = seq_latent.reshape((b, k_plus_1) + seq_latent.shape[1:])[:, 1:].reshape(
+          (b * k_steps,) + seq_latent.shape[1:])
+      if cfg.target_tau == 1.0:
+        target_norm_state = ()
+      nxt_t_latent, _ = self._encode_train(rl_target, norm_main, nxt_target)
+      nxt_s_latent, norm_state = self._encode_train(online_fixed, norm_main, nxt_select)
+    elif cfg.target_tau == 1.0:
       # Same parameters: one encoder call over every no-gradient input.
       latents = self._encode_chunked(target, jnp.concatenate([future, nxt_target, nxt_select]))
       fut_latent = latents[:b * k_steps]
@@ -234,7 +281,9 @@ class SPRLearner:
       selector = q_values(next_logits_target, self.support)
 
     # ---- distributional RL loss on s_i.
-    latent = self._encode_chunked(params, current)
+    if not self.network.has_norm_state:
+      latent = self._encode_chunked(params, current)
+      norm_main = norm_state
     logits = q_logits(params, None, latent, keys[6])
     if n is None:
       returns, discounts = jax.vmap(losses.n_step_return, in_axes=(0, 0, None))(
@@ -284,7 +333,9 @@ class SPRLearner:
 
     total = jnp.mean(is_weights * (rl_loss + spr_loss))
     aux = dict(priorities=priorities, rl_loss=jnp.mean(rl_loss),
-               spr_loss=jnp.mean(spr_loss), predictor_state=predictor_state)
+               spr_loss=jnp.mean(spr_loss), predictor_state=predictor_state,
+               norm_state=norm_state, norm_state_main=norm_main,
+               target_norm_state=target_norm_state)
     return total, aux
 
   # ---------------------------------------------------------------- update
@@ -305,28 +356,39 @@ class SPRLearner:
       anneal = dict(n=n, gamma=gamma)
     (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(
         state.params, state.target_params, batch, is_weights, loss_key, **anneal,
-        predictor_state=state.predictor_state)
+        predictor_state=state.predictor_state, norm_state=state.norm_state,
+        target_norm_state=state.target_norm_state)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if cfg.target_tau == 1.0:
-      target_params = ()
+      target_params, target_norm = (), ()
     else:
-      target_params = optax.incremental_update(params, state.target_params, cfg.target_tau)
+      # The SPR / SGI code moves its target encoder at the end of the forward pass, i.e. towards
+      # the parameters BEFORE this update (target_ema_before_update); BBF after it.
+      source = state.params if cfg.target_ema_before_update else params
+      target_params = optax.incremental_update(source, state.target_params, cfg.target_tau)
+      # Running statistics are EMA'd with the online ones as they were after its pass on s_i
+      # (torch's update_state_dict copies buffers too, inside that forward).
+      target_norm = optax.incremental_update(aux["norm_state_main"], aux["target_norm_state"],
+                                             cfg.target_tau)
     new_replay = replay.replay_update_priorities(state.replay, indices, aux["priorities"])
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     metrics = StepMetrics(loss=loss, rl_loss=aux["rl_loss"], spr_loss=aux["spr_loss"],
                           updates=jnp.ones((), jnp.int32), finite=finite)
     return state._replace(params=params, target_params=target_params, opt_state=opt_state,
                           replay=new_replay, rng=rng, update_step=state.update_step + 1,
-                          predictor_state=aux["predictor_state"]), metrics
+                          predictor_state=aux["predictor_state"], norm_state=aux["norm_state"],
+                          target_norm_state=target_norm), metrics
 
   # ---------------------------------------------------------------- acting
-  def _greedy_actions(self, params: Params, stacks: jax.Array,
+  def _greedy_actions(self, acting: tuple[Params, Any], stacks: jax.Array,
                       noise_rng: jax.Array | None = None) -> jax.Array:
-    """Greedy actions `[N]` for uint8 stacks `[N, 4, 84, 84]`: no augmentation; noisy layers
-    sample noise only when `noise_rng` is given (training), mean weights otherwise (evaluation)."""
-    encode, _, q_logits, _, _ = self.network.apply
-    latent = self._encode_chunked(params, stacks.astype(jnp.float32) / 255.0)
+    """Greedy actions `[N]` for uint8 stacks `[N, 4, 84, 84]` with `acting` = (params, norm
+    state) from `acting_params`: no augmentation, BatchNorm with its running statistics; noisy
+    layers sample noise only when `noise_rng` is given (training), mean weights otherwise."""
+    _, _, q_logits, _, _ = self.network.apply
+    params, norm_state = acting
+    latent = self._encode_chunked(params, stacks.astype(jnp.float32) / 255.0, norm_state)
     return jnp.argmax(q_values(q_logits(params, None, latent, noise_rng), self.support), axis=-1)
 
   # ---------------------------------------------------------------- BBF
@@ -372,9 +434,12 @@ class SPRLearner:
                      1.0 - cfg.epsilon_train)
     return cfg.epsilon_train + bonus
 
-  def acting_params(self, state: TrainState) -> Params:
-    """The parameters that act (training and evaluation): BBF acts with its EMA target."""
-    return state.target_params if self.config.act_with_target else state.params
+  def acting_params(self, state: TrainState) -> tuple[Params, Any]:
+    """What acts (training and evaluation), as the pair (params, BatchNorm running statistics)
+    that `greedy_actions` takes: the online network, or BBF's EMA target."""
+    if self.config.act_with_target:
+      return state.target_params, state.target_norm_state
+    return state.params, state.norm_state
 
   def _step(self, state: TrainState, frame: jax.Array, action: jax.Array, reward: jax.Array,
             terminal: jax.Array, next_stack: jax.Array, num_updates: int, reset: bool = False):
@@ -474,6 +539,6 @@ def param_count(params: Params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 
 
-__all__ = ["SPRLearner", "TrainState", "StepMetrics", "make_optimizer", "q_values",
+__all__ = ["SPRLearner", "TrainState", "StepMetrics", "make_optimizer", "grouped_clip", "q_values",
            "learner_for", "param_count", "is_reset_step", "cycle_updates", "updates_through",
            "annealing"]
