@@ -18,6 +18,7 @@ run one after the other), the speed-up over N = 1, and the memory of the replay 
 
     python -m launch.bench --runs=1,2,4 --multi_configs=smoke,bbf_smoke   # the CPU default
     python -m launch.bench --runs=1,4,16,26 --multi_configs=spr,bbf_rr2,bbf   # on one GPU
+    python -m launch.bench --memory=spr,bbf,sgi   # train-state memory of 1 and 26 runs (shapes)
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ _MULTI_CONFIGS = flags.DEFINE_string(
     "smoke,bbf_smoke on CPU, where BBF costs ~6 s per update).")
 _SINGLE = flags.DEFINE_boolean("single", True, "Print the single-run table first.")
 _ENV_THREADS = flags.DEFINE_integer("env_threads", 0, "Threads of the env rows (0: min(N, cores)).")
+_MEMORY = flags.DEFINE_string("memory", "", "Only print the train-state memory of these configs "
+                              "(comma-separated) for 1 and 26 runs, from shapes (no device work).")
 
 
 def machine_description() -> str:
@@ -53,6 +56,17 @@ def machine_description() -> str:
   devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
   return (f"{cpu} ({os.cpu_count()} cores visible), JAX {jax.__version__} on "
           f"{jax.default_backend()} [{devices}]")
+
+
+def state_bytes(config, num_actions: int) -> int:
+  """Bytes of one run's TrainState (parameters, optimiser, EMA target, replay with its single
+  frames, RNG, counters), from shapes alone (jax.eval_shape: nothing is allocated)."""
+  import jax
+
+  from agents.spr.learner import SPRLearner
+
+  shapes = jax.eval_shape(SPRLearner(config, num_actions).init, jax.random.PRNGKey(0))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
 
 
 def _time(fn, repeats: int) -> float:
@@ -162,6 +176,7 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
           learner_steps_per_s=learner_rate, env_loop=loop, env_threads=threaded,
           threads=threads, end_to_end=end_to_end, speedup=end_to_end / base_rate,
           replay_gb=n * config.replay_capacity * 84 * 84 / 1e9,
+          state_gb=n * state_bytes(config, learner.num_actions) / 1e9,
           device_peak_gb=None if mem is None else mem / 1e9, compile_s=compile_s))
       holder.clear()
       del state
@@ -172,19 +187,37 @@ def print_multi_table(rows: list[dict]) -> None:
   print(f"multi-run table (one vmapped step per env step; machine: {machine_description()})")
   print("| config | runs | fused step (ms) | updates/s | learner env steps/s | env steps/s "
         "loop / threads | end-to-end env steps/s | vs 1 run | replay frames (GB) | "
-        "device peak (GB) | compile (s) |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+        "train states (GB) | device peak (GB) | compile (s) |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     peak = "-" if r["device_peak_gb"] is None else f"{r['device_peak_gb']:.1f}"
     print(f"| {r['config']} | {r['runs']} | {r['step_ms']:.1f} | {r['updates_per_s']:.1f} | "
           f"{r['learner_steps_per_s']:.1f} | {r['env_loop']:.0f} / {r['env_threads']:.0f} "
           f"({r['threads']}) | {r['end_to_end']:.1f} | {r['speedup']:.2f}x | "
-          f"{r['replay_gb']:.2f} | {peak} | {r['compile_s']:.0f} |")
+          f"{r['replay_gb']:.2f} | {r['state_gb']:.2f} | {peak} | {r['compile_s']:.0f} |")
+
+
+def print_memory_table(config_names: list[str], actions: int = 18) -> None:
+  """Device memory of the train states (what stays resident) of 1 and 26 runs; activations and
+  XLA scratch come on top (the multi-run table's device peak column measures them on a GPU)."""
+  from agents.spr.config import make_config
+
+  print(f"train-state memory from shapes ({actions} actions, the largest action set)")
+  print("| config | replay frames per run (GB) | train state per run (GB) | 26 runs (GB) |")
+  print("|---|---|---|---|")
+  for name in config_names:
+    config = make_config(name)
+    per_run = state_bytes(config, actions) / 1e9
+    print(f"| {name} | {config.replay_capacity * 84 * 84 / 1e9:.3f} | {per_run:.3f} | "
+          f"{26 * per_run:.1f} |")
 
 
 def main(argv):
   del argv
   import jax
+  if _MEMORY.value:
+    print_memory_table([n for n in _MEMORY.value.split(",") if n])
+    return
   if _RUNS.value:
     runs = [int(v) for v in _RUNS.value.split(",") if v.strip()]
     names = _MULTI_CONFIGS.value

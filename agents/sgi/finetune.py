@@ -65,6 +65,14 @@ def _action_set(payload: dict) -> list[int]:
   return [int(a) for a in payload.get("action_set", range(int(payload["num_actions"])))]
 
 
+def _rows(payload: dict, game_actions: Sequence[int]) -> list[int]:
+  """The pretrained action index of each of the game's actions."""
+  if "action_set" not in payload:
+    return list(range(len(game_actions)))
+  trained = _action_set(payload)
+  return [trained.index(a) for a in game_actions]
+
+
 def check_compatible(payload: dict, config: Any, game_actions: Sequence[int]) -> None:
   """Raises PretrainedMismatch unless the pretrained network fits this run's config and game.
 
@@ -132,10 +140,7 @@ def apply_pretrained(params: Any, payload: dict, config: Any,
   """Returns `params` (a fresh SPR network's) with the pretrained parts copied in."""
   check_compatible(payload, config, game_actions)
   where = payload.get("path", "pretrained checkpoint")
-  trained = _action_set(payload)
-  rows = [trained.index(a) for a in game_actions] if "action_set" in payload else list(
-      range(len(game_actions)))
-  out, copied = _copy_reused(params, payload["params"], where, rows)
+  out, copied = _copy_reused(params, payload["params"], where, _rows(payload, game_actions))
   if not copied:
     raise PretrainedMismatch(f"{where}: nothing to load")
   return out
@@ -152,10 +157,8 @@ def load_into_state(learner: Any, state: Any, payload: dict, game_actions: Seque
   target, target_norm = (), ()
   if config.target_tau != 1.0:
     if payload.get("target_params"):
-      trained = _action_set(payload)
-      rows = [trained.index(a) for a in game_actions] if "action_set" in payload else list(
-          range(len(game_actions)))
-      target, _ = _copy_reused(params, payload["target_params"], where, rows)
+      target, _ = _copy_reused(params, payload["target_params"], where,
+                               _rows(payload, game_actions))
       target_norm = _load_norm_state(state.target_norm_state,
                                      payload.get("target_norm_state"), where)
     else:
