@@ -12,6 +12,15 @@ start of each game, docs/CONTRACTS.md) and returns the greedy actions ``[B]``. `
 distinct values (``max_parallel`` and powers of two below it; unused rows are zeros and their
 actions are ignored) so that a jitted ``act_fn`` compiles only a handful of times.
 
+Several runs at once: ``evaluate_runs(act_fn, [(game, seed), ...])`` evaluates R policies (the
+runs of a multi-run batch, agents/spr/multi_trainer.py) in one loop: ``act_fn`` gets ``[R, B,
+4, 84, 84]`` (row r holds run r's active episodes) and returns ``[R, B]``, so one vmapped call
+acts for every episode of every run. Each run's episodes are exactly those ``evaluate`` plays
+for that run alone (same env seeds, epsilon RNGs, batch rows and widths when the runs have the
+same number of active episodes); ``evaluate`` is the one-run case. ``map_fn`` steps the envs
+(``ThreadPoolExecutor.map`` to step them in threads: each env and RNG belongs to one episode, so
+the order of the steps does not matter).
+
 Backend: a Python loop over ``AtariEnv`` objects. ale-py's C++ vector env
 (``ale_py.vector_env.AtariVectorEnv``) gives the same frames for the same emulator and actions
 (max-pool, grayscale, INTER_AREA resize, raw rewards with ``reward_clipping=False``,
@@ -22,13 +31,14 @@ them too). See ``envs/benchmark.py`` for the check and the speed comparison.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from envs.atari import MAX_FRAMES_PER_EPISODE, AtariEnv
 
 ActFn = Callable[[np.ndarray], np.ndarray]
+Episode = tuple[float, int]  # (raw score, length in agent steps)
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -46,7 +56,7 @@ def _batch_size(num_active: int, max_parallel: int) -> int:
 
 def evaluate(act_fn: ActFn, game: str, num_episodes: int = 100, seed: int = 0,
              epsilon: float = 0.001, max_parallel: int | None = None, sticky: float = 0.0,
-             max_frames_per_episode: int = MAX_FRAMES_PER_EPISODE) -> list[tuple[float, int]]:
+             max_frames_per_episode: int = MAX_FRAMES_PER_EPISODE) -> list[Episode]:
     """Plays ``num_episodes`` full games; returns ``[(raw score, length in agent steps)]``.
 
     Args:
@@ -62,54 +72,98 @@ def evaluate(act_fn: ActFn, game: str, num_episodes: int = 100, seed: int = 0,
     Returns:
       One ``(score, length)`` per episode, in episode order.
     """
+    def one_run(stacks: np.ndarray) -> np.ndarray:
+        return np.asarray(act_fn(stacks[0])).reshape(1, -1)
+
+    return evaluate_runs(one_run, [(game, seed)], num_episodes, epsilon, max_parallel, sticky,
+                         max_frames_per_episode)[0]
+
+
+class _RunEpisodes:
+    """The episodes of one evaluated run: which are being played (env + epsilon RNG each), the
+    next one to start, and the results so far."""
+
+    def __init__(self, game: str, seed: int, num_episodes: int, sticky: float,
+                 max_frames_per_episode: int):
+        self.game, self.seed, self.num_episodes = game, int(seed), num_episodes
+        self.sticky, self.max_frames = sticky, max_frames_per_episode
+        self.results: list[Episode | None] = [None] * num_episodes
+        self.active: dict[int, tuple[AtariEnv, np.random.Generator]] = {}
+        self.next_episode = 0
+        self.num_actions = 0
+
+    def start(self, env: AtariEnv | None = None) -> None:
+        episode = self.next_episode
+        self.next_episode += 1
+        if env is None:
+            env = AtariEnv(self.game, episode_seed(self.seed, episode), training=False,
+                           sticky=self.sticky, max_frames_per_episode=self.max_frames)
+            env.reset()
+            self.num_actions = env.num_actions
+        else:  # reuse a finished episode's env: re-seeding makes it as good as a new one
+            env.reset(seed=episode_seed(self.seed, episode))
+        rng = np.random.default_rng([self.seed, episode, 1])  # epsilon draws of this episode
+        self.active[episode] = (env, rng)
+
+    def finish(self, episode: int, info: dict) -> None:
+        """Records a finished episode; its env plays the next episode, or closes if none is left."""
+        env, _ = self.active.pop(episode)
+        self.results[episode] = (float(info["episode_return"]), int(info["episode_length"]))
+        if self.next_episode < self.num_episodes:
+            self.start(env)
+        else:
+            env.close()
+
+
+def evaluate_runs(act_fn: ActFn, runs: Sequence[tuple[str, int]], num_episodes: int = 100,
+                  epsilon: float = 0.001, max_parallel: int | None = None, sticky: float = 0.0,
+                  max_frames_per_episode: int = MAX_FRAMES_PER_EPISODE,
+                  map_fn: Callable = map) -> list[list[Episode]]:
+    """``evaluate`` for R runs at once; returns one episode list per run, in ``runs`` order.
+
+    Args:
+      act_fn: greedy policies of the R runs, uint8 [R, B, 4, 84, 84] -> int [R, B].
+      runs: (game, seed) of each run, as ``evaluate`` takes them.
+      max_parallel: episodes played at once per run (default: all of them).
+      map_fn: ``map`` or an executor's ``map``: how the envs of one step are stepped.
+      Others: as ``evaluate``.
+    """
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    if not runs:
+        return []
     max_parallel = num_episodes if max_parallel is None else min(int(max_parallel), num_episodes)
     if max_parallel < 1:
         raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
+    states = [_RunEpisodes(game, seed, num_episodes, sticky, max_frames_per_episode)
+              for game, seed in runs]
+    for run in states:
+        while run.next_episode < max_parallel:
+            run.start()
 
-    results: list[tuple[float, int] | None] = [None] * num_episodes
-    # Active episodes: index -> (env, epsilon rng).
-    active: dict[int, tuple[AtariEnv, np.random.Generator]] = {}
-    next_episode = 0
-
-    def start(episode: int, env: AtariEnv | None) -> None:
-        if env is None:
-            env = AtariEnv(game, episode_seed(seed, episode), training=False, sticky=sticky,
-                           max_frames_per_episode=max_frames_per_episode)
-            env.reset()
-        else:  # reuse a finished episode's env: re-seeding makes it as good as a new one
-            env.reset(seed=episode_seed(seed, episode))
-        rng = np.random.default_rng([int(seed), episode, 1])  # epsilon draws of this episode
-        active[episode] = (env, rng)
-
-    while next_episode < max_parallel:
-        start(next_episode, None)
-        next_episode += 1
-
-    num_actions = next(iter(active.values()))[0].num_actions
-    while active:
-        episodes = list(active)
-        batch = np.zeros((_batch_size(len(episodes), max_parallel), 4, 84, 84), np.uint8)
-        for row, episode in enumerate(episodes):
-            batch[row] = active[episode][0].stack
-        greedy = np.asarray(act_fn(batch)).reshape(-1)
-        if greedy.shape[0] != batch.shape[0]:
-            raise ValueError(f"act_fn returned {greedy.shape[0]} actions for a batch of "
-                             f"{batch.shape[0]} stacks")
-        for row, episode in enumerate(episodes):
-            env, rng = active[episode]
-            # Both draws every step, so the RNG stream does not depend on the greedy actions.
-            explore = rng.random() < epsilon
-            random_action = rng.integers(num_actions)
-            action = int(random_action) if explore else int(greedy[row])
-            _, _, terminal, info = env.step(action)
+    while any(run.active for run in states):
+        playing = [list(run.active) for run in states]  # row order of each run's batch
+        # One width for all runs (the widest run's), from the few values `evaluate` uses.
+        width = _batch_size(max(len(p) for p in playing), max_parallel)
+        batch = np.zeros((len(states), width, 4, 84, 84), np.uint8)
+        for r, (run, episodes) in enumerate(zip(states, playing)):
+            for row, episode in enumerate(episodes):
+                batch[r, row] = run.active[episode][0].stack
+        greedy = np.asarray(act_fn(batch))
+        if greedy.shape != batch.shape[:2]:
+            raise ValueError(f"act_fn returned actions of shape {list(greedy.shape)} for stacks "
+                             f"of shape {list(batch.shape)}")
+        moves = []  # (run, episode, env, action)
+        for r, (run, episodes) in enumerate(zip(states, playing)):
+            for row, episode in enumerate(episodes):
+                env, rng = run.active[episode]
+                # Both draws every step, so the RNG stream does not depend on the greedy actions.
+                explore = rng.random() < epsilon
+                random_action = rng.integers(run.num_actions)
+                moves.append((run, episode, env,
+                              int(random_action) if explore else int(greedy[r, row])))
+        outcomes = list(map_fn(lambda move: move[2].step(move[3]), moves))
+        for (run, episode, _, _), (_, _, terminal, info) in zip(moves, outcomes):
             if terminal:  # evaluation env: terminal only at game over or the cap
-                results[episode] = (float(info["episode_return"]), int(info["episode_length"]))
-                del active[episode]
-                if next_episode < num_episodes:
-                    start(next_episode, env)
-                    next_episode += 1
-                else:
-                    env.close()
-    return results  # type: ignore[return-value]
+                run.finish(episode, info)
+    return [run.results for run in states]  # type: ignore[misc]

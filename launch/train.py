@@ -8,7 +8,9 @@
 With --games and/or --seeds (lists) every (game, seed) pair is its own run, trained together in
 one process (agents/spr/multi_trainer.py: one vmapped jitted step per batch of runs with the same
 action count), each in `<workdir>/<game>/seed_<seed>` with the files a single run writes
-(launch/jobs.py's layout is ROOT/<label>/<game>/seed_<s>: pass --workdir=ROOT/<label>).
+(launch/jobs.py's layout is ROOT/<label>/<game>/seed_<s>: pass --workdir=ROOT/<label>). Periodic
+(--eval_every) and final evaluations of a batch run together, and --init_from loads the
+pretrained network into every new run, as for a single run.
 
 Every field of `agents.spr.config.SPRConfig` is a flag of the same name that overrides the named
 configuration. Re-running the same command on the same workdir resumes from the last
@@ -89,14 +91,10 @@ def main(argv):
 def _main_many(config) -> None:
   """--games / --seeds: every (game, seed) pair trained together in one process."""
   from agents.spr import multi_trainer, trainer
+  from agents.sgi.finetune import PretrainedMismatch
   from envs import games
   from spr.workdir import WorkdirError
 
-  if config.init_from:
-    fail("--init_from (finetuning) is not supported with --games/--seeds yet: "
-         "finetune each run with its own --game/--seed")
-  if config.eval_every:
-    fail("--eval_every (periodic evaluation) is not supported with --games/--seeds yet")
   try:
     game_list = [games.canonical_name(g) for g in
                  (_GAMES.value.split(",") if _GAMES.value else [_GAME.value]) if g.strip()]
@@ -111,6 +109,8 @@ def _main_many(config) -> None:
     finals = multi_trainer.train_many(specs, config, _CONFIG.value,
                                       env_threads=_ENV_THREADS.value)
   except WorkdirError as e:
+    fail(str(e))
+  except PretrainedMismatch as e:  # --init_from does not fit one of the runs (checked first)
     fail(str(e))
   except trainer.NonFiniteLossError as e:
     fail(str(e), code=3)

@@ -33,6 +33,24 @@ pool when `env_threads > 1` (the ALE's C++ act() does the emulation; measured sp
 Host synchronisation: one device->host transfer per env step (the actions and the step metrics of
 all runs); checkpoints fetch the stacked state once and slice it per run on the host.
 
+Evaluation: the periodic evaluations (`eval_every`, at the same steps as a single run, logged as
+the same `eval_mean_score` lines) and the final evaluation of the runs of a group run together:
+one jitted `jax.vmap` of the single-run greedy act over the stacked acting parameters, and the
+envs of all runs x episodes stepped by `envs.evaluation.evaluate_runs` (the single-run evaluator,
+generalised to R runs; with `env_threads > 1` the same thread pool steps them). Each run keeps
+its own episode seeds (`trainer.final_eval_seed` / `periodic_eval_seed` of its seed) and its
+act batch is padded to the single-run size, so its episodes - scores and lengths - are those the
+run gets alone from the same state (identical on CPU, tests/test_multi_eval.py; the vmapped
+network could differ from the lone one in the last float bits, which matters only at an exact tie
+of Q-values), and eval.csv and final.json are written by the single-run code
+(`trainer.write_final`). After training, the
+groups sharing an action count (a resume can split them by step) are evaluated as one; at most
+MAX_EVAL_ENVS envs are alive at once (chunks of whole runs beyond that).
+
+Finetuning (`init_from`): each new run loads the pretrained network exactly as a single run does
+(`trainer._pretrained_for_new_run` checks every run before any workdir is written,
+`trainer.start_or_resume` loads it into the run's fresh state), before the states are stacked.
+
 Resume: every run restores its own newest checkpoint; runs that reached different steps land in
 different groups (and advance in the same loop). A run whose loss becomes non-finite stops being
 logged and checkpointed (its last good checkpoint stays), the others go on; the batch then raises
@@ -48,14 +66,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from agents.spr import trainer as single
 from agents.spr.config import SPRConfig
-from agents.spr.learner import SPRLearner, TrainState, is_reset_step, learner_for, param_count
+from agents.spr.learner import SPRLearner, TrainState, is_reset_step, learner_for
 from envs import games
 from envs.atari import AtariEnv, clip_reward
+from envs.evaluation import evaluate_runs
 from spr import checkpoint, workdir as wd
 
 
@@ -157,61 +177,66 @@ def train_many(specs: list[RunSpec], config: SPRConfig, config_name: str = "spr"
   the order of `specs`. Finished runs are skipped (their final.json is returned)."""
   if len({Path(s.workdir).resolve() for s in specs}) != len(specs):
     raise ValueError("two runs share a workdir")
+  specs = [RunSpec(games.canonical_name(s.game), int(s.seed), s.workdir) for s in specs]
+  # SGI finetuning: every new run's --init_from checkpoint is loaded and checked (the single-run
+  # logic, per run) before any workdir is created, so a mismatch leaves nothing behind.
+  pretrained = [
+      single._pretrained_for_new_run(config, s.game, s.workdir)  # pylint: disable=protected-access
+      for s in specs]
   finals: dict[int, dict] = {}
   pending: list[tuple[int, _Run, SPRLearner, TrainState]] = []
   for index, spec in enumerate(specs):
-    game = games.canonical_name(spec.game)
-    spec = RunSpec(game, int(spec.seed), spec.workdir)
-    path = wd.prepare(spec.workdir, single.run_identity(config_name, game, spec.seed, config))
+    path = wd.prepare(spec.workdir, single.run_identity(config_name, spec.game, spec.seed, config))
     if wd.is_finished(path):
       finals[index] = wd.read_json(path / wd.FINAL)
       logging.info("run in %s already finished; skipped", path)
       continue
-    env = AtariEnv(game, seed=spec.seed, training=True)
-    learner = learner_for(config, env.num_actions)
-    state = learner.init(jax.random.PRNGKey(spec.seed))
-    run = _Run(spec, path, env, {}, wd.MetricsLog(path))
-    restored = single._restore(run.ckpt_dir, learner, env, state)  # pylint: disable=protected-access
-    if restored is None:
-      frame = env.reset()
-      state, action = learner.first_action(state)
-      run.host = dict(step=0, frame=frame, action=int(action), elapsed=0.0, episodes=[],
-                      params_count=param_count(state.params))
-    else:
-      state, run.host = restored
-      run.metrics_log.truncate_after(run.host["step"])
-      logging.info("resumed %s at step %d", path, run.host["step"])
-    pending.append((index, run, learner, state))
+    pending.append((index, *_start_run(spec, path, config, pretrained[index])))
+    pretrained[index] = None  # loaded: free it
 
   groups = _make_groups(pending)
+  # The groups hold the stacked states: drop the per-run copies (replays) from here on.
+  started = [(index, run) for index, run, _, _ in pending]
+  del pending
   for g in groups:
     logging.info("batch of %d runs (%d actions) from step %d: %s", len(g.runs),
                  g.learner.num_actions, g.step,
                  ", ".join(f"{r.spec.game}/seed_{r.spec.seed}" for r in g.runs))
-  states = {}
   if groups:
     pool = ThreadPoolExecutor(env_threads) if env_threads > 1 else None
+    map_fn = pool.map if pool is not None else map
+    index_of = {id(run): index for index, run in started}
     try:
       with single._TermFlag() as term:  # pylint: disable=protected-access
-        _loop(groups, config, term, pool, progress)
+        _loop(groups, config, term, map_fn, progress)
+      for learner, runs, acting in _final_groups(groups):
+        for run, final in zip(runs, _final_evaluations(learner, runs, acting, config,
+                                                       config_name, map_fn)):
+          finals[index_of[id(run)]] = final
     finally:
       if pool is not None:
         pool.shutdown()
-    for g in groups:
-      for run, st in zip(g.runs, unstack_host(g.state, len(g.runs))):
-        states[id(run)] = (g.learner, st)
 
-  failed = []
-  for index, run, _, _ in pending:
-    if run.failed:
-      failed.append(run.failed)
-      continue
-    learner, st = states[id(run)]
-    finals[index] = single._final_evaluation(  # pylint: disable=protected-access
-        learner, st, run.host, run.spec.game, run.spec.seed, config, config_name, run.path)
+  failed = [run.failed for _, run in started if run.failed]
   if failed:
     raise single.NonFiniteLossError("; ".join(failed))
   return [finals[i] for i in range(len(specs))]
+
+
+def _start_run(spec: RunSpec, path: Path, config: SPRConfig,
+               pretrained: dict | None) -> tuple[_Run, SPRLearner, TrainState]:
+  """A run's host objects, learner and state: the single-run start (fresh init + pretrained
+  weights, or the run's own checkpoint), per run before stacking, so that a run starts in a
+  batch exactly as alone."""
+  env = AtariEnv(spec.game, seed=spec.seed, training=True)
+  learner = learner_for(config, env.num_actions)
+  run = _Run(spec, path, env, {}, wd.MetricsLog(path))
+  state, run.host, resumed = single.start_or_resume(learner, env, spec.seed, run.ckpt_dir,
+                                                    pretrained)
+  if resumed:
+    run.metrics_log.truncate_after(run.host["step"])
+    logging.info("resumed %s at step %d", path, run.host["step"])
+  return run, learner, state
 
 
 def _make_groups(pending) -> list[_Group]:
@@ -230,7 +255,7 @@ def _make_groups(pending) -> list[_Group]:
   return groups
 
 
-def _loop(groups: list[_Group], config: SPRConfig, term, pool, progress) -> None:
+def _loop(groups: list[_Group], config: SPRConfig, term, map_fn, progress) -> None:
   t_start = time.perf_counter() - max(r.host["elapsed"] for g in groups for r in g.runs)
   for g in groups:
     g.t_window, g.step_window = time.perf_counter(), g.step
@@ -241,8 +266,7 @@ def _loop(groups: list[_Group], config: SPRConfig, term, pool, progress) -> None
       break
     # 1. Step every env of every active group (threads if asked).
     jobs = [(r.env, int(a)) for g in active for r, a in zip(g.runs, g.actions)]
-    results = list(pool.map(lambda j: _env_step(*j), jobs)) if pool else [
-        _env_step(*j) for j in jobs]
+    results = list(map_fn(lambda j: _env_step(*j), jobs))
     # 2. Dispatch every group's batched learner step, then fetch all actions at once.
     outputs, k = [], 0
     for g in active:
@@ -264,6 +288,8 @@ def _loop(groups: list[_Group], config: SPRConfig, term, pool, progress) -> None
       g.frames = np.stack([r[0] for r in res])
       g.step += 1
       _bookkeeping(g, res, m, config, t_start)
+      if config.eval_every and g.step % config.eval_every == 0 and g.step < config.steps:
+        _periodic_evaluation(g, config, time.perf_counter() - t_start, map_fn)
       if g.step % config.checkpoint_every == 0 or g.step == config.steps or preempted:
         _checkpoint(g, config, t_start)
     if bar is not None:
@@ -332,5 +358,123 @@ def _checkpoint(g: _Group, config: SPRConfig, t_start: float) -> None:
                     keep=config.checkpoint_keep)
 
 
+# ------------------------------------------------------------------------------ evaluation
+# Envs alive at once in one batched evaluation (each holds an emulator, ~1 MB of host memory);
+# a group with more runs x episodes is evaluated in chunks of whole runs.
+MAX_EVAL_ENVS = 4096
+
+
+@functools.lru_cache(maxsize=None)
+def batched_greedy(learner: SPRLearner):
+  """The single-run greedy action function (noise off) vmapped over a leading run axis of the
+  acting parameters and the stacks, jitted: one call acts for every episode of every run."""
+  return jax.jit(jax.vmap(learner._greedy_actions))  # pylint: disable=protected-access
+
+
+def make_runs_eval_act_fn(learner: SPRLearner, acting: Any, batch: int):
+  """`envs.evaluation.evaluate_runs`'s act_fn for acting parameters stacked over R runs: uint8
+  [R, B, 4, 84, 84] -> [R, B]. Pads every run to `batch` rows, as the single-run act function
+  (trainer.make_eval_act_fn) does, so each run's network sees the batch shape it sees alone and
+  the evaluation compiles once."""
+  fn = batched_greedy(learner)
+
+  def act(stacks: np.ndarray) -> np.ndarray:
+    n = stacks.shape[1]
+    if n >= batch:
+      return np.asarray(fn(acting, stacks))
+    padded = np.zeros((stacks.shape[0], batch) + stacks.shape[2:], np.uint8)
+    padded[:, :n] = stacks
+    return np.asarray(fn(acting, padded))[:, :n]
+
+  return act
+
+
+def select_runs(tree: Any, rows: list[int]) -> Any:
+  """Runs `rows` of a pytree stacked over runs (a gather on the device)."""
+  index = np.asarray(rows, np.int32)
+  return jax.tree.map(lambda x: x[index], tree)
+
+
+def evaluate_stacked(learner: SPRLearner, acting: Any, runs: list[tuple[str, int]],
+                     num_episodes: int, epsilon: float, map_fn=map) -> list[list]:
+  """`num_episodes` evaluation episodes of each run, all runs together: run r is (game, seed)
+  `runs[r]` acting with row r of `acting` (stacked over runs). Returns one episode list per run,
+  what `envs.evaluation.evaluate` returns for that run alone."""
+  per_chunk = max(1, MAX_EVAL_ENVS // num_episodes)
+  results: list[list] = []
+  for lo in range(0, len(runs), per_chunk):
+    rows = list(range(lo, min(lo + per_chunk, len(runs))))
+    part = acting if len(rows) == len(runs) else select_runs(acting, rows)
+    act = make_runs_eval_act_fn(learner, part, num_episodes)
+    results.extend(evaluate_runs(act, runs[lo:lo + per_chunk], num_episodes, epsilon=epsilon,
+                                 map_fn=map_fn))
+  return results
+
+
+def _live_acting(g: _Group) -> tuple[list[_Run], Any]:
+  """The runs of a group still training (no non-finite loss) and their acting parameters."""
+  live = [i for i, run in enumerate(g.runs) if not run.failed]
+  acting = g.learner.acting_params(g.state)
+  if len(live) < len(g.runs):
+    acting = select_runs(acting, live)
+  return [g.runs[i] for i in live], acting
+
+
+def _periodic_evaluation(g: _Group, config: SPRConfig, elapsed: float, map_fn) -> None:
+  """The single-run trainer's periodic evaluation for every live run of a group at once: the
+  same seeds, episodes and metrics.jsonl line per run."""
+  runs, acting = _live_acting(g)
+  if not runs:
+    return
+  seeds = [(r.spec.game, single.periodic_eval_seed(r.spec.seed, g.step)) for r in runs]
+  results = evaluate_stacked(g.learner, acting, seeds, config.eval_every_episodes,
+                             config.eval_epsilon, map_fn)
+  scores = []
+  for run, episodes in zip(runs, results):
+    record = single.eval_record(g.step, elapsed, episodes)
+    run.metrics_log.write(record)
+    scores.append(record["eval_mean_score"])
+  logging.info("step %d: evaluation of %d runs (%d actions) over %d episodes each: mean "
+               "scores %s", g.step, len(runs), g.learner.num_actions,
+               config.eval_every_episodes, ", ".join(f"{v:.2f}" for v in scores))
+
+
+def _final_groups(groups: list[_Group]) -> list[tuple[SPRLearner, list[_Run], Any]]:
+  """(learner, live runs, their stacked acting parameters) per action count: after training every
+  run is at the last step, so groups that started from different steps (a resume) but share a
+  learner are evaluated together (acting parameters concatenated along the run axis)."""
+  parts: dict[SPRLearner, list] = {}
+  for g in groups:
+    runs, acting = _live_acting(g)
+    if runs:
+      parts.setdefault(g.learner, []).append((runs, acting))
+  out = []
+  for learner, members in parts.items():
+    runs = [r for rs, _ in members for r in rs]
+    actings = [a for _, a in members]
+    acting = actings[0] if len(actings) == 1 else jax.tree.map(
+        lambda *xs: jnp.concatenate(xs), *actings)
+    out.append((learner, runs, acting))
+  return out
+
+
+def _final_evaluations(learner: SPRLearner, runs: list[_Run], acting: Any, config: SPRConfig,
+                       config_name: str, map_fn) -> list[dict]:
+  """The final evaluation of `runs` together; writes each run's eval.csv and final.json exactly
+  as `trainer._final_evaluation` does for the run alone (same seeds and fields); returns them."""
+  t0 = time.perf_counter()
+  results: list[list] = [[] for _ in runs]
+  if config.eval_episodes:
+    logging.info("final evaluation of %d runs (%d actions) together, %d episodes each",
+                 len(runs), learner.num_actions, config.eval_episodes)
+    seeds = [(r.spec.game, single.final_eval_seed(r.spec.seed)) for r in runs]
+    results = evaluate_stacked(learner, acting, seeds, config.eval_episodes, config.eval_epsilon,
+                               map_fn)
+  seconds = time.perf_counter() - t0  # each run waited for the whole batched evaluation
+  return [single.write_final(run.path, episodes, run.host, run.spec.game, run.spec.seed, config,
+                             config_name, seconds) for run, episodes in zip(runs, results)]
+
+
 __all__ = ["RunSpec", "train_many", "run_workdir", "parse_seeds", "batched_step",
-           "stack_states", "unstack_host"]
+           "stack_states", "unstack_host", "batched_greedy", "make_runs_eval_act_fn",
+           "select_runs", "evaluate_stacked"]

@@ -106,30 +106,41 @@ def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_n
 
   env = AtariEnv(game, seed=seed, training=True)
   learner = SPRLearner(config, env.num_actions)
-  state = learner.init(jax.random.PRNGKey(seed))
   metrics_log = wd.MetricsLog(path)
   ckpt_dir = path / wd.CHECKPOINTS
 
-  host = _restore(ckpt_dir, learner, env, state)
-  if host is None:
-    if pretrained is not None:
-      state = _load_pretrained(learner, state, pretrained, env.num_actions)
-    frame = env.reset()
-    state, action = learner.first_action(state)
-    host = dict(step=0, frame=frame, action=int(action), elapsed=0.0, episodes=[],
-                params_count=param_count(state.params))
-    logging.info("new run: %s seed %d, config %s, %d parameters, workdir %s", game, seed,
-                 config_name, host["params_count"], path)
-  else:
-    state, host = host
+  state, host, resumed = start_or_resume(learner, env, seed, ckpt_dir, pretrained)
+  if resumed:
     metrics_log.truncate_after(host["step"])
     logging.info("resumed %s at step %d from %s", path, host["step"], ckpt_dir)
+  else:
+    logging.info("new run: %s seed %d, config %s, %d parameters, workdir %s", game, seed,
+                 config_name, host["params_count"], path)
 
   if host["step"] < config.steps:
     with _TermFlag() as term:
       state, host = _train_loop(learner, state, env, host, config, metrics_log, ckpt_dir, term,
                                 seed=seed)
   return _final_evaluation(learner, state, host, game, seed, config, config_name, path)
+
+
+def start_or_resume(learner: SPRLearner, env: AtariEnv, seed: int, ckpt_dir: Path,
+                    pretrained: dict | None) -> tuple[TrainState, dict, bool]:
+  """(learner state, host state, resumed) of a run: its newest checkpoint restored (env
+  included), else a new run - init from PRNGKey(seed), the pretrained network loaded when
+  `pretrained` (from `_pretrained_for_new_run`) is given, the env reset, the first action drawn.
+  Both trainers start every run here, so a run in a batch starts exactly as alone."""
+  state = learner.init(jax.random.PRNGKey(seed))
+  restored = _restore(ckpt_dir, learner, env, state)
+  if restored is not None:
+    return restored[0], restored[1], True
+  if pretrained is not None:
+    state = _load_pretrained(learner, state, pretrained, env.action_set)
+  frame = env.reset()
+  state, action = learner.first_action(state)
+  host = dict(step=0, frame=frame, action=int(action), elapsed=0.0, episodes=[],
+              params_count=param_count(state.params))
+  return state, host, False
 
 
 def _pretrained_for_new_run(config: SPRConfig, game: str, workdir: str | Path):
@@ -145,22 +156,20 @@ def _pretrained_for_new_run(config: SPRConfig, game: str, workdir: str | Path):
 
   payload = finetune.load_pretrained(config.init_from)
   probe = AtariEnv(game, seed=0, training=True)
-  finetune.check_compatible(payload, config, probe.num_actions)
+  finetune.check_compatible(payload, config, probe.action_set)
   probe.close()
   return payload
 
 
 def _load_pretrained(learner: SPRLearner, state: TrainState, payload: dict,
-                     num_actions: int) -> TrainState:
+                     game_actions) -> TrainState:
+  """`state` with the pretrained network loaded (`game_actions`: the game's ALE action ids)."""
   from agents.sgi import finetune
 
-  params = finetune.apply_pretrained(jax.device_get(state.params), payload, learner.config,
-                                     num_actions)
-  params = jax.device_put(params)
-  target = () if learner.config.target_tau == 1.0 else jax.tree.map(lambda x: x.copy(), params)
+  state = finetune.load_into_state(learner, state, payload, game_actions)
   logging.info("loaded pretrained encoder, transition model, predictor and first head layer "
                "from %s (pretraining step %s)", payload["path"], payload.get("step"))
-  return state._replace(params=params, target_params=target)
+  return state
 
 
 def _restore(ckpt_dir: Path, learner: SPRLearner, env: AtariEnv, template: TrainState):
@@ -243,6 +252,24 @@ def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dic
   return state, host
 
 
+def final_eval_seed(seed: int) -> int:
+  """Seed of a run's final evaluation (`envs.evaluation.evaluate` derives the episodes' from it)."""
+  return int(seed) + EVAL_SEED_OFFSET
+
+
+def periodic_eval_seed(seed: int, step: int) -> int:
+  """Seed of the periodic evaluation at env step `step`: derived from the step, so a resumed
+  run replays the same evaluation."""
+  return int(seed) + EVAL_SEED_OFFSET + 7919 * int(step)
+
+
+def eval_record(step: int, elapsed: float, episodes: list[tuple[float, int]]) -> dict:
+  """The metrics.jsonl line of a periodic evaluation."""
+  scores = [s for s, _ in episodes]
+  return dict(step=step, time_s=round(elapsed, 3), eval_mean_score=float(np.mean(scores)),
+              eval_episodes=len(scores))
+
+
 def _periodic_evaluation(learner: SPRLearner, state: TrainState, game: str, seed: int,
                          config: SPRConfig, step: int, metrics_log: wd.MetricsLog,
                          elapsed: float) -> None:
@@ -252,13 +279,11 @@ def _periodic_evaluation(learner: SPRLearner, state: TrainState, game: str, seed
   resumed run logs the same values."""
   act = make_eval_act_fn(learner, learner.acting_params(state), config.eval_every_episodes)
   episodes = evaluate(act, game, num_episodes=config.eval_every_episodes,
-                      seed=seed + EVAL_SEED_OFFSET + 7919 * step,
-                      epsilon=config.eval_epsilon)
-  scores = [s for s, _ in episodes]
-  metrics_log.write(dict(step=step, time_s=round(elapsed, 3),
-                         eval_mean_score=float(np.mean(scores)), eval_episodes=len(scores)))
-  logging.info("step %d: evaluation over %d episodes: mean score %.2f", step, len(scores),
-               float(np.mean(scores)))
+                      seed=periodic_eval_seed(seed, step), epsilon=config.eval_epsilon)
+  record = eval_record(step, elapsed, episodes)
+  metrics_log.write(record)
+  logging.info("step %d: evaluation over %d episodes: mean score %.2f", step,
+               record["eval_episodes"], record["eval_mean_score"])
 
 
 def _final_evaluation(learner: SPRLearner, state: TrainState, host: dict, game: str, seed: int,
@@ -268,7 +293,14 @@ def _final_evaluation(learner: SPRLearner, state: TrainState, host: dict, game: 
   if config.eval_episodes:
     act = make_eval_act_fn(learner, learner.acting_params(state), config.eval_episodes)
     episodes = evaluate(act, game, num_episodes=config.eval_episodes,
-                        seed=seed + EVAL_SEED_OFFSET, epsilon=config.eval_epsilon)
+                        seed=final_eval_seed(seed), epsilon=config.eval_epsilon)
+  return write_final(path, episodes, host, game, seed, config, config_name,
+                     time.perf_counter() - t0)
+
+
+def write_final(path: Path, episodes: list[tuple[float, int]], host: dict, game: str, seed: int,
+                config: SPRConfig, config_name: str, eval_seconds: float) -> dict:
+  """Writes eval.csv, then final.json (last: it marks the run done); returns final.json's dict."""
   wd.write_eval_csv(path, episodes)
   scores = [s for s, _ in episodes]
   mean = float(np.mean(scores)) if scores else math.nan
@@ -276,7 +308,7 @@ def _final_evaluation(learner: SPRLearner, state: TrainState, host: dict, game: 
       game=game, seed=int(seed), config_name=config_name, steps=int(host["step"]),
       budget_steps=int(config.steps), eval_episodes=len(episodes), mean_score=mean,
       hns=games.human_normalized_score(game, mean) if scores else math.nan,
-      wall_time_s=round(host["elapsed"] + time.perf_counter() - t0, 2),
+      wall_time_s=round(host["elapsed"] + eval_seconds, 2),
       train_episodes=len(host["episodes"]))
   wd.write_json_atomic(path / wd.FINAL, final)
   logging.info("finished %s seed %d: mean score %.2f over %d episodes (HNS %.3f)", game, seed,
