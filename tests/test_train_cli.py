@@ -115,7 +115,7 @@ def test_same_seed_same_result_other_seed_differs(finished_run, tmp_path):
     (["--noisy=maybe"], "malformed value 'maybe' for --noisy"),
     (["--n_step=0"], "n_step must be >= 1"),
     (["--learn_start=2"], "learn_start must be > max(n_step, spr_steps)"),
-    (["--seeds=0-1", "--init_from=/nowhere"], "--init_from (finetuning) is not supported"),
+    (["--seeds=0-1", "--init_from=/nowhere"], "--init_from: /nowhere does not exist"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, args, message):
   proc = run(train_cmd(tmp_path / "w", *args), check=False)
