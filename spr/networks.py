@@ -504,6 +504,9 @@ class NetworkFunctions:
   def __init__(self, transformed: hk.MultiTransformedWithState, has_norm_state: bool):
     self._t = transformed
     self.has_norm_state = has_norm_state
+    # Jitted: one compilation of the whole initialisation (cached across processes) instead of
+    # one dispatch per initialiser op - seconds for the SGI ResNet on CPU; the same values.
+    self._init = jax.jit(transformed.init)
 
     def wrap(fn):
       return lambda params, norm_state, *args: fn(params, norm_state or {}, None, *args)[0]
@@ -515,10 +518,10 @@ class NetworkFunctions:
     self._encode = encode
 
   def init(self, rng: jax.Array, observations: jax.Array):
-    return self._t.init(rng, observations)[0]
+    return self._init(rng, observations)[0]
 
   def init_norm_state(self, rng: jax.Array, observations: jax.Array):
-    return self._t.init(rng, observations)[1]
+    return self._init(rng, observations)[1]
 
   def encode_train(self, params, norm_state, observations: jax.Array):
     return self._encode(params, norm_state or {}, None, observations, True)

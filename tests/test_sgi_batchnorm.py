@@ -47,6 +47,7 @@ def test_batchnorm_training_and_evaluation_math(jit):
   np.testing.assert_array_equal(same["bn"]["mean"], new["bn"]["mean"])
 
 
+@jax.jit  # one compilation instead of one per leaf shape
 def _perturbed(params, key):
   """Non-trivial norm scales: at init the residual branches are zero (last norm scale 0)."""
   leaves, tree = jax.tree.flatten(params)
@@ -61,12 +62,12 @@ def test_sgi_resnet_acts_per_sample_with_running_statistics():
   x = jax.random.uniform(jax.random.PRNGKey(1), (5, 4, 84, 84))
   params = _perturbed(net.init(jax.random.PRNGKey(0), x), jax.random.PRNGKey(2))
   norm = net.init_norm_state(jax.random.PRNGKey(0), x)
-  encode = net.apply[0]
+  encode, encode_train = jax.jit(net.apply[0]), jax.jit(net.encode_train)  # jit: fewer dispatches
   # Evaluation mode: a sample's latent does not depend on the rest of the batch.
   np.testing.assert_allclose(encode(params, norm, x[:2]), encode(params, norm, x)[:2], atol=1e-5)
   # Training mode: batch statistics (a sub-batch gives other latents) and moved statistics.
-  train_all, moved = net.encode_train(params, norm, x)
-  train_two, _ = net.encode_train(params, norm, x[:2])
+  train_all, moved = encode_train(params, norm, x)
+  train_two, _ = encode_train(params, norm, x[:2])
   assert float(jnp.max(jnp.abs(train_all[:2] - train_two))) > 1e-3
   assert float(jnp.max(jnp.abs(encode(params, moved, x) - encode(params, norm, x)))) > 1e-4
   # Other encoders carry no statistics.
@@ -172,10 +173,11 @@ def test_finetuning_slices_a_full_action_set_transition_model():
   game = [0, 1, 3, 4]
   small = make_spr_network(cfg.network(), 4)
   loaded = finetune.apply_pretrained(small.init(jax.random.PRNGKey(5), x), payload, cfg, game)
-  latent = full.apply[0](pre, None, x)
+  latent = jax.jit(full.apply[0])(pre, None, x)
+  full_step, small_step = jax.jit(full.apply[1]), jax.jit(small.apply[1])
   for index, ale_id in enumerate(game):
-    want = full.apply[1](pre, None, latent, jnp.full((3,), ale_id))
-    got = small.apply[1](loaded, None, latent, jnp.full((3,), index))
+    want = full_step(pre, None, latent, jnp.full((3,), ale_id))
+    got = small_step(loaded, None, latent, jnp.full((3,), index))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   with pytest.raises(finetune.PretrainedMismatch, match="--full_action_set"):
     finetune.check_compatible(dict(payload, action_set=[0, 1, 3, 4, 11, 12], num_actions=6),
