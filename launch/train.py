@@ -34,7 +34,8 @@ _CONFIG = flags.DEFINE_string("config", "spr", f"Named configuration: {sorted(sp
 _GAMES = flags.DEFINE_string("games", None, "Several games, comma-separated: multi-run mode.")
 _SEEDS = flags.DEFINE_string("seeds", None, "Several seeds ('0-3', '0,2,5'): multi-run mode.")
 _ENV_THREADS = flags.DEFINE_integer("env_threads", 0, "Multi-run mode: threads stepping the "
-                                    "emulators (0 or 1: a plain loop).")
+                                    "emulators (0 or 1: a plain loop; ale-py 0.12 holds the GIL "
+                                    "in act(), so threads do not speed it up).")
 
 # One override flag per config field, parsed by the config module (typed, with clear errors).
 _OVERRIDES = {

@@ -27,8 +27,12 @@ deterministic (same command, same result bitwise); batches of other sizes (a res
 some runs are unfinished) are other XLA programs, equal within that float tolerance.
 
 Env stepping: one `AtariEnv` per run (the single-run protocol, exactly), stepped by a thread
-pool when `env_threads > 1` (the ALE's C++ act() does the emulation; measured speed-up in
-`launch.bench`), else a plain loop. Threads do not change results: each env is independent.
+pool when `env_threads > 1`, else a plain loop. Threads do not change results (each env is
+independent) but, with ale-py 0.12, do not speed stepping up either: its act() holds the GIL
+(2 threads x 2 envs: 0.98x of a loop, raw ALE act and AtariEnv.step alike; `launch.bench`'s
+"env steps/s loop / threads" column). So the envs of all runs - and the 100 evaluation envs
+of each run - are stepped one after the other on one core (~0.45 ms per agent step): the known
+limit of this path; worker processes owning the envs are the fix (see docs/BENCHMARKS.md).
 
 Host synchronisation: one device->host transfer per env step (the actions and the step metrics of
 all runs); checkpoints fetch the stacked state once and slice it per run on the host.
