@@ -509,22 +509,33 @@ class NetworkFunctions:
     self._init = jax.jit(transformed.init)
 
     def wrap(fn):
-      return lambda params, norm_state, *args: fn(params, norm_state or {}, None, *args)[0]
+      return lambda params, norm_state, *args: fn(params, {}, None, *args)[0]
 
     encode, *rest = transformed.apply
-    self.apply = (lambda params, norm_state, obs: encode(params, norm_state or {}, None, obs,
-                                                         False)[0],
+    self.apply = (lambda params, norm_state, obs: encode(params, self._state(norm_state), None,
+                                                         obs, False)[0],
                   *(wrap(f) for f in rest))
     self._encode = encode
 
+  def _state(self, norm_state):
+    """The running statistics to pass to Haiku. Missing ones are an error for a network that has
+    them: Haiku would silently create fresh ones (mean 0, variance 1)."""
+    if self.has_norm_state and not jax.tree.leaves(norm_state or {}):
+      raise ValueError("this network has BatchNorm running statistics: pass its norm_state")
+    return norm_state or {}
+
   def init(self, rng: jax.Array, observations: jax.Array):
     return self._init(rng, observations)[0]
+
+  def init_with_norm_state(self, rng: jax.Array, observations: jax.Array):
+    """(params, running statistics) from one initialisation."""
+    return self._init(rng, observations)
 
   def init_norm_state(self, rng: jax.Array, observations: jax.Array):
     return self._init(rng, observations)[1]
 
   def encode_train(self, params, norm_state, observations: jax.Array):
-    return self._encode(params, norm_state or {}, None, observations, True)
+    return self._encode(params, self._state(norm_state), None, observations, True)
 
 
 def has_running_stats(config: NetworkConfig) -> bool:

@@ -28,13 +28,19 @@ def test_bench_prints_both_tables_on_the_smoke_config():
   assert float(cells[3]) > 0 and cells[7] == "1.00x"  # updates/s, speed-up of 1 run over itself
 
 
-def test_memory_table_counts_every_byte_of_the_train_state():
+def test_memory_table_accounts_for_frames_and_parameters():
+  """SPR: 100k single 84x84 frames (0.706 GB) plus parameters and Adam moments (3 copies of the
+  network's float32 parameters; no EMA target) plus per-transition replay fields."""
   from agents.spr.config import make_config
   from agents.spr.learner import SPRLearner
 
   out = _run("--memory=spr")
   row = [l for l in out.splitlines() if l.startswith("| spr |")][0]
-  per_run = float(row.strip("|").split("|")[2])
-  shapes = jax.eval_shape(SPRLearner(make_config("spr"), 18).init, jax.random.PRNGKey(0))
-  want = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)) / 1e9
-  assert abs(per_run - want) < 1e-3 and want > 0
+  frames, per_run, runs26 = (float(c) for c in row.strip("|").split("|")[1:])
+  assert frames == round(100_000 * 84 * 84 / 1e9, 3)
+  params = jax.eval_shape(SPRLearner(make_config("spr"), 18).network.init, jax.random.PRNGKey(0),
+                          jax.ShapeDtypeStruct((1, 4, 84, 84), "float32"))
+  network_gb = sum(x.size for x in jax.tree.leaves(params)) * 4 / 1e9
+  other = per_run - frames - 3 * network_gb  # actions, rewards, terminals, priorities, ...
+  assert 0 <= other < 100_000 * 64 / 1e9, (per_run, frames, network_gb)
+  assert abs(runs26 - 26 * per_run) < 0.1

@@ -108,9 +108,22 @@ def test_sgi_update_moves_statistics_and_target_before_the_update():
   learner = SGILearner(cfg, 3)
   state = learner.init(jax.random.PRNGKey(0))
   old = jax.device_get(state)
-  new, metrics = learner.update(state, _sgi_batch(cfg, 3, np.random.default_rng(0)))
+  batch = _sgi_batch(cfg, 3, np.random.default_rng(0))
+  # The loss of this update (the key `update` derives from the state's RNG), for its statistics.
+  _, aux = jax.jit(learner.loss)(old.params, old.target_params, batch,
+                                 jax.random.split(old.rng)[1], old.norm_state,
+                                 old.target_norm_state)
+  new, metrics = learner.update(state, batch)
   assert bool(metrics.finite)
   new = jax.device_get(new)
+  # Online statistics: after every online pass; target: EMA of the target's (after its passes)
+  # towards the online ones after the pass on s_t (torch's update_state_dict inside forward).
+  want_norm = optax.incremental_update(aux["norm_state_main"], aux["target_norm_state"],
+                                       cfg.target_tau)
+  for a, b in zip(jax.tree.leaves(new.target_norm_state), jax.tree.leaves(want_norm)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(new.norm_state), jax.tree.leaves(aux["norm_state"])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   # Target = EMA towards the parameters BEFORE the update (SGI moves it inside the forward).
   want = optax.incremental_update(old.params, old.target_params, cfg.target_tau)
   for a, b in zip(jax.tree.leaves(new.target_params), jax.tree.leaves(want)):
@@ -195,3 +208,35 @@ def test_actions_map_to_ale_ids_for_the_full_set():
   with pytest.raises(ValueError, match="--full_action_set"):
     pretrainer.pretraining_action_set(["Pong", "Breakout"], False)
   assert pretrainer.pretraining_action_set(["Pong"], False) == [0, 1, 3, 4, 11, 12]
+
+
+def test_pretrained_batchnorm_network_loads_into_finetuning(tmp_path):
+  """export_pretrained -> load_pretrained -> load_into_state with an SGI ResNet: the encoder's
+  parameters and running statistics, and the EMA target's, arrive as pretrained."""
+  sgi_cfg = dataclasses.replace(make_sgi_config("smoke"), encoder_channels=(4, 4, 4))
+  state = SGILearner(sgi_cfg, 6).init(jax.random.PRNGKey(0))
+  shift = lambda tree, c: jax.tree.map(lambda v: v + c, tree)  # unlike any fresh init
+  state = state._replace(target_params=_perturbed(state.params, jax.random.PRNGKey(1)),
+                         norm_state=shift(state.norm_state, 0.5),
+                         target_norm_state=shift(state.target_norm_state, 0.25))
+  pong = [0, 1, 3, 4, 11, 12]
+  pretrainer.export_pretrained(tmp_path / "pretrained.pkl", state, sgi_cfg, ["Pong"], pong, 7)
+  payload = finetune.load_pretrained(tmp_path)
+  spr_cfg = dataclasses.replace(make_spr_config("sgi"), encoder_channels=(4, 4, 4), hidden=16,
+                                transition_hidden=8, num_atoms=11)
+  learner = SPRLearner(spr_cfg, 6)
+  loaded = jax.device_get(finetune.load_into_state(learner, learner.init(jax.random.PRNGKey(2)),
+                                                   payload, pong))
+  pre = jax.device_get(state)
+  for got, want in ((loaded.norm_state, pre.norm_state),
+                    (loaded.target_norm_state, pre.target_norm_state)):
+    assert set(got) == set(want)
+    for m in want:
+      for k in want[m]:
+        np.testing.assert_array_equal(got[m][k], want[m][k])
+  encoder = [m for m in pre.params if "/encoder/" in m]
+  assert encoder
+  for m in encoder:
+    for k in pre.params[m]:
+      np.testing.assert_array_equal(loaded.params[m][k], pre.params[m][k])
+      np.testing.assert_array_equal(loaded.target_params[m][k], pre.target_params[m][k])

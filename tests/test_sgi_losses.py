@@ -74,9 +74,9 @@ def test_sgi_resnet_shapes_and_size(encoder, encoder_params):
   del encoder_params
   cfg = NetworkConfig(encoder=encoder, hidden=32, num_atoms=11, noisy=False)
   net = make_sgi_network(cfg, 4)
-  params = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((2, 4, 84, 84)))
-  latent = jax.eval_shape(lambda p, x: net.apply[0](p, None, x), params,
-                          jnp.zeros((2, 4, 84, 84)))
+  params, norm = jax.eval_shape(net.init_with_norm_state, jax.random.PRNGKey(0),
+                                jnp.zeros((2, 4, 84, 84)))
+  latent = jax.eval_shape(net.apply[0], params, norm, jnp.zeros((2, 4, 84, 84)))
   width = 64 if encoder == "sgi_m" else 96
   assert latent.shape == (2, 7, 7, width)
   blocks = 3 if encoder == "sgi_m" else 5
@@ -91,9 +91,11 @@ def test_sgi_block_starts_as_its_shortcut_and_goal_head_shapes():
                       noisy=False, transition_hidden=8)
   net = make_sgi_network(cfg, 5)
   x = jax.random.uniform(jax.random.PRNGKey(0), (3, 4, 84, 84))
-  params = net.init(jax.random.PRNGKey(1), x)
+  params, norm = net.init_with_norm_state(jax.random.PRNGKey(1), x)
   encode, _, q_logits, project, _, goal_q_logits, inverse = net.apply
-  latent = encode(params, None, x)
+  with pytest.raises(ValueError, match="norm_state"):  # never silently fresh statistics
+    encode(params, None, x)
+  latent = encode(params, norm, x)
   assert latent.shape == (3, 7, 7, 8)
   # With the last norm's scale at 0 each block adds only its norm offset (0): the non-stride
   # blocks are the identity at init.

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spr.networks import SGI_ENCODERS
+
 PRETRAINED = "pretrained.pkl"
 # Fields of the pretraining config that must equal the finetuning config's.
 MATCHED = ("encoder", "encoder_channels", "resnet_norm", "hidden", "transition_hidden")
@@ -94,6 +96,8 @@ def check_compatible(payload: dict, config: Any, game_actions: Sequence[int]) ->
         f"({', '.join(payload.get('games', []))}), this game has {list(game_actions)}: "
         "pretrain on this game, or with --full_action_set")
   for name in MATCHED:
+    if name == "resnet_norm" and config.encoder not in SGI_ENCODERS:
+      continue  # only the SGI ResNets have it
     want = getattr(config, name)
     have = pre.get(name, "layer" if name == "resnet_norm" else None)  # older exports
     if isinstance(want, tuple):

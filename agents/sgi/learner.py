@@ -97,9 +97,8 @@ class SGILearner:
   def init(self, rng: jax.Array) -> SGIState:
     init_rng, rng = jax.random.split(rng)
     dummy = jnp.zeros((1, 4, 84, 84), jnp.float32)
-    params = self.network.init(init_rng, dummy)
-    norm_state = (self.network.init_norm_state(init_rng, dummy) if self.network.has_norm_state
-                  else ())
+    params, norm_state = self.network.init_with_norm_state(init_rng, dummy)
+    norm_state = norm_state if self.network.has_norm_state else ()
     return SGIState(params=params, target_params=jax.tree.map(jnp.copy, params),
                     opt_state=self.optimizer.init(params), rng=rng,
                     step=jnp.zeros((), jnp.int32), norm_state=norm_state,

@@ -69,15 +69,14 @@ def export_pretrained(path: Path, state, config: SGIConfig, games: list[str],
                       action_set: list[int], step: int) -> None:
   """Writes what finetuning loads - online and EMA-target parameters and BatchNorm running
   statistics, by Haiku module name - with what they came from (games, ALE action set)."""
-  state = jax.device_get(state)
+  state = jax.device_get(dict(params=state.params, target_params=state.target_params,
+                              norm_state=state.norm_state,
+                              target_norm_state=state.target_norm_state))  # no optimiser moments
   as_numpy = lambda tree: {m: {k: np.asarray(v) for k, v in leaves.items()}
                            for m, leaves in (tree or {}).items()}
   payload = dict(version=EXPORT_VERSION, step=int(step), games=list(games),
                  num_actions=len(action_set), action_set=[int(a) for a in action_set],
-                 config=config.to_json(), params=as_numpy(state.params),
-                 target_params=as_numpy(state.target_params),
-                 norm_state=as_numpy(state.norm_state),
-                 target_norm_state=as_numpy(state.target_norm_state))
+                 config=config.to_json(), **{k: as_numpy(v) for k, v in state.items()})
   tmp = path.with_name("." + path.name + ".tmp")
   with open(tmp, "wb") as f:
     pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)

@@ -160,10 +160,9 @@ class SPRLearner:
   def _init(self, rng: jax.Array) -> TrainState:
     init_rng, rng = jax.random.split(rng)
     dummy = jnp.zeros((1, 4, 84, 84), jnp.float32)
-    params = self.network.init(init_rng, dummy)
+    params, norm_state = self.network.init_with_norm_state(init_rng, dummy)
+    norm_state = norm_state if self.network.has_norm_state else ()
     target = () if self.config.target_tau == 1.0 else jax.tree.map(jnp.copy, params)
-    norm_state = (self.network.init_norm_state(init_rng, dummy) if self.network.has_norm_state
-                  else ())
     target_norm = () if self.config.target_tau == 1.0 else jax.tree.map(jnp.copy, norm_state)
     return TrainState(
         params=params, target_params=target, opt_state=self.optimizer.init(params),
@@ -265,7 +264,10 @@ class SPRLearner:
       if cfg.target_tau == 1.0:
         target_norm_state = ()
       nxt_t_latent, _ = self._encode_train(rl_target, norm_main, nxt_target)
-      nxt_s_latent, norm_state = self._encode_train(online_fixed, norm_main, nxt_select)
+      if cfg.double_dqn:
+        nxt_s_latent, norm_state = self._encode_train(online_fixed, norm_main, nxt_select)
+      else:  # no selector forward (its statistics would move in torch only if it ran)
+        nxt_s_latent, norm_state = nxt_t_latent, norm_main
     elif cfg.target_tau == 1.0:
       # Same parameters: one encoder call over every no-gradient input.
       latents = self._encode_chunked(target, jnp.concatenate([future, nxt_target, nxt_select]))

@@ -184,10 +184,13 @@ def train_many(specs: list[RunSpec], config: SPRConfig, config_name: str = "spr"
     raise ValueError("two runs share a workdir")
   specs = [RunSpec(games.canonical_name(s.game), int(s.seed), s.workdir) for s in specs]
   # SGI finetuning: every new run's --init_from checkpoint is loaded and checked (the single-run
-  # logic, per run) before any workdir is created, so a mismatch leaves nothing behind.
+  # logic, per run; the file is read once and shared) before any workdir is created, so a mismatch
+  # leaves nothing behind.
+  memo: dict = {}
   pretrained = [
-      single._pretrained_for_new_run(config, s.game, s.workdir)  # pylint: disable=protected-access
+      single._pretrained_for_new_run(config, s.game, s.workdir, memo)  # pylint: disable=protected-access
       for s in specs]
+  del memo
   finals: dict[int, dict] = {}
   pending: list[tuple[int, _Run, SPRLearner, TrainState]] = []
   for index, spec in enumerate(specs):

@@ -143,10 +143,12 @@ def start_or_resume(learner: SPRLearner, env: AtariEnv, seed: int, ckpt_dir: Pat
   return state, host, False
 
 
-def _pretrained_for_new_run(config: SPRConfig, game: str, workdir: str | Path):
+def _pretrained_for_new_run(config: SPRConfig, game: str, workdir: str | Path,
+                            memo: dict | None = None):
   """SGI finetuning: the `init_from` checkpoint, checked against this run before its workdir is
   created (raises agents.sgi.finetune.PretrainedMismatch); None without init_from or when the run
-  resumes (its own checkpoint holds the finetuned weights)."""
+  resumes (its own checkpoint holds the finetuned weights). `memo` (a dict the caller keeps)
+  shares one loaded checkpoint and one check per game between the runs of a batch."""
   if not config.init_from:
     return None
   path = Path(workdir)
@@ -154,10 +156,15 @@ def _pretrained_for_new_run(config: SPRConfig, game: str, workdir: str | Path):
     return None
   from agents.sgi import finetune
 
-  payload = finetune.load_pretrained(config.init_from)
-  probe = AtariEnv(game, seed=0, training=True)
-  finetune.check_compatible(payload, config, probe.action_set)
-  probe.close()
+  memo = {} if memo is None else memo
+  if "payload" not in memo:
+    memo["payload"] = finetune.load_pretrained(config.init_from)
+  payload = memo["payload"]
+  if game not in memo:
+    probe = AtariEnv(game, seed=0, training=True)
+    finetune.check_compatible(payload, config, probe.action_set)
+    probe.close()
+    memo[game] = True
   return payload
 
 
