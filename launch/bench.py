@@ -19,6 +19,7 @@ run one after the other), the speed-up over N = 1, and the memory of the replay 
     python -m launch.bench --runs=1,2,4 --multi_configs=smoke,bbf_smoke   # the CPU default
     python -m launch.bench --runs=1,4,16,26 --multi_configs=spr,bbf_rr2,bbf   # on one GPU
     python -m launch.bench --memory=spr,bbf,sgi   # train-state memory of 1 and 26 runs (shapes)
+    python -m launch.bench --probes   # env threads vs GIL, evaluation act vmap/map, init jit
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ _MULTI_CONFIGS = flags.DEFINE_string(
     "smoke,bbf_smoke on CPU, where BBF costs ~6 s per update).")
 _SINGLE = flags.DEFINE_boolean("single", True, "Print the single-run table first.")
 _ENV_THREADS = flags.DEFINE_integer("env_threads", 0, "Threads of the env rows (0: min(N, cores)).")
+_PROBES = flags.DEFINE_boolean("probes", False, "Only print the design probes: env stepping in a "
+                               "loop vs 2 threads (does the ALE release the GIL?), the batched "
+                               "evaluation act vmapped vs lax.map vs separate calls, network init "
+                               "eager vs jitted.")
 _MEMORY = flags.DEFINE_string("memory", "", "Only print the train-state memory of these configs "
                               "(comma-separated) for 1 and 26 runs, from shapes (no device work).")
 
@@ -212,9 +217,93 @@ def print_memory_table(config_names: list[str], actions: int = 18) -> None:
           f"{26 * per_run:.1f} |")
 
 
+def _loop_vs_threads(step_fns: list, steps: int) -> tuple[float, float]:
+  """Calls per second of each fn in `step_fns` called `steps` times, in a loop and with one
+  thread per fn (all together)."""
+  import threading
+
+  def work(fn):
+    for _ in range(steps):
+      fn()
+
+  t0 = time.perf_counter()
+  for fn in step_fns:
+    work(fn)
+  loop = len(step_fns) * steps / (time.perf_counter() - t0)
+  threads = [threading.Thread(target=work, args=(fn,)) for fn in step_fns]
+  t0 = time.perf_counter()
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  return loop, len(step_fns) * steps / (time.perf_counter() - t0)
+
+
+def print_probes() -> None:
+  """Measurements behind three design choices (agents/spr/multi_trainer.py, learner.init)."""
+  import jax
+  import numpy as np
+
+  from agents.spr import multi_trainer
+  from agents.spr.config import make_config
+  from agents.spr.learner import SPRLearner
+  from envs.atari import AtariEnv
+
+  rows = []
+  envs = [AtariEnv("Breakout", seed=i) for i in range(2)]
+  for env in envs:
+    env.reset()
+
+  def raw_act(env, rng=np.random.default_rng(0)):
+    ale = env.ale
+    ale.act(int(rng.integers(0, 4)))
+    if ale.game_over():
+      ale.reset_game()
+
+  loop, threads = _loop_vs_threads([lambda e=e: raw_act(e) for e in envs], 4000)
+  rows.append(("raw ALE act, 2 envs: loop / 2 threads (frames/s)", f"{loop:.0f} / {threads:.0f}"))
+  loop, threads = _loop_vs_threads(
+      [lambda e=e: e.step(int(np.random.randint(4))) for e in envs], 1000)
+  rows.append(("AtariEnv.step, 2 envs: loop / 2 threads (agent steps/s)",
+               f"{loop:.0f} / {threads:.0f}"))
+
+  learner = SPRLearner(make_config("spr"), 6)
+  states = [learner.init(jax.random.PRNGKey(i)) for i in range(2)]
+  acting = multi_trainer.stack_states([learner.acting_params(s) for s in states])
+  stacks = np.random.default_rng(0).integers(0, 255, (2, 100, 4, 84, 84), dtype=np.uint8)
+  greedy = learner._greedy_actions  # pylint: disable=protected-access
+  vmapped = jax.jit(jax.vmap(greedy))
+  mapped = jax.jit(lambda a, s: jax.lax.map(lambda x: greedy(*x), (a, s)))
+  separate = lambda: [learner.greedy_actions(learner.acting_params(s), stacks[i])
+                      for i, s in enumerate(states)]
+  for name, fn in (("vmap", lambda: vmapped(acting, stacks)),
+                   ("lax.map", lambda: mapped(acting, stacks)), ("separate calls", separate)):
+    jax.block_until_ready(fn())
+    ms = _time(lambda: jax.block_until_ready(fn()), 7)
+    rows.append((f"evaluation act, SPR net, 2 runs x 100 stacks, {name} (ms)", f"{ms:.1f}"))
+
+  smoke = SPRLearner(make_config("smoke"), 6)
+  t0 = time.perf_counter()
+  jax.block_until_ready(smoke._init(jax.random.PRNGKey(0)))  # pylint: disable=protected-access
+  eager = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  jax.block_until_ready(jax.jit(smoke._init)(jax.random.PRNGKey(0)))  # pylint: disable=protected-access
+  jitted = time.perf_counter() - t0
+  rows.append(("smoke learner init, first call: eager / jitted (s)", f"{eager:.1f} / {jitted:.1f}"))
+  print(f"design probes; machine: {machine_description()}")
+  width = max(len(r[0]) for r in rows)
+  print(f"| {'probe'.ljust(width)} | value |")
+  print(f"|{'-' * (width + 2)}|-------|")
+  for name, value in rows:
+    print(f"| {name.ljust(width)} | {value} |")
+
+
 def main(argv):
   del argv
   import jax
+  if _PROBES.value:
+    print_probes()
+    return
   if _MEMORY.value:
     print_memory_table([n for n in _MEMORY.value.split(",") if n])
     return

@@ -153,8 +153,7 @@ class SPRLearner:
   # ---------------------------------------------------------------- state
   def init(self, rng: jax.Array) -> TrainState:
     """A new run's state. Jitted: one compilation (cached across processes) instead of a
-    dispatch and compilation per initialiser op (8.3 s -> 4.6 s for the smoke network on CPU,
-    bitwise the same values)."""
+    dispatch and compilation per op (`python -m launch.bench --probes`); the same values."""
     return self._init_jit(rng)
 
   def _init(self, rng: jax.Array) -> TrainState:

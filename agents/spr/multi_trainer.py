@@ -29,8 +29,8 @@ some runs are unfinished) are other XLA programs, equal within that float tolera
 Env stepping: one `AtariEnv` per run (the single-run protocol, exactly), stepped by a thread
 pool when `env_threads > 1`, else a plain loop. Threads do not change results (each env is
 independent) but, with ale-py 0.12, do not speed stepping up either: its act() holds the GIL
-(2 threads x 2 envs: 0.98x of a loop, raw ALE act and AtariEnv.step alike; `launch.bench`'s
-"env steps/s loop / threads" column). So the envs of all runs - and the 100 evaluation envs
+(2 threads x 2 envs run at a loop's speed, raw ALE act and AtariEnv.step alike:
+`python -m launch.bench --probes`, docs/BENCHMARKS.md). So the envs of all runs - and the 100 evaluation envs
 of each run - are stepped one after the other on one core (~0.45 ms per agent step): the known
 limit of this path; worker processes owning the envs are the fix (see docs/BENCHMARKS.md).
 
@@ -378,9 +378,9 @@ def batched_greedy(learner: SPRLearner):
   parameters and the stacks, jitted: one call acts for every episode of every run.
 
   vmapped on accelerators; on CPU `lax.map` (a loop over runs inside the one call), where
-  convolutions vmapped over per-run weights are slow: 2 runs x 100 stacks of the SPR network
-  took 97 ms vmapped, 46 ms mapped, 41 ms as two separate calls (2-core EPYC, 2026-11-21); the
-  mapped actions equal the separate calls'."""
+  convolutions vmapped over per-run weights are slow: about 2x slower than mapped or separate
+  calls for the SPR network (`python -m launch.bench --probes`, docs/BENCHMARKS.md); the mapped
+  actions equal the separate calls'."""
   greedy = learner._greedy_actions  # pylint: disable=protected-access
   if jax.default_backend() == "cpu":
     return jax.jit(lambda acting, stacks: jax.lax.map(lambda a: greedy(*a), (acting, stacks)))
