@@ -291,8 +291,13 @@ def print_probes() -> None:
   jitted = time.perf_counter() - t0
   rows.append(("smoke learner init, first call: eager / jitted (s)", f"{eager:.1f} / {jitted:.1f}"))
   print(f"design probes; machine: {machine_description()}")
+  _print_rows("probe", rows)
+
+
+def _print_rows(header: str, rows: list[tuple[str, str]]) -> None:
+  """A two-column Markdown table (name | value)."""
   width = max(len(r[0]) for r in rows)
-  print(f"| {'probe'.ljust(width)} | value |")
+  print(f"| {header.ljust(width)} | value |")
   print(f"|{'-' * (width + 2)}|-------|")
   for name, value in rows:
     print(f"| {name.ljust(width)} | {value} |")
@@ -400,11 +405,7 @@ def _single_table():
         f"K={config.spr_steps}, n={config.n_step}, {param_count(acting[0]):,} parameters, "
         f"game {_GAME.value}")
   print(f"machine: {machine_description()}")
-  width = max(len(r[0]) for r in rows)
-  print(f"| {'measure'.ljust(width)} | value |")
-  print(f"|{'-' * (width + 2)}|-------|")
-  for name, value in rows:
-    print(f"| {name.ljust(width)} | {value} |")
+  _print_rows("measure", rows)
   print(f"update_ms: {update_ms:.1f}")
 
 
