@@ -491,9 +491,9 @@ class SPRNetwork(hk.Module):
 class NetworkFunctions:
   """The pure functions of a network, with its BatchNorm running statistics kept apart.
 
-  * `init(rng, observations)` -> parameters; `init_norm_state(rng, observations)` -> the running
-    statistics (`{}` for a network without BatchNorm running statistics: every network but the
-    SGI ResNet with resnet_norm="batch").
+  * `init(rng, observations)` -> parameters; `init_with_norm_state(rng, observations)` ->
+    (parameters, running statistics), the statistics `{}` for a network without BatchNorm running
+    statistics (every network but the SGI ResNet with resnet_norm="batch").
   * `apply`: a tuple of functions called as `fn(params, norm_state, *args)`; `norm_state` may be
     None for a network without running statistics. `apply[0]` is `encode` in evaluation mode
     (running statistics); the others never touch the statistics.
@@ -530,9 +530,6 @@ class NetworkFunctions:
   def init_with_norm_state(self, rng: jax.Array, observations: jax.Array):
     """(params, running statistics) from one initialisation."""
     return self._init(rng, observations)
-
-  def init_norm_state(self, rng: jax.Array, observations: jax.Array):
-    return self._init(rng, observations)[1]
 
   def encode_train(self, params, norm_state, observations: jax.Array):
     return self._encode(params, self._state(norm_state), None, observations, True)

@@ -60,8 +60,8 @@ def test_sgi_resnet_acts_per_sample_with_running_statistics():
   net = make_spr_network(NetworkConfig(encoder="sgi_m", **TINY), 4)
   assert net.has_norm_state
   x = jax.random.uniform(jax.random.PRNGKey(1), (5, 4, 84, 84))
-  params = _perturbed(net.init(jax.random.PRNGKey(0), x), jax.random.PRNGKey(2))
-  norm = net.init_norm_state(jax.random.PRNGKey(0), x)
+  params, norm = net.init_with_norm_state(jax.random.PRNGKey(0), x)
+  params = _perturbed(params, jax.random.PRNGKey(2))
   encode, encode_train = jax.jit(net.apply[0]), jax.jit(net.encode_train)  # jit: fewer dispatches
   # Evaluation mode: a sample's latent does not depend on the rest of the batch.
   np.testing.assert_allclose(encode(params, norm, x[:2]), encode(params, norm, x)[:2], atol=1e-5)
