@@ -195,14 +195,12 @@ class AtariEnv:
         if game_over:
             info["episode_return"] = self._episode_return
             info["episode_length"] = self._episode_length
-            frame = self._new_game()
-            terminal = True
-        elif life_lost and self.training:
-            self._stacker.reset(frame)  # the game goes on; the learner episode restarts
+            frame = self._new_game()  # restarts the stack at the new game's first frame
             terminal = True
         else:
-            self._stacker.push(frame)
-            terminal = False
+            # A life lost in training restarts the learner episode (the game goes on).
+            terminal = life_lost and self.training
+            self._stacker.advance(frame, terminal)
         return frame, reward, terminal, info
 
     def _new_game(self) -> np.ndarray:

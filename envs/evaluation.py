@@ -17,11 +17,11 @@ runs of a multi-run batch, agents/spr/multi_trainer.py) in one loop: ``act_fn`` 
 4, 84, 84]`` (row r holds run r's active episodes) and returns ``[R, B]``, so one vmapped call
 acts for every episode of every run. Each run's episodes are exactly those ``evaluate`` plays
 for that run alone (same env seeds, epsilon RNGs, batch rows and widths when the runs have the
-same number of active episodes); ``evaluate`` is the one-run case. ``map_fn`` steps the envs
-(``ThreadPoolExecutor.map`` to step them in threads: each env and RNG belongs to one episode, so
-the order of the steps does not matter).
+same number of active episodes); ``evaluate`` is the one-run case. The envs live in an
+``envs.pool.EnvPool`` (``pool``): in this process, or in worker processes that step them in
+parallel; each env and epsilon RNG belongs to one episode, so the scores do not depend on that.
 
-Backend: a Python loop over ``AtariEnv`` objects. ale-py's C++ vector env
+Backend: ``AtariEnv`` objects (through the pool). ale-py's C++ vector env
 (``ale_py.vector_env.AtariVectorEnv``) gives the same frames for the same emulator and actions
 (max-pool, grayscale, INTER_AREA resize, raw rewards with ``reward_clipping=False``,
 ``use_fire_reset=False``) but cannot reproduce the protocol exactly in ale-py 0.12.1: it draws
@@ -35,7 +35,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from envs.atari import MAX_FRAMES_PER_EPISODE, AtariEnv
+from envs.atari import MAX_FRAMES_PER_EPISODE
+from envs.pool import EnvPool
 
 ActFn = Callable[[np.ndarray], np.ndarray]
 Episode = tuple[float, int]  # (raw score, length in agent steps)
@@ -56,7 +57,8 @@ def _batch_size(num_active: int, max_parallel: int) -> int:
 
 def evaluate(act_fn: ActFn, game: str, num_episodes: int = 100, seed: int = 0,
              epsilon: float = 0.001, max_parallel: int | None = None, sticky: float = 0.0,
-             max_frames_per_episode: int = MAX_FRAMES_PER_EPISODE) -> list[Episode]:
+             max_frames_per_episode: int = MAX_FRAMES_PER_EPISODE,
+             pool: EnvPool | None = None) -> list[Episode]:
     """Plays ``num_episodes`` full games; returns ``[(raw score, length in agent steps)]``.
 
     Args:
@@ -68,6 +70,8 @@ def evaluate(act_fn: ActFn, game: str, num_episodes: int = 100, seed: int = 0,
       max_parallel: episodes played at once (default: all of them).
       sticky: repeat_action_probability (0 for the Atari 100k protocol).
       max_frames_per_episode: the episode cap in emulator frames (108k).
+      pool: an ``envs.pool.EnvPool`` to play in (worker processes step the episodes in
+        parallel; the scores are the same); None: the envs live in this process.
 
     Returns:
       One ``(score, length)`` per episode, in episode order.
@@ -76,56 +80,57 @@ def evaluate(act_fn: ActFn, game: str, num_episodes: int = 100, seed: int = 0,
         return np.asarray(act_fn(stacks[0])).reshape(1, -1)
 
     return evaluate_runs(one_run, [(game, seed)], num_episodes, epsilon, max_parallel, sticky,
-                         max_frames_per_episode)[0]
+                         max_frames_per_episode, pool)[0]
 
 
 class _RunEpisodes:
-    """The episodes of one evaluated run: which are being played (env + epsilon RNG each), the
-    next one to start, and the results so far."""
+    """The episodes of one evaluated run: which are being played (env handle + epsilon RNG
+    each), the next one to start, and the results so far."""
 
     def __init__(self, game: str, seed: int, num_episodes: int, sticky: float,
                  max_frames_per_episode: int):
         self.game, self.seed, self.num_episodes = game, int(seed), num_episodes
         self.sticky, self.max_frames = sticky, max_frames_per_episode
         self.results: list[Episode | None] = [None] * num_episodes
-        self.active: dict[int, tuple[AtariEnv, np.random.Generator]] = {}
+        self.active: dict[int, tuple[int, np.random.Generator]] = {}
         self.next_episode = 0
         self.num_actions = 0
 
-    def start(self, env: AtariEnv | None = None) -> None:
+    def env_kwargs(self, episode: int) -> dict:
+        """The ``AtariEnv`` of a new episode (its seed makes it that episode's env)."""
+        return dict(game=self.game, seed=episode_seed(self.seed, episode), training=False,
+                    sticky=self.sticky, max_frames_per_episode=self.max_frames)
+
+    def start(self, handle: int) -> int:
+        """Makes ``handle``'s env play the next episode (the caller resets it); its index."""
         episode = self.next_episode
         self.next_episode += 1
-        if env is None:
-            env = AtariEnv(self.game, episode_seed(self.seed, episode), training=False,
-                           sticky=self.sticky, max_frames_per_episode=self.max_frames)
-            env.reset()
-            self.num_actions = env.num_actions
-        else:  # reuse a finished episode's env: re-seeding makes it as good as a new one
-            env.reset(seed=episode_seed(self.seed, episode))
         rng = np.random.default_rng([self.seed, episode, 1])  # epsilon draws of this episode
-        self.active[episode] = (env, rng)
+        self.active[episode] = (handle, rng)
+        return episode
 
-    def finish(self, episode: int, info: dict) -> None:
-        """Records a finished episode; its env plays the next episode, or closes if none is left."""
-        env, _ = self.active.pop(episode)
+    def finish(self, episode: int, info: dict) -> int | None:
+        """Records a finished episode; returns the index of the next episode its env plays
+        (the caller re-seeds the env with that episode's seed), or None if none is left."""
+        handle, _ = self.active.pop(episode)
         self.results[episode] = (float(info["episode_return"]), int(info["episode_length"]))
         if self.next_episode < self.num_episodes:
-            self.start(env)
-        else:
-            env.close()
+            return self.start(handle)
+        return None
 
 
 def evaluate_runs(act_fn: ActFn, runs: Sequence[tuple[str, int]], num_episodes: int = 100,
                   epsilon: float = 0.001, max_parallel: int | None = None, sticky: float = 0.0,
                   max_frames_per_episode: int = MAX_FRAMES_PER_EPISODE,
-                  map_fn: Callable = map) -> list[list[Episode]]:
+                  pool: EnvPool | None = None) -> list[list[Episode]]:
     """``evaluate`` for R runs at once; returns one episode list per run, in ``runs`` order.
 
     Args:
       act_fn: greedy policies of the R runs, uint8 [R, B, 4, 84, 84] -> int [R, B].
       runs: (game, seed) of each run, as ``evaluate`` takes them.
       max_parallel: episodes played at once per run (default: all of them).
-      map_fn: ``map`` or an executor's ``map``: how the envs of one step are stepped.
+      pool: the ``envs.pool.EnvPool`` whose envs play the episodes (worker processes step them
+        in parallel); None: an in-process pool for this call. Its envs are removed at the end.
       Others: as ``evaluate``.
     """
     if num_episodes < 1:
@@ -135,12 +140,32 @@ def evaluate_runs(act_fn: ActFn, runs: Sequence[tuple[str, int]], num_episodes: 
     max_parallel = num_episodes if max_parallel is None else min(int(max_parallel), num_episodes)
     if max_parallel < 1:
         raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
+    if pool is None:
+        with EnvPool(0) as own_pool:
+            return evaluate_runs(act_fn, runs, num_episodes, epsilon, max_parallel, sticky,
+                                 max_frames_per_episode, own_pool)
     states = [_RunEpisodes(game, seed, num_episodes, sticky, max_frames_per_episode)
               for game, seed in runs]
-    for run in states:
-        while run.next_episode < max_parallel:
-            run.start()
+    # New envs are seeded by their constructor, then reset (as AtariEnv(game, seed).reset()).
+    kwargs = [run.env_kwargs(e) for run in states for e in range(max_parallel)]
+    handles = pool.add(kwargs)
+    try:
+        for r, run in enumerate(states):
+            run.num_actions = pool.num_actions(handles[r * max_parallel])
+            for handle in handles[r * max_parallel:(r + 1) * max_parallel]:
+                run.start(handle)
+        pool.reset(handles)
+        _play(act_fn, states, epsilon, max_parallel, pool)
+    finally:
+        leftover = [h for run in states for h, _ in run.active.values()]
+        if leftover:  # an exception interrupted the evaluation
+            pool.remove(leftover)
+    return [run.results for run in states]  # type: ignore[misc]
 
+
+def _play(act_fn: ActFn, states: list[_RunEpisodes], epsilon: float, max_parallel: int,
+          pool: EnvPool) -> None:
+    """Plays every episode of every run to its end (the loop of ``evaluate_runs``)."""
     while any(run.active for run in states):
         playing = [list(run.active) for run in states]  # row order of each run's batch
         # One width for all runs (the widest run's), from the few values `evaluate` uses.
@@ -148,22 +173,31 @@ def evaluate_runs(act_fn: ActFn, runs: Sequence[tuple[str, int]], num_episodes: 
         batch = np.zeros((len(states), width, 4, 84, 84), np.uint8)
         for r, (run, episodes) in enumerate(zip(states, playing)):
             for row, episode in enumerate(episodes):
-                batch[r, row] = run.active[episode][0].stack
+                batch[r, row] = pool.stack(run.active[episode][0])
         greedy = np.asarray(act_fn(batch))
         if greedy.shape != batch.shape[:2]:
             raise ValueError(f"act_fn returned actions of shape {list(greedy.shape)} for stacks "
                              f"of shape {list(batch.shape)}")
-        moves = []  # (run, episode, env, action)
+        moves = []  # (run, episode, handle, action)
         for r, (run, episodes) in enumerate(zip(states, playing)):
             for row, episode in enumerate(episodes):
-                env, rng = run.active[episode]
+                handle, rng = run.active[episode]
                 # Both draws every step, so the RNG stream does not depend on the greedy actions.
                 explore = rng.random() < epsilon
                 random_action = rng.integers(run.num_actions)
-                moves.append((run, episode, env,
+                moves.append((run, episode, handle,
                               int(random_action) if explore else int(greedy[r, row])))
-        outcomes = list(map_fn(lambda move: move[2].step(move[3]), moves))
-        for (run, episode, _, _), (_, _, terminal, info) in zip(moves, outcomes):
+        _, _, terminals, infos = pool.step([m[2] for m in moves], [m[3] for m in moves])
+        reseed, seeds, done = [], [], []
+        for (run, episode, handle, _), terminal, info in zip(moves, terminals, infos):
             if terminal:  # evaluation env: terminal only at game over or the cap
-                run.finish(episode, info)
-    return [run.results for run in states]  # type: ignore[misc]
+                following = run.finish(episode, info)
+                if following is None:
+                    done.append(handle)
+                else:  # re-seeding makes the finished episode's env as good as a new one
+                    reseed.append(handle)
+                    seeds.append(episode_seed(run.seed, following))
+        if reseed:
+            pool.reset(reseed, seeds)
+        if done:
+            pool.remove(done)

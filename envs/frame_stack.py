@@ -34,6 +34,22 @@ class FrameStacker:
         self._stack[-1] = frame
         return self.stack
 
+    def advance(self, frame: np.ndarray, terminal: bool) -> None:
+        """The stack after an env step that returned ``frame``: a terminal step returns the first
+        frame of the next learner episode (restart there), any other the next frame (push).
+        ``AtariEnv.step`` follows this rule, and ``envs.pool.EnvPool`` rebuilds stacks with it."""
+        if terminal:
+            self.reset(frame)
+        else:
+            self.push(frame)
+
+    @property
+    def view(self) -> np.ndarray:
+        """The current stack without a copy, read-only (it changes with the next frame)."""
+        view = self._stack.view()
+        view.flags.writeable = False
+        return view
+
     @property
     def stack(self) -> np.ndarray:
         """A copy of the current stack, oldest frame first."""

@@ -11,15 +11,15 @@ time is also printed alone as `update_ms: <value>` for scripts.
 
 Then the multi-run table (agents/spr/multi_trainer.py): for N concurrent runs (`--runs`, default
 1,2,4; on a GPU use --runs=1,4,16,26), one vmapped fused step (replay add + updates + next action
-for all N runs, replay filled with `--fill` transitions), and N emulators stepped by a loop and
-by a thread pool. Columns: learner updates/s and env steps/s (all runs together), the env's own
+for all N runs, replay filled with `--fill` transitions), and N emulators stepped in this process
+and by env worker processes (envs.pool.EnvPool, what training uses). Columns: learner updates/s and env steps/s (all runs together), the env's own
 steps/s, the end-to-end env steps/s of the training loop (learner call + env stepping, which
 run one after the other), the speed-up over N = 1, and the memory of the replay frames.
 
     python -m launch.bench --runs=1,2,4 --multi_configs=smoke,bbf_smoke   # the CPU default
     python -m launch.bench --runs=1,4,16,26 --multi_configs=spr,bbf_rr2,bbf   # on one GPU
     python -m launch.bench --memory=spr,bbf,sgi   # train-state memory of 1 and 26 runs (shapes)
-    python -m launch.bench --probes   # env threads vs GIL, evaluation act vmap/map, init jit
+    python -m launch.bench --probes   # env threads vs processes, eval act vmap/map, init jit
 """
 from __future__ import annotations
 
@@ -39,9 +39,11 @@ _MULTI_CONFIGS = flags.DEFINE_string(
     "multi_configs", None, "Configs of the multi-run table (default: spr,bbf on a GPU, "
     "smoke,bbf_smoke on CPU, where BBF costs ~6 s per update).")
 _SINGLE = flags.DEFINE_boolean("single", True, "Print the single-run table first.")
-_ENV_THREADS = flags.DEFINE_integer("env_threads", 0, "Threads of the env rows (0: min(N, cores)).")
+_ENV_WORKERS = flags.DEFINE_integer("env_workers", 0, "Worker processes of the env rows "
+                                    "(0: min(N, cores)).")
 _PROBES = flags.DEFINE_boolean("probes", False, "Only print the design probes: env stepping in a "
-                               "loop vs 2 threads (does the ALE release the GIL?), the batched "
+                               "loop vs 2 threads (does the ALE release the GIL?) vs 2 worker "
+                               "processes, the batched "
                                "evaluation act vmapped vs lax.map vs separate calls, network init "
                                "eager vs jitted.")
 _MEMORY = flags.DEFINE_string("memory", "", "Only print the train-state memory of these configs "
@@ -86,10 +88,8 @@ def _time(fn, repeats: int) -> float:
 
 
 def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: int,
-                    repeats: int, env_threads: int) -> list[dict]:
+                    repeats: int, env_workers: int) -> list[dict]:
   """Times the vmapped multi-run step and N emulators; returns one row per (config, N)."""
-  from concurrent.futures import ThreadPoolExecutor
-
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -97,40 +97,32 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
   from agents.spr import multi_trainer
   from agents.spr.config import make_config
   from agents.spr.learner import learner_for
-  from envs.atari import AtariEnv
+  from envs.pool import EnvPool, available_cores
   from spr import replay
 
   rows = []
-  envs = [AtariEnv(game, seed=i) for i in range(max(runs))]
-  for e in envs:
-    e.reset()
-  num_actions = envs[0].num_actions
   rng = np.random.default_rng(0)
   env_rate = {}
+  num_actions = 0
   for n in runs:
-    threads = env_threads or min(n, os.cpu_count() or 1)
-    batch = envs[:n]
+    rates = []
+    for workers in (0, env_workers or min(n, available_cores())):
+      with EnvPool(workers) as pool:
+        handles = pool.add([dict(game=game, seed=i) for i in range(n)])
+        pool.reset(handles)
+        num_actions = pool.num_actions(handles[0])
 
-    def step_all(pool):
-      acts = rng.integers(num_actions, size=n)
-      if pool is None:
-        for e, a in zip(batch, acts):
-          e.step(int(a))
-      else:
-        list(pool.map(lambda ea: ea[0].step(int(ea[1])), zip(batch, acts)))
+        def step_all():  # a training-loop env step: the actions in, frames and stacks out
+          pool.step(handles, rng.integers(num_actions, size=n))
+          pool.stacks(handles)
 
-    k = max(20, 400 // n)
-    t0 = time.perf_counter()
-    for _ in range(k):
-      step_all(None)
-    loop = n * k / (time.perf_counter() - t0)
-    with ThreadPoolExecutor(threads) as pool:
-      step_all(pool)
-      t0 = time.perf_counter()
-      for _ in range(k):
-        step_all(pool)
-      threaded = n * k / (time.perf_counter() - t0)
-    env_rate[n] = (loop, threaded, threads)
+        step_all()
+        k = max(20, 400 // n)
+        t0 = time.perf_counter()
+        for _ in range(k):
+          step_all()
+        rates.append(n * k / (time.perf_counter() - t0))
+    env_rate[n] = (rates[0], rates[1], workers)
 
   for name in config_names:
     config = make_config(name)
@@ -166,8 +158,8 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
       compile_s = time.perf_counter() - t0
       step_ms = _time(call, max(3, repeats // max(1, n // 4)))
       learner_rate = n / (step_ms / 1e3)
-      loop, threaded, threads = env_rate[n]
-      env_best = max(loop, threaded)
+      loop, pooled, workers = env_rate[n]
+      env_best = max(loop, pooled)
       end_to_end = n / (step_ms / 1e3 + n / env_best)
       base_rate = base_rate or end_to_end
       mem = None
@@ -178,8 +170,8 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
         pass
       rows.append(dict(
           config=name, runs=n, step_ms=step_ms, updates_per_s=learner_rate * config.updates_per_step,
-          learner_steps_per_s=learner_rate, env_loop=loop, env_threads=threaded,
-          threads=threads, end_to_end=end_to_end, speedup=end_to_end / base_rate,
+          learner_steps_per_s=learner_rate, env_loop=loop, env_workers=pooled,
+          workers=workers, end_to_end=end_to_end, speedup=end_to_end / base_rate,
           replay_gb=n * config.replay_capacity * 84 * 84 / 1e9,
           state_gb=n * state_bytes(config, learner.num_actions) / 1e9,
           device_peak_gb=None if mem is None else mem / 1e9, compile_s=compile_s))
@@ -191,14 +183,14 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
 def print_multi_table(rows: list[dict]) -> None:
   print(f"multi-run table (one vmapped step per env step; machine: {machine_description()})")
   print("| config | runs | fused step (ms) | updates/s | learner env steps/s | env steps/s "
-        "loop / threads | end-to-end env steps/s | vs 1 run | replay frames (GB) | "
+        "in process / workers | end-to-end env steps/s | vs 1 run | replay frames (GB) | "
         "train states (GB) | device peak (GB) | compile (s) |")
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     peak = "-" if r["device_peak_gb"] is None else f"{r['device_peak_gb']:.1f}"
     print(f"| {r['config']} | {r['runs']} | {r['step_ms']:.1f} | {r['updates_per_s']:.1f} | "
-          f"{r['learner_steps_per_s']:.1f} | {r['env_loop']:.0f} / {r['env_threads']:.0f} "
-          f"({r['threads']}) | {r['end_to_end']:.1f} | {r['speedup']:.2f}x | "
+          f"{r['learner_steps_per_s']:.1f} | {r['env_loop']:.0f} / {r['env_workers']:.0f} "
+          f"({r['workers']}) | {r['end_to_end']:.1f} | {r['speedup']:.2f}x | "
           f"{r['replay_gb']:.2f} | {r['state_gb']:.2f} | {peak} | {r['compile_s']:.0f} |")
 
 
@@ -239,6 +231,27 @@ def _loop_vs_threads(step_fns: list, steps: int) -> tuple[float, float]:
   return loop, len(step_fns) * steps / (time.perf_counter() - t0)
 
 
+def _pool_rates(n: int, steps: int) -> list[float]:
+  """Agent steps/s of `n` Breakout envs stepped together by an EnvPool in this process and by an
+  EnvPool of `n` worker processes."""
+  import numpy as np
+
+  from envs.pool import EnvPool
+
+  rates = []
+  for workers in (0, n):
+    with EnvPool(workers) as pool:
+      handles = pool.add([dict(game="Breakout", seed=i) for i in range(n)])
+      pool.reset(handles)
+      rng = np.random.default_rng(0)
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        pool.step(handles, rng.integers(4, size=n))
+        pool.stacks(handles)
+      rates.append(n * steps / (time.perf_counter() - t0))
+  return rates
+
+
 def print_probes() -> None:
   """Measurements behind three design choices (agents/spr/multi_trainer.py, learner.init)."""
   import jax
@@ -266,6 +279,8 @@ def print_probes() -> None:
       [lambda e=e: e.step(int(np.random.randint(4))) for e in envs], 1000)
   rows.append(("AtariEnv.step, 2 envs: loop / 2 threads (agent steps/s)",
                f"{loop:.0f} / {threads:.0f}"))
+  rows.append(("EnvPool.step + stacks, 2 envs: in process / 2 workers (agent steps/s)",
+               " / ".join(f"{r:.0f}" for r in _pool_rates(2, 1000))))
 
   learner = SPRLearner(make_config("spr"), 6)
   states = [learner.init(jax.random.PRNGKey(i)) for i in range(2)]
@@ -319,13 +334,13 @@ def main(argv):
       names = "spr,bbf" if jax.default_backend() != "cpu" else "smoke,bbf_smoke"
     if not _SINGLE.value:
       rows = multi_run_table(names.split(","), runs, _GAME.value, _FILL.value, _REPEATS.value,
-                             _ENV_THREADS.value)
+                             _ENV_WORKERS.value)
       print_multi_table(rows)
       return
   _single_table()
   if _RUNS.value:
     rows = multi_run_table(names.split(","), runs, _GAME.value, _FILL.value, _REPEATS.value,
-                           _ENV_THREADS.value)
+                           _ENV_WORKERS.value)
     print_multi_table(rows)
 
 

@@ -33,9 +33,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (created; res
 _CONFIG = flags.DEFINE_string("config", "spr", f"Named configuration: {sorted(spr_config.CONFIGS)}.")
 _GAMES = flags.DEFINE_string("games", None, "Several games, comma-separated: multi-run mode.")
 _SEEDS = flags.DEFINE_string("seeds", None, "Several seeds ('0-3', '0,2,5'): multi-run mode.")
-_ENV_THREADS = flags.DEFINE_integer("env_threads", 0, "Multi-run mode: threads stepping the "
-                                    "emulators (0 or 1: a plain loop; ale-py 0.12 holds the GIL "
-                                    "in act(), so threads do not speed it up).")
+_ENV_WORKERS = flags.DEFINE_integer(
+    "env_workers", -1, "Worker processes stepping the emulators: the evaluation envs, and in "
+    "multi-run mode the training envs too (0: all in this process; -1: one per core but one, "
+    "none on a machine with 2 cores or fewer). Results do not depend on it.")
 
 # One override flag per config field, parsed by the config module (typed, with clear errors).
 _OVERRIDES = {
@@ -72,10 +73,13 @@ def main(argv):
     config = resolve_config()
   except ValueError as e:
     fail(str(e))
+  if _ENV_WORKERS.value < -1:
+    fail(f"--env_workers must be -1 (auto), 0 (in this process) or more, got {_ENV_WORKERS.value}")
   if _GAMES.value is not None or _SEEDS.value is not None:
     return _main_many(config)
   try:
-    final = trainer.train(game, _SEED.value, config, _WORKDIR.value, config_name=_CONFIG.value)
+    final = trainer.train(game, _SEED.value, config, _WORKDIR.value, config_name=_CONFIG.value,
+                          env_workers=_ENV_WORKERS.value)
   except WorkdirError as e:
     fail(str(e))
   except PretrainedMismatch as e:  # --init_from does not fit this run (agents/sgi/finetune.py)
@@ -108,7 +112,7 @@ def _main_many(config) -> None:
            for g in game_list for s in seeds]
   try:
     finals = multi_trainer.train_many(specs, config, _CONFIG.value,
-                                      env_threads=_ENV_THREADS.value)
+                                      env_workers=_ENV_WORKERS.value)
   except WorkdirError as e:
     fail(str(e))
   except PretrainedMismatch as e:  # --init_from does not fit one of the runs (checked first)

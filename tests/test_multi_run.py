@@ -22,9 +22,9 @@ def run(cmd):
   return proc
 
 
-def batch_cmd(root):
+def batch_cmd(root, env_workers=0):
   return [sys.executable, "-m", "launch.train", "--games=Pong,Breakout", "--seeds=0-1",
-          f"--workdir={root}", *FLAGS]
+          f"--workdir={root}", f"--env_workers={env_workers}", *FLAGS]
 
 
 def leaves(workdir, step=200):
@@ -96,6 +96,27 @@ def test_run_in_batch_follows_the_run_alone(batch, tmp_path, game, seed):
   assert host_a["episodes"] == host_b["episodes"] and host_a["action"] == host_b["action"]
 
 
+def test_env_worker_processes_change_nothing(batch, tmp_path):
+  """The same batch with its envs in 2 worker processes: every run's checkpoint (parameters,
+  optimiser, replay, RNG, env state), eval.csv and training episodes are bitwise the same.
+  (Defined before the rerun test, which rewrites two of the batch's runs.)"""
+  root, _ = batch
+  other = tmp_path / "workers"
+  proc = run(batch_cmd(other, env_workers=2))
+  assert "envs stepped by 2 worker processes" in proc.stderr
+  for game in ("Pong", "Breakout"):
+    for seed in (0, 1):
+      a, b = run_workdir(root, game, seed), run_workdir(other, game, seed)
+      for x, y in zip(leaves(a), leaves(b)):
+        np.testing.assert_array_equal(x, y)
+      assert (a / "eval.csv").read_text() == (b / "eval.csv").read_text()
+      hosts = []
+      for wd in (a, b):
+        with open(wd / "checkpoints" / "ckpt_200.pkl", "rb") as f:
+          hosts.append(pickle.load(f)["host"])
+      assert hosts[0]["episodes"] == hosts[1]["episodes"]
+      assert hosts[0]["env"]["ale_state"] == hosts[1]["env"]["ale_state"]
+
 def test_rerun_skips_finished_and_resumes_unfinished_runs_per_run(batch):
   """Two runs lose their last checkpoint and final.json (as if killed after step 150): the
   rerun skips the two finished runs and resumes the others, in two batches of one (different
@@ -109,7 +130,7 @@ def test_rerun_skips_finished_and_resumes_unfinished_runs_per_run(batch):
   for wd in resumed:
     (wd / "final.json").unlink()
     (wd / "checkpoints" / "ckpt_200.pkl").unlink()
-  proc = run(batch_cmd(root))
+  proc = run(batch_cmd(root, env_workers=2))  # the resumed envs move into worker processes
   assert proc.stderr.count("already finished; skipped") == 2
   assert "batch of 1 runs (6 actions) from step 150" in proc.stderr
   for wd in resumed:
@@ -123,3 +144,4 @@ def test_rerun_skips_finished_and_resumes_unfinished_runs_per_run(batch):
     steps = [json.loads(l)["step"] for l in (wd / "metrics.jsonl").read_text().splitlines()]
     assert steps == [100, 200]
   assert (untouched / "final.json").read_text() == final_untouched
+

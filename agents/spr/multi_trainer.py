@@ -26,13 +26,13 @@ integers - replay, actions, counters, RNG - identical, floats within ~1e-6). A b
 deterministic (same command, same result bitwise); batches of other sizes (a resume where only
 some runs are unfinished) are other XLA programs, equal within that float tolerance.
 
-Env stepping: one `AtariEnv` per run (the single-run protocol, exactly), stepped by a thread
-pool when `env_threads > 1`, else a plain loop. Threads do not change results (each env is
-independent) but, with ale-py 0.12, do not speed stepping up either: its act() holds the GIL
-(2 threads x 2 envs run at a loop's speed, raw ALE act and AtariEnv.step alike:
-`python -m launch.bench --probes`, docs/BENCHMARKS.md). So the envs of all runs - and the 100 evaluation envs
-of each run - are stepped one after the other on one core (~0.45 ms per agent step): the known
-limit of this path; worker processes owning the envs are the fix (see docs/BENCHMARKS.md).
+Env stepping: one `AtariEnv` per run (the single-run protocol, exactly), all of them in one
+`envs.pool.EnvPool`: with `env_workers` > 0 the envs live in that many worker processes and one
+call steps them in parallel (threads would not: ale-py 0.12's act() holds the GIL, `python -m
+launch.bench --probes`); 0 keeps them in this process; -1 (the default) picks one worker per core
+but one, none on a 2-core machine. The workers change no result: each env is the single-run env,
+started from the state the single-run start gives it (`trainer.start_or_resume` on a local env,
+whose state is moved into the pool).
 
 Host synchronisation: one device->host transfer per env step (the actions and the step metrics of
 all runs); checkpoints fetch the stacked state once and slice it per run on the host.
@@ -42,7 +42,7 @@ the same `eval_mean_score` lines) and the final evaluation of the runs of a grou
 one jitted call of the single-run greedy act over the stacked acting parameters (vmapped; on CPU
 a `lax.map` over runs, see `batched_greedy`), and the
 envs of all runs x episodes stepped by `envs.evaluation.evaluate_runs` (the single-run evaluator,
-generalised to R runs; with `env_threads > 1` the same thread pool steps them). Each run keeps
+generalised to R runs) in the same env pool. Each run keeps
 its own episode seeds (`trainer.final_eval_seed` / `periodic_eval_seed` of its seed) and its
 act batch is padded to the single-run size, so its episodes - scores and lengths - are those the
 run gets alone from the same state (identical on CPU, tests/test_multi_eval.py; a vmapped
@@ -66,7 +66,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +80,7 @@ from agents.spr.learner import SPRLearner, TrainState, is_reset_step, learner_fo
 from envs import games
 from envs.atari import AtariEnv, clip_reward
 from envs.evaluation import evaluate_runs
+from envs.pool import EnvPool, resolve_workers
 from spr import checkpoint, workdir as wd
 
 
@@ -145,7 +145,7 @@ def unstack_host(state: Any, n: int) -> list[Any]:
 class _Run:
   spec: RunSpec
   path: Path
-  env: AtariEnv
+  env_handle: int  # the run's env in the EnvPool
   host: dict
   metrics_log: wd.MetricsLog
   window: dict = dataclasses.field(default_factory=dict)
@@ -171,15 +171,13 @@ class _Group:
   step_window: int = 0
 
 
-def _env_step(env: AtariEnv, action: int):
-  next_frame, reward, terminal, info = env.step(action)
-  return next_frame, reward, terminal, info, env.stack
-
-
 def train_many(specs: list[RunSpec], config: SPRConfig, config_name: str = "spr",
-               progress: bool | None = None, env_threads: int = 0) -> list[dict]:
+               progress: bool | None = None, env_workers: int = -1) -> list[dict]:
   """Trains (or resumes) every run of `specs` together; returns their final.json contents in
-  the order of `specs`. Finished runs are skipped (their final.json is returned)."""
+  the order of `specs`. Finished runs are skipped (their final.json is returned).
+
+  `env_workers`: processes stepping the envs (training and evaluation); 0: in this process;
+  -1: `envs.pool.auto_workers` for the evaluation's env count. Results do not depend on it."""
   if len({Path(s.workdir).resolve() for s in specs}) != len(specs):
     raise ValueError("two runs share a workdir")
   specs = [RunSpec(games.canonical_name(s.game), int(s.seed), s.workdir) for s in specs]
@@ -193,37 +191,22 @@ def train_many(specs: list[RunSpec], config: SPRConfig, config_name: str = "spr"
   del memo
   finals: dict[int, dict] = {}
   pending: list[tuple[int, _Run, SPRLearner, TrainState]] = []
-  for index, spec in enumerate(specs):
-    path = wd.prepare(spec.workdir, single.run_identity(config_name, spec.game, spec.seed, config))
-    if wd.is_finished(path):
-      finals[index] = wd.read_json(path / wd.FINAL)
-      logging.info("run in %s already finished; skipped", path)
-      continue
-    pending.append((index, *_start_run(spec, path, config, pretrained[index])))
-    pretrained[index] = None  # loaded: free it
-
-  groups = _make_groups(pending)
-  # The groups hold the stacked states: drop the per-run copies (replays) from here on.
-  started = [(index, run) for index, run, _, _ in pending]
-  del pending
-  for g in groups:
-    logging.info("batch of %d runs (%d actions) from step %d: %s", len(g.runs),
-                 g.learner.num_actions, g.step,
-                 ", ".join(f"{r.spec.game}/seed_{r.spec.seed}" for r in g.runs))
-  if groups:
-    pool = ThreadPoolExecutor(env_threads) if env_threads > 1 else None
-    map_fn = pool.map if pool is not None else map
-    index_of = {id(run): index for index, run in started}
-    try:
-      with single._TermFlag() as term:  # pylint: disable=protected-access
-        _loop(groups, config, term, map_fn, progress)
-      for learner, runs, acting in _final_groups(groups):
-        for run, final in zip(runs, _final_evaluations(learner, runs, acting, config,
-                                                       config_name, map_fn)):
-          finals[index_of[id(run)]] = final
-    finally:
-      if pool is not None:
-        pool.shutdown()
+  eval_envs = len(specs) * max(config.eval_episodes, config.eval_every_episodes, 1)
+  workers = resolve_workers(env_workers, eval_envs)
+  with EnvPool(workers) as pool:
+    if workers:
+      logging.info("envs stepped by %d worker processes", workers)
+    for index, spec in enumerate(specs):
+      path = wd.prepare(spec.workdir,
+                        single.run_identity(config_name, spec.game, spec.seed, config))
+      if wd.is_finished(path):
+        finals[index] = wd.read_json(path / wd.FINAL)
+        logging.info("run in %s already finished; skipped", path)
+        continue
+      pending.append((index, *_start_run(spec, path, config, pretrained[index], pool)))
+      pretrained[index] = None  # loaded: free it
+    started = [(index, run) for index, run, _, _ in pending]
+    _train_and_evaluate(pending, config, config_name, progress, pool, finals)
 
   failed = [run.failed for _, run in started if run.failed]
   if failed:
@@ -231,16 +214,40 @@ def train_many(specs: list[RunSpec], config: SPRConfig, config_name: str = "spr"
   return [finals[i] for i in range(len(specs))]
 
 
-def _start_run(spec: RunSpec, path: Path, config: SPRConfig,
-               pretrained: dict | None) -> tuple[_Run, SPRLearner, TrainState]:
+def _train_and_evaluate(pending: list, config: SPRConfig, config_name: str,
+                        progress: bool | None, pool: EnvPool, finals: dict[int, dict]) -> None:
+  """Trains the started runs of `pending` in groups, then evaluates them; fills `finals`."""
+  groups = _make_groups(pending)
+  index_of = {id(run): index for index, run, _, _ in pending}
+  # The groups hold the stacked states: drop the per-run copies (replays) from here on.
+  pending.clear()
+  for g in groups:
+    logging.info("batch of %d runs (%d actions) from step %d: %s", len(g.runs),
+                 g.learner.num_actions, g.step,
+                 ", ".join(f"{r.spec.game}/seed_{r.spec.seed}" for r in g.runs))
+  if not groups:
+    return
+  with single._TermFlag() as term:  # pylint: disable=protected-access
+    _loop(groups, config, term, pool, progress)
+  for learner, runs, acting in _final_groups(groups):
+    for run, final in zip(runs, _final_evaluations(learner, runs, acting, config, config_name,
+                                                   pool)):
+      finals[index_of[id(run)]] = final
+
+
+def _start_run(spec: RunSpec, path: Path, config: SPRConfig, pretrained: dict | None,
+               pool: EnvPool) -> tuple[_Run, SPRLearner, TrainState]:
   """A run's host objects, learner and state: the single-run start (fresh init + pretrained
-  weights, or the run's own checkpoint), per run before stacking, so that a run starts in a
-  batch exactly as alone."""
+  weights, or the run's own checkpoint) on a local env, per run before stacking, so that a run
+  starts in a batch exactly as alone; the env's state then moves into the pool (exact)."""
   env = AtariEnv(spec.game, seed=spec.seed, training=True)
   learner = learner_for(config, env.num_actions)
-  run = _Run(spec, path, env, {}, wd.MetricsLog(path))
-  state, run.host, resumed = single.start_or_resume(learner, env, spec.seed, run.ckpt_dir,
-                                                    pretrained)
+  state, host, resumed = single.start_or_resume(learner, env, spec.seed,
+                                                path / wd.CHECKPOINTS, pretrained)
+  [handle] = pool.add([dict(game=spec.game, seed=spec.seed, training=True)])
+  pool.set_state([handle], [env.get_state()])
+  env.close()
+  run = _Run(spec, path, handle, host, wd.MetricsLog(path))
   if resumed:
     run.metrics_log.truncate_after(run.host["step"])
     logging.info("resumed %s at step %d", path, run.host["step"])
@@ -263,7 +270,7 @@ def _make_groups(pending) -> list[_Group]:
   return groups
 
 
-def _loop(groups: list[_Group], config: SPRConfig, term, map_fn, progress) -> None:
+def _loop(groups: list[_Group], config: SPRConfig, term, pool: EnvPool, progress) -> None:
   t_start = time.perf_counter() - max(r.host["elapsed"] for g in groups for r in g.runs)
   for g in groups:
     g.t_window, g.step_window = time.perf_counter(), g.step
@@ -272,34 +279,34 @@ def _loop(groups: list[_Group], config: SPRConfig, term, map_fn, progress) -> No
     active = [g for g in groups if g.step < config.steps]
     if not active:
       break
-    # 1. Step every env of every active group (threads if asked).
-    jobs = [(r.env, int(a)) for g in active for r, a in zip(g.runs, g.actions)]
-    results = list(map_fn(lambda j: _env_step(*j), jobs))
+    # 1. Step every env of every active group (in parallel when the pool has workers).
+    handles = [r.env_handle for g in active for r in g.runs]
+    frames, rewards, terminals, infos = pool.step(
+        handles, [int(a) for g in active for a in g.actions])
+    stacks = pool.stacks(handles)
     # 2. Dispatch every group's batched learner step, then fetch all actions at once.
     outputs, k = [], 0
     for g in active:
-      res = results[k:k + len(g.runs)]
+      rows = slice(k, k + len(g.runs))
       k += len(g.runs)
       done = g.step + 1
       num_updates = config.updates_per_step if done >= config.learn_start else 0
       fn = batched_step(g.learner, num_updates, is_reset_step(config, done))
-      rewards = np.array([clip_reward(r[1]) for r in res], np.float32)
-      terminals = np.array([r[2] for r in res], np.bool_)
-      stacks = np.stack([r[4] for r in res])
-      g.state, next_actions, m = fn(g.state, g.frames, g.actions, rewards, terminals, stacks)
-      outputs.append((g, res, next_actions, m))
+      g.state, next_actions, m = fn(g.state, g.frames, g.actions, clip_reward(rewards[rows]),
+                                    terminals[rows], stacks[rows])
+      outputs.append((g, (frames[rows], infos[rows]), next_actions, m))
     fetched = jax.device_get([(o[2], o[3]) for o in outputs])
     # 3. Host bookkeeping per run: metrics, episodes, logs, checkpoints.
     preempted = term is not None and term.set
-    for (g, res, _, _), (next_actions, m) in zip(outputs, fetched):
+    for (g, (next_frames, step_infos), _, _), (next_actions, m) in zip(outputs, fetched):
       g.actions = np.asarray(next_actions, np.int32)
-      g.frames = np.stack([r[0] for r in res])
+      g.frames = next_frames
       g.step += 1
-      _bookkeeping(g, res, m, config, t_start)
+      _bookkeeping(g, step_infos, m, config, t_start)
       if config.eval_every and g.step % config.eval_every == 0 and g.step < config.steps:
-        _periodic_evaluation(g, config, time.perf_counter() - t_start, map_fn)
+        _periodic_evaluation(g, config, time.perf_counter() - t_start, pool)
       if g.step % config.checkpoint_every == 0 or g.step == config.steps or preempted:
-        _checkpoint(g, config, t_start)
+        _checkpoint(g, config, t_start, pool)
     if bar is not None:
       bar.update(1)
     if preempted:
@@ -309,7 +316,7 @@ def _loop(groups: list[_Group], config: SPRConfig, term, map_fn, progress) -> No
     bar.close()
 
 
-def _bookkeeping(g: _Group, res, m, config: SPRConfig, t_start: float) -> None:
+def _bookkeeping(g: _Group, infos: list[dict], m, config: SPRConfig, t_start: float) -> None:
   done = g.step
   for i, run in enumerate(g.runs):
     if run.failed:
@@ -326,7 +333,7 @@ def _bookkeeping(g: _Group, res, m, config: SPRConfig, t_start: float) -> None:
     w["rl_loss"] += float(m.rl_loss[i])
     w["spr_loss"] += float(m.spr_loss[i])
     w["updates"] += int(m.updates[i])
-    info = res[i][3]
+    info = infos[i]
     if info.get("game_over"):
       w["returns"].append(float(info["episode_return"]))
       run.host["episodes"].append((float(info["episode_return"]), int(info["episode_length"])))
@@ -355,14 +362,15 @@ def _bookkeeping(g: _Group, res, m, config: SPRConfig, t_start: float) -> None:
     g.t_window, g.step_window = now, done
 
 
-def _checkpoint(g: _Group, config: SPRConfig, t_start: float) -> None:
+def _checkpoint(g: _Group, config: SPRConfig, t_start: float, pool: EnvPool) -> None:
   elapsed = time.perf_counter() - t_start
+  env_states = pool.get_state([run.env_handle for run in g.runs])
   for i, (run, st) in enumerate(zip(g.runs, unstack_host(g.state, len(g.runs)))):
     run.host.update(step=g.step, frame=g.frames[i].copy(), action=int(g.actions[i]),
                     elapsed=elapsed)
     if run.failed:
       continue
-    checkpoint.save(run.ckpt_dir, g.step, st, dict(run.host, env=run.env.get_state()),
+    checkpoint.save(run.ckpt_dir, g.step, st, dict(run.host, env=env_states[i]),
                     keep=config.checkpoint_keep)
 
 
@@ -412,10 +420,11 @@ def select_runs(tree: Any, rows: list[int]) -> Any:
 
 
 def evaluate_stacked(learner: SPRLearner, acting: Any, runs: list[tuple[str, int]],
-                     num_episodes: int, epsilon: float, map_fn=map) -> list[list]:
+                     num_episodes: int, epsilon: float, pool: EnvPool | None = None
+                     ) -> list[list]:
   """`num_episodes` evaluation episodes of each run, all runs together: run r is (game, seed)
   `runs[r]` acting with row r of `acting` (stacked over runs). Returns one episode list per run,
-  what `envs.evaluation.evaluate` returns for that run alone."""
+  what `envs.evaluation.evaluate` returns for that run alone. `pool` steps the envs."""
   per_chunk = max(1, MAX_EVAL_ENVS // num_episodes)
   results: list[list] = []
   for lo in range(0, len(runs), per_chunk):
@@ -423,7 +432,7 @@ def evaluate_stacked(learner: SPRLearner, acting: Any, runs: list[tuple[str, int
     part = acting if len(rows) == len(runs) else select_runs(acting, rows)
     act = make_runs_eval_act_fn(learner, part, num_episodes)
     results.extend(evaluate_runs(act, runs[lo:lo + per_chunk], num_episodes, epsilon=epsilon,
-                                 map_fn=map_fn))
+                                 pool=pool))
   return results
 
 
@@ -436,7 +445,7 @@ def _live_acting(g: _Group) -> tuple[list[_Run], Any]:
   return [g.runs[i] for i in live], acting
 
 
-def _periodic_evaluation(g: _Group, config: SPRConfig, elapsed: float, map_fn) -> None:
+def _periodic_evaluation(g: _Group, config: SPRConfig, elapsed: float, pool: EnvPool) -> None:
   """The single-run trainer's periodic evaluation for every live run of a group at once: the
   same seeds, episodes and metrics.jsonl line per run."""
   runs, acting = _live_acting(g)
@@ -444,7 +453,7 @@ def _periodic_evaluation(g: _Group, config: SPRConfig, elapsed: float, map_fn) -
     return
   seeds = [(r.spec.game, single.periodic_eval_seed(r.spec.seed, g.step)) for r in runs]
   results = evaluate_stacked(g.learner, acting, seeds, config.eval_every_episodes,
-                             config.eval_epsilon, map_fn)
+                             config.eval_epsilon, pool)
   scores = []
   for run, episodes in zip(runs, results):
     record = single.eval_record(g.step, elapsed, episodes)
@@ -475,7 +484,7 @@ def _final_groups(groups: list[_Group]) -> list[tuple[SPRLearner, list[_Run], An
 
 
 def _final_evaluations(learner: SPRLearner, runs: list[_Run], acting: Any, config: SPRConfig,
-                       config_name: str, map_fn) -> list[dict]:
+                       config_name: str, pool: EnvPool) -> list[dict]:
   """The final evaluation of `runs` together; writes each run's eval.csv and final.json exactly
   as `trainer._final_evaluation` does for the run alone (same seeds and fields); returns them."""
   t0 = time.perf_counter()
@@ -485,7 +494,7 @@ def _final_evaluations(learner: SPRLearner, runs: list[_Run], acting: Any, confi
                  len(runs), learner.num_actions, config.eval_episodes)
     seeds = [(r.spec.game, single.final_eval_seed(r.spec.seed)) for r in runs]
     results = evaluate_stacked(learner, acting, seeds, config.eval_episodes, config.eval_epsilon,
-                               map_fn)
+                               pool)
   seconds = time.perf_counter() - t0  # each run waited for the whole batched evaluation
   return [single.write_final(run.path, episodes, run.host, run.spec.game, run.spec.seed, config,
                              config_name, seconds) for run, episodes in zip(runs, results)]

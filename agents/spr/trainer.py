@@ -25,6 +25,7 @@ from agents.spr.learner import SPRLearner, TrainState, is_reset_step, param_coun
 from envs import games
 from envs.atari import AtariEnv, clip_reward
 from envs.evaluation import evaluate
+from envs.pool import EnvPool, resolve_workers
 from spr import checkpoint, workdir as wd
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation envs use their own seed stream
@@ -92,9 +93,13 @@ def make_eval_act_fn(learner: SPRLearner, params, batch: int) -> Callable[[np.nd
   return act
 
 
-def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_name: str = "spr"
-          ) -> dict:
-  """Trains (or resumes) one run and returns the contents of its final.json."""
+def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_name: str = "spr",
+          env_workers: int = -1) -> dict:
+  """Trains (or resumes) one run and returns the contents of its final.json.
+
+  `env_workers`: processes stepping the evaluation envs (the training env stays here); 0: in
+  this process; -1: `envs.pool.auto_workers` (none on a 2-core machine). Results do not depend
+  on it."""
   game = games.canonical_name(game)
   pretrained = _pretrained_for_new_run(config, game, workdir)
   path = wd.prepare(workdir, run_identity(config_name, game, seed, config))
@@ -117,11 +122,14 @@ def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_n
     logging.info("new run: %s seed %d, config %s, %d parameters, workdir %s", game, seed,
                  config_name, host["params_count"], path)
 
-  if host["step"] < config.steps:
-    with _TermFlag() as term:
-      state, host = _train_loop(learner, state, env, host, config, metrics_log, ckpt_dir, term,
-                                seed=seed)
-  return _final_evaluation(learner, state, host, game, seed, config, config_name, path)
+  workers = resolve_workers(env_workers, max(config.eval_episodes, config.eval_every_episodes))
+  with EnvPool(workers) as pool:
+    if host["step"] < config.steps:
+      with _TermFlag() as term:
+        state, host = _train_loop(learner, state, env, host, config, metrics_log, ckpt_dir,
+                                  term, seed=seed, eval_pool=pool)
+    env.close()
+    return _final_evaluation(learner, state, host, game, seed, config, config_name, path, pool)
 
 
 def start_or_resume(learner: SPRLearner, env: AtariEnv, seed: int, ckpt_dir: Path,
@@ -194,7 +202,7 @@ def _save(ckpt_dir: Path, state: TrainState, env: AtariEnv, host: dict, keep: in
 
 def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dict,
                 config: SPRConfig, metrics_log: wd.MetricsLog, ckpt_dir: Path,
-                term: _TermFlag | None = None, seed: int = 0):
+                term: _TermFlag | None = None, seed: int = 0, eval_pool: EnvPool | None = None):
   frame, action = host["frame"], host["action"]
   bar = _progress_bar(config.steps, host["step"], None)
   window = dict(loss=0.0, rl_loss=0.0, spr_loss=0.0, updates=0, returns=[])
@@ -247,7 +255,7 @@ def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dic
       t_window, step_window = now, done
     if config.eval_every and done % config.eval_every == 0 and done < config.steps:
       _periodic_evaluation(learner, state, env.game, seed, config, done, metrics_log,
-                           time.perf_counter() - t_start)
+                           time.perf_counter() - t_start, eval_pool)
     preempted = term is not None and term.set
     if done % config.checkpoint_every == 0 or done == config.steps or preempted:
       host.update(step=done, frame=frame, action=action, elapsed=time.perf_counter() - t_start)
@@ -279,14 +287,14 @@ def eval_record(step: int, elapsed: float, episodes: list[tuple[float, int]]) ->
 
 def _periodic_evaluation(learner: SPRLearner, state: TrainState, game: str, seed: int,
                          config: SPRConfig, step: int, metrics_log: wd.MetricsLog,
-                         elapsed: float) -> None:
+                         elapsed: float, pool: EnvPool | None = None) -> None:
   """`eval_every_episodes` full games with the current policy, logged as `eval_mean_score`.
 
   It reads the state and touches none of it (its own env seeds, derived from the step), so a
   resumed run logs the same values."""
   act = make_eval_act_fn(learner, learner.acting_params(state), config.eval_every_episodes)
   episodes = evaluate(act, game, num_episodes=config.eval_every_episodes,
-                      seed=periodic_eval_seed(seed, step), epsilon=config.eval_epsilon)
+                      seed=periodic_eval_seed(seed, step), epsilon=config.eval_epsilon, pool=pool)
   record = eval_record(step, elapsed, episodes)
   metrics_log.write(record)
   logging.info("step %d: evaluation over %d episodes: mean score %.2f", step,
@@ -294,13 +302,14 @@ def _periodic_evaluation(learner: SPRLearner, state: TrainState, game: str, seed
 
 
 def _final_evaluation(learner: SPRLearner, state: TrainState, host: dict, game: str, seed: int,
-                      config: SPRConfig, config_name: str, path: Path) -> dict:
+                      config: SPRConfig, config_name: str, path: Path,
+                      pool: EnvPool | None = None) -> dict:
   t0 = time.perf_counter()
   episodes = []
   if config.eval_episodes:
     act = make_eval_act_fn(learner, learner.acting_params(state), config.eval_episodes)
     episodes = evaluate(act, game, num_episodes=config.eval_episodes,
-                        seed=final_eval_seed(seed), epsilon=config.eval_epsilon)
+                        seed=final_eval_seed(seed), epsilon=config.eval_epsilon, pool=pool)
   return write_final(path, episodes, host, game, seed, config, config_name,
                      time.perf_counter() - t0)
 

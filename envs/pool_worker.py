@@ -1,0 +1,96 @@
+"""What an `envs.pool.EnvPool` worker does: owns some `AtariEnv`s and answers batched commands.
+
+`EnvHost` is the whole of a worker's logic. An in-process pool (`workers=0`) calls it directly;
+a worker process (`serve`, started by `envs.pool`) calls it on every message it receives, so
+the envs behave the same in both modes by construction.
+
+The worker imports only `envs.atari` (ale-py, gymnasium, numpy): no JAX, so a worker process
+starts in about a second and holds tens of MB, not the trainer's hundreds.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+
+import numpy as np
+
+from envs.atari import AtariEnv
+
+
+class EnvHost:
+  """Envs keyed by the pool's integer handles, driven a batch of handles at a time."""
+
+  def __init__(self):
+    self.envs: dict[int, AtariEnv] = {}
+
+  def add(self, handles: list[int], kwargs: list[dict]) -> list[tuple[int, list[int]]]:
+    """Creates `AtariEnv(**kw)` for each handle (not reset); returns (num_actions, action_set)."""
+    out = []
+    for handle, kw in zip(handles, kwargs):
+      if handle in self.envs:
+        raise ValueError(f"env handle {handle} already exists")
+      env = AtariEnv(**kw)
+      self.envs[handle] = env
+      out.append((env.num_actions, env.action_set))
+    return out
+
+  def reset(self, handles: list[int], seeds: list[int | None]) -> np.ndarray:
+    """`env.reset(seed)` of each handle; returns their first frames, uint8 [n, 84, 84]."""
+    return np.stack([self.envs[h].reset(seed=s) for h, s in zip(handles, seeds)])
+
+  def step(self, handles: list[int], actions: list[int]):
+    """`env.step(action)` of each handle: (frames uint8 [n, 84, 84], rewards float64 [n],
+    terminals bool [n], infos)."""
+    results = [self.envs[h].step(a) for h, a in zip(handles, actions)]
+    return (np.stack([r[0] for r in results]), np.array([r[1] for r in results], np.float64),
+            np.array([r[2] for r in results], np.bool_), [r[3] for r in results])
+
+  def get_state(self, handles: list[int]) -> list[dict]:
+    return [self.envs[h].get_state() for h in handles]
+
+  def set_state(self, handles: list[int], states: list[dict]) -> np.ndarray:
+    """Restores each env's state; returns their stacks, uint8 [n, 4, 84, 84]."""
+    for h, s in zip(handles, states):
+      self.envs[h].set_state(s)
+    return np.stack([self.envs[h].stack for h in handles])
+
+  def stacks(self, handles: list[int]) -> np.ndarray:
+    return np.stack([self.envs[h].stack for h in handles])
+
+  def remove(self, handles: list[int]) -> None:
+    for h in handles:
+      self.envs.pop(h).close()
+
+  def close(self) -> None:
+    self.remove(list(self.envs))
+
+
+def serve(read_fd: int, write_fd: int) -> None:
+  """A worker process's loop: (command, args) in, ("ok", result) or ("error", (exception or None,
+  traceback)) out,
+  until "exit" or until the pool's end of the pipe closes (the trainer died: exit quietly)."""
+  from multiprocessing.connection import Connection
+
+  inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+  host = EnvHost()
+  try:
+    while True:
+      try:
+        command, args = inbox.recv()
+      except (EOFError, OSError):
+        break
+      if command == "exit":
+        break
+      try:
+        reply = ("ok", getattr(host, command)(*args))
+      except Exception as e:  # pylint: disable=broad-except
+        reply = ("error", (e, traceback.format_exc()))
+      try:
+        outbox.send(reply)
+      except (BrokenPipeError, OSError):
+        break
+      except Exception:  # pylint: disable=broad-except - an exception that does not pickle
+        outbox.send(("error", (None, reply[1][1])))
+  finally:
+    host.close()
+    sys.stdout.flush()
