@@ -156,10 +156,14 @@ def evaluate_runs(act_fn: ActFn, runs: Sequence[tuple[str, int]], num_episodes: 
                 run.start(handle)
         pool.reset(handles)
         _play(act_fn, states, epsilon, max_parallel, pool)
-    finally:
+    except BaseException:  # interrupted: close the episodes' envs, keep the original error
         leftover = [h for run in states for h, _ in run.active.values()]
-        if leftover:  # an exception interrupted the evaluation
-            pool.remove(leftover)
+        try:
+            if leftover:
+                pool.remove(leftover)
+        except Exception:  # pylint: disable=broad-except - e.g. a pool left unusable
+            pass
+        raise
     return [run.results for run in states]  # type: ignore[misc]
 
 
@@ -197,7 +201,7 @@ def _play(act_fn: ActFn, states: list[_RunEpisodes], epsilon: float, max_paralle
                 else:  # re-seeding makes the finished episode's env as good as a new one
                     reseed.append(handle)
                     seeds.append(episode_seed(run.seed, following))
-        if reseed:
-            pool.reset(reseed, seeds)
         if done:
             pool.remove(done)
+        if reseed:
+            pool.reset(reseed, seeds)

@@ -49,7 +49,14 @@ class EnvWorkerError(RuntimeError):
   """An env worker died, or raised an exception that could not be sent back."""
 
 
+CORES_ENV = "SPR_CORES"  # cores this process may use (set by launch/jobs.py per local slot)
+
+
 def available_cores() -> int:
+  """Cores for this process: $SPR_CORES when set (a local sweep running several trainers at
+  once gives each its share), else the CPU affinity (a SLURM allocation, taskset)."""
+  if os.environ.get(CORES_ENV, "").strip():
+    return max(1, int(os.environ[CORES_ENV]))
   try:
     return len(os.sched_getaffinity(0))
   except AttributeError:  # pragma: no cover - not Linux
@@ -73,6 +80,13 @@ def resolve_workers(requested: int, num_envs: int) -> int:
   return auto_workers(num_envs) if requested == -1 else int(requested)
 
 
+class _Raised:
+  """A worker's reply that its command raised `error` (the exception, ready to re-raise)."""
+
+  def __init__(self, error: BaseException):
+    self.error = error
+
+
 class _Process:
   """One worker process and the two ends of its pipes."""
 
@@ -80,20 +94,29 @@ class _Process:
     self.index = index
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
-    # The child imports this package as the parent does: same sys.path.
+    # The child imports this package as the parent does: the parent's sys.path, and -P so that
+    # a folder named like a module in the working directory cannot shadow it.
     path = os.pathsep.join(p for p in sys.path if p)
     env = dict(os.environ, PYTHONPATH=path)
     code = ("import sys; from envs.pool_worker import serve; "
             "serve(int(sys.argv[1]), int(sys.argv[2]))")
     try:
       self.proc = subprocess.Popen(
-          [sys.executable, "-c", code, str(to_child_r), str(from_child_w)],
+          [sys.executable, "-P", "-c", code, str(to_child_r), str(from_child_w)],
           pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL)
+    except BaseException:
+      os.close(to_child_w)
+      os.close(from_child_r)
+      raise
     finally:
       os.close(to_child_r)
       os.close(from_child_w)
     self.outbox = Connection(to_child_w, readable=False)
     self.inbox = Connection(from_child_r, writable=False)
+
+  @property
+  def name(self) -> str:
+    return f"env worker {self.index} (pid {self.proc.pid})"
 
   def send(self, command: str, args: tuple) -> None:
     try:
@@ -102,6 +125,8 @@ class _Process:
       raise EnvWorkerError(self._dead_message()) from e
 
   def receive(self) -> Any:
+    """The reply to the last command: its result, or `_Raised` when the command raised there.
+    Raises EnvWorkerError if the worker died."""
     try:
       status, value = self.inbox.recv()
     except (EOFError, OSError) as e:
@@ -110,11 +135,10 @@ class _Process:
       # The worker's exception itself when it pickles (a ValueError stays one: callers treat
       # bad input alike with or without workers), with the worker's traceback as a note.
       error, trace = value
-      where = f"env worker {self.index} (pid {self.proc.pid})"
       if error is None:
-        raise EnvWorkerError(f"{where} raised:\n{trace}")
-      error.add_note(f"raised in {where}:\n{trace}")
-      raise error
+        return _Raised(EnvWorkerError(f"{self.name} raised:\n{trace}"))
+      error.add_note(f"raised in {self.name}:\n{trace}")
+      return _Raised(error)
     return value
 
   def _dead_message(self) -> str:
@@ -122,15 +146,17 @@ class _Process:
       code = self.proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
       code = None
-    return f"env worker {self.index} (pid {self.proc.pid}) died (exit code {code})"
+    return f"{self.name} died (exit code {code})"
 
-  def close(self) -> None:
+  def request_exit(self) -> None:
     try:
       self.outbox.send(("exit", ()))
     except (BrokenPipeError, OSError):
       pass
     for conn in (self.outbox, self.inbox):
       conn.close()
+
+  def wait(self) -> None:
     try:
       self.proc.wait(timeout=10)
     except subprocess.TimeoutExpired:  # pragma: no cover - a hung emulator
@@ -139,8 +165,10 @@ class _Process:
 
 
 def _close_processes(processes: list[_Process]) -> None:
+  for p in processes:  # all asked first: they exit in parallel
+    p.request_exit()
   for p in processes:
-    p.close()
+    p.wait()
 
 
 class EnvPool:
@@ -148,6 +176,12 @@ class EnvPool:
 
   Args:
     workers: worker processes; 0 keeps the envs in this process (a plain loop).
+
+  Errors: an exception raised by some envs' command is re-raised after every reply of the call
+  is read, and after the stacks of the envs of the call are brought up to date (those of the
+  failed part are fetched from their workers), so the pool stays usable. A dead worker, or a
+  call interrupted between its sends and its replies (Ctrl-C), leaves the pool unusable: every
+  later call raises EnvWorkerError, and `close()` still stops the workers.
   """
 
   def __init__(self, workers: int = 0):
@@ -155,8 +189,15 @@ class EnvPool:
       raise ValueError(f"workers must be >= 0, got {workers}")
     self.workers = int(workers)
     self._local = EnvHost() if workers == 0 else None
-    self._processes = [_Process(i) for i in range(workers)]
+    self._processes: list[_Process] = []
     self._finalizer = weakref.finalize(self, _close_processes, self._processes)
+    try:
+      for i in range(workers):
+        self._processes.append(_Process(i))
+    except BaseException:
+      self._finalizer()  # stop the ones already started
+      raise
+    self._broken: str | None = None
     self._worker_of: dict[int, int] = {}
     self._load = [0] * max(workers, 1)
     self._stackers: dict[int, FrameStacker] = {}
@@ -165,32 +206,64 @@ class EnvPool:
     self._next_handle = 0
 
   # ------------------------------------------------------------------------------ plumbing
-  def _call(self, command: str, handles: Sequence[int], *columns: Sequence[Any]) -> list:
+  def _call(self, command: str, handles: Sequence[int], *columns: Sequence[Any]
+            ) -> tuple[list, list[list[int]], BaseException | None]:
     """Runs `command(handles_w, *columns_w)` on every worker w owning some of `handles` (all
-    sent before any reply is read); returns [(positions_w, result_w)] per worker."""
+    sent before any reply is read). Returns ([(positions, result)] of the workers that
+    succeeded, [positions] of those whose command raised, the first such exception)."""
+    if self._broken is not None:
+      raise EnvWorkerError(f"this env pool is unusable: {self._broken}")
+    unknown = [h for h in handles if h not in self._worker_of]
+    if unknown:
+      raise KeyError(f"unknown env handles {unknown[:5]}")
     by_worker: dict[int, list[int]] = {}
     for position, handle in enumerate(handles):
       by_worker.setdefault(self._worker_of[handle], []).append(position)
+
+    def args_of(positions):
+      return ([handles[i] for i in positions], *[[c[i] for i in positions] for c in columns])
+
+    done, failed, error = [], [], None
     if self._local is not None:
-      return [(positions, getattr(self._local, command)(
-          [handles[i] for i in positions], *[[c[i] for i in positions] for c in columns]))
-              for positions in by_worker.values()]
-    for w, positions in by_worker.items():
-      self._processes[w].send(command, ([handles[i] for i in positions],
-                                        *[[c[i] for i in positions] for c in columns]))
-    replies, error = [], None
-    for w, positions in by_worker.items():  # read every reply, even after an error
-      try:
-        replies.append((positions, self._processes[w].receive()))
-      except Exception as e:  # pylint: disable=broad-except - re-raised below
-        error = error or e
+      for positions in by_worker.values():
+        try:
+          done.append((positions, getattr(self._local, command)(*args_of(positions))))
+        except Exception as e:  # pylint: disable=broad-except - re-raised by the caller
+          failed.append(positions)
+          error = error or e
+      return done, failed, error
+    try:
+      for w, positions in by_worker.items():
+        self._processes[w].send(command, args_of(positions))
+      for w, positions in by_worker.items():
+        reply = self._processes[w].receive()
+        if isinstance(reply, _Raised):
+          failed.append(positions)
+          error = error or reply.error
+        else:
+          done.append((positions, reply))
+    except BaseException as e:  # a dead worker, or interrupted: replies may be left unread
+      self._broken = f"{command} failed or was interrupted ({type(e).__name__}: {e})"
+      raise
+    return done, failed, error
+
+  def _results(self, command: str, handles: Sequence[int], *columns: Sequence[Any]) -> list:
+    """`_call` when a failure needs no repair: the successful parts, or the first error."""
+    done, _, error = self._call(command, handles, *columns)
     if error is not None:
       raise error
-    return replies
+    return done
+
+  def _resync(self, handles: Sequence[int], failed: list[list[int]]) -> None:
+    """After a failed step/reset/set_state: the failed envs' stacks fetched from the envs."""
+    lost = [handles[i] for positions in failed for i in positions]
+    if lost:
+      for handle, stack in zip(lost, self.worker_stacks(lost)):
+        self._stackers[handle].set_state({"stack": stack})
 
   @staticmethod
   def _gather_array(parts: list, n: int, shape: tuple, dtype) -> np.ndarray:
-    out = np.empty((n,) + shape, dtype)
+    out = np.zeros((n,) + shape, dtype)
     for positions, values in parts:
       out[positions] = values
     return out
@@ -206,7 +279,7 @@ class EnvPool:
   # ------------------------------------------------------------------------------ the envs
   def add(self, env_kwargs: Sequence[dict]) -> list[int]:
     """Creates one `AtariEnv(**kwargs)` per entry (not reset), each on the least loaded
-    worker; returns their handles."""
+    worker; returns their handles. All or nothing: if one fails, none is kept."""
     handles = []
     for _ in env_kwargs:
       handle, self._next_handle = self._next_handle, self._next_handle + 1
@@ -215,11 +288,19 @@ class EnvPool:
       self._worker_of[handle] = worker
       handles.append(handle)
     try:
-      infos = self._gather_list(self._call("add", handles, list(env_kwargs)), len(handles))
-    except Exception:
+      done, _, error = self._call("add", handles, list(env_kwargs))
+    except BaseException:
       self._forget(handles)
       raise
-    for handle, (num_actions, action_set) in zip(handles, infos):
+    if error is not None:  # the workers that succeeded close their new envs
+      made = [handles[i] for positions, _ in done for i in positions]
+      try:
+        if made:
+          self._call("remove", made)
+      finally:
+        self._forget(handles)
+      raise error
+    for handle, (num_actions, action_set) in zip(handles, self._gather_list(done, len(handles))):
       self._num_actions[handle] = num_actions
       self._action_set[handle] = action_set
       self._stackers[handle] = FrameStacker(STACK_SIZE, FRAME_SHAPE)
@@ -235,24 +316,31 @@ class EnvPool:
             ) -> np.ndarray:
     """`env.reset(seed=...)` of each handle (`seeds` None: no re-seeding); first frames."""
     seeds = [None] * len(handles) if seeds is None else list(seeds)
-    frames = self._gather_array(self._call("reset", handles, seeds), len(handles), FRAME_SHAPE,
-                                np.uint8)
-    for handle, frame in zip(handles, frames):
-      self._stackers[handle].reset(frame)
-    return frames
+    done, failed, error = self._call("reset", handles, seeds)
+    for positions, frames in done:
+      for i, frame in zip(positions, frames):
+        self._stackers[handles[i]].reset(frame)
+    if error is not None:
+      self._resync(handles, failed)
+      raise error
+    return self._gather_array(done, len(handles), FRAME_SHAPE, np.uint8)
 
   def step(self, handles: Sequence[int], actions: Sequence[int]
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
     """`env.step(action)` of each handle: (frames uint8 [n, 84, 84], raw rewards float64 [n],
     learner terminals bool [n], infos), as `AtariEnv.step` returns them one by one."""
     n = len(handles)
-    parts = self._call("step", handles, [int(a) for a in actions])
-    frames = self._gather_array([(p, r[0]) for p, r in parts], n, FRAME_SHAPE, np.uint8)
-    rewards = self._gather_array([(p, r[1]) for p, r in parts], n, (), np.float64)
-    terminals = self._gather_array([(p, r[2]) for p, r in parts], n, (), np.bool_)
-    infos = self._gather_list([(p, r[3]) for p, r in parts], n)
-    for handle, frame, terminal in zip(handles, frames, terminals):
-      self._stackers[handle].advance(frame, bool(terminal))
+    done, failed, error = self._call("step", handles, [int(a) for a in actions])
+    for positions, (frames, _, terminals, _) in done:
+      for i, frame, terminal in zip(positions, frames, terminals):
+        self._stackers[handles[i]].advance(frame, bool(terminal))
+    if error is not None:
+      self._resync(handles, failed)
+      raise error
+    frames = self._gather_array([(p, r[0]) for p, r in done], n, FRAME_SHAPE, np.uint8)
+    rewards = self._gather_array([(p, r[1]) for p, r in done], n, (), np.float64)
+    terminals = self._gather_array([(p, r[2]) for p, r in done], n, (), np.bool_)
+    infos = self._gather_list([(p, r[3]) for p, r in done], n)
     return frames, rewards, terminals, infos
 
   def stack(self, handle: int) -> np.ndarray:
@@ -270,24 +358,30 @@ class EnvPool:
   def worker_stacks(self, handles: Sequence[int]) -> np.ndarray:
     """The stacks as the envs themselves hold them (a round trip to the workers; tests check
     that `stacks` agrees)."""
-    return self._gather_array(self._call("stacks", handles), len(handles),
+    return self._gather_array(self._results("stacks", handles), len(handles),
                               (STACK_SIZE,) + FRAME_SHAPE, np.uint8)
 
   def get_state(self, handles: Sequence[int]) -> list[dict]:
     """`env.get_state()` of each handle (what a checkpoint stores)."""
-    return self._gather_list(self._call("get_state", handles), len(handles))
+    return self._gather_list(self._results("get_state", handles), len(handles))
 
   def set_state(self, handles: Sequence[int], states: Sequence[dict]) -> None:
     """`env.set_state(state)` of each handle: the env continues bit-identically."""
-    stacks = self._gather_array(self._call("set_state", handles, list(states)), len(handles),
-                                (STACK_SIZE,) + FRAME_SHAPE, np.uint8)
-    for handle, stack in zip(handles, stacks):
-      self._stackers[handle].set_state({"stack": stack})
+    done, failed, error = self._call("set_state", handles, list(states))
+    for positions, stacks in done:
+      for i, stack in zip(positions, stacks):
+        self._stackers[handles[i]].set_state({"stack": stack})
+    if error is not None:
+      self._resync(handles, failed)
+      raise error
 
   def remove(self, handles: Sequence[int]) -> None:
-    """Closes the envs of `handles`."""
+    """Closes the envs of `handles` (their handles are forgotten even if closing one raises)."""
+    unknown = [h for h in handles if h not in self._worker_of]
+    if unknown:
+      raise KeyError(f"unknown env handles {unknown[:5]}")
     try:
-      self._call("remove", handles)
+      self._results("remove", handles)
     finally:
       self._forget(handles)
 

@@ -9,6 +9,8 @@ starts in about a second and holds tens of MB, not the trainer's hundreds.
 """
 from __future__ import annotations
 
+import pickle
+import signal
 import sys
 import traceback
 
@@ -25,14 +27,18 @@ class EnvHost:
 
   def add(self, handles: list[int], kwargs: list[dict]) -> list[tuple[int, list[int]]]:
     """Creates `AtariEnv(**kw)` for each handle (not reset); returns (num_actions, action_set)."""
-    out = []
-    for handle, kw in zip(handles, kwargs):
-      if handle in self.envs:
-        raise ValueError(f"env handle {handle} already exists")
-      env = AtariEnv(**kw)
-      self.envs[handle] = env
-      out.append((env.num_actions, env.action_set))
-    return out
+    made: dict[int, AtariEnv] = {}
+    try:  # all or nothing
+      for handle, kw in zip(handles, kwargs):
+        if handle in self.envs or handle in made:
+          raise ValueError(f"env handle {handle} already exists")
+        made[handle] = AtariEnv(**kw)
+    except BaseException:
+      for env in made.values():
+        env.close()
+      raise
+    self.envs.update(made)
+    return [(env.num_actions, env.action_set) for env in made.values()]
 
   def reset(self, handles: list[int], seeds: list[int | None]) -> np.ndarray:
     """`env.reset(seed)` of each handle; returns their first frames, uint8 [n, 84, 84]."""
@@ -65,12 +71,27 @@ class EnvHost:
     self.remove(list(self.envs))
 
 
+def _portable(error: Exception) -> Exception | None:
+  """`error` if it survives pickling both ways (the trainer re-raises it as itself), else None
+  (the trainer raises EnvWorkerError with the traceback)."""
+  try:
+    pickle.loads(pickle.dumps(error))
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return error
+
+
 def serve(read_fd: int, write_fd: int) -> None:
   """A worker process's loop: (command, args) in, ("ok", result) or ("error", (exception or None,
   traceback)) out,
   until "exit" or until the pool's end of the pipe closes (the trainer died: exit quietly)."""
   from multiprocessing.connection import Connection
 
+  # The worker stops on "exit" or when the trainer's end of the pipe closes, never on a signal
+  # sent to the whole process group (Ctrl-C, a cluster's SIGTERM): the trainer catches those,
+  # and its checkpoint needs the envs' states.
+  for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    signal.signal(getattr(signal, name), signal.SIG_IGN)
   inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
   host = EnvHost()
   try:
@@ -84,13 +105,14 @@ def serve(read_fd: int, write_fd: int) -> None:
       try:
         reply = ("ok", getattr(host, command)(*args))
       except Exception as e:  # pylint: disable=broad-except
-        reply = ("error", (e, traceback.format_exc()))
+        reply = ("error", (_portable(e), traceback.format_exc()))
       try:
-        outbox.send(reply)
+        outbox.send(reply)  # pickled before anything is written: a failure here sends nothing
       except (BrokenPipeError, OSError):
         break
-      except Exception:  # pylint: disable=broad-except - an exception that does not pickle
-        outbox.send(("error", (None, reply[1][1])))
+      except Exception:  # pylint: disable=broad-except - a reply that does not pickle
+        trace = reply[1][1] if reply[0] == "error" else ""
+        outbox.send(("error", (None, trace + traceback.format_exc())))
   finally:
     host.close()
     sys.stdout.flush()

@@ -231,16 +231,16 @@ def _loop_vs_threads(step_fns: list, steps: int) -> tuple[float, float]:
   return loop, len(step_fns) * steps / (time.perf_counter() - t0)
 
 
-def _pool_rates(n: int, steps: int) -> list[float]:
-  """Agent steps/s of `n` Breakout envs stepped together by an EnvPool in this process and by an
-  EnvPool of `n` worker processes."""
+def _pool_rates(n: int, steps: int, workers: int) -> list[float]:
+  """Agent steps/s of `n` Breakout envs stepped together (a training step: actions in, frames
+  and stacks out) by an EnvPool in this process and by an EnvPool of `workers` processes."""
   import numpy as np
 
   from envs.pool import EnvPool
 
   rates = []
-  for workers in (0, n):
-    with EnvPool(workers) as pool:
+  for count in (0, workers):
+    with EnvPool(count) as pool:
       handles = pool.add([dict(game="Breakout", seed=i) for i in range(n)])
       pool.reset(handles)
       rng = np.random.default_rng(0)
@@ -261,6 +261,7 @@ def print_probes() -> None:
   from agents.spr.config import make_config
   from agents.spr.learner import SPRLearner
   from envs.atari import AtariEnv
+  from envs.pool import available_cores
 
   rows = []
   envs = [AtariEnv("Breakout", seed=i) for i in range(2)]
@@ -279,8 +280,9 @@ def print_probes() -> None:
       [lambda e=e: e.step(int(np.random.randint(4))) for e in envs], 1000)
   rows.append(("AtariEnv.step, 2 envs: loop / 2 threads (agent steps/s)",
                f"{loop:.0f} / {threads:.0f}"))
-  rows.append(("EnvPool.step + stacks, 2 envs: in process / 2 workers (agent steps/s)",
-               " / ".join(f"{r:.0f}" for r in _pool_rates(2, 1000))))
+  workers = min(2, available_cores())
+  rows.append((f"EnvPool.step + stacks, 16 envs: in process / {workers} workers (agent steps/s)",
+               " / ".join(f"{r:.0f}" for r in _pool_rates(16, 150, workers))))
 
   learner = SPRLearner(make_config("spr"), 6)
   states = [learner.init(jax.random.PRNGKey(i)) for i in range(2)]
@@ -291,11 +293,18 @@ def print_probes() -> None:
   mapped = jax.jit(lambda a, s: jax.lax.map(lambda x: greedy(*x), (a, s)))
   separate = lambda: [learner.greedy_actions(learner.acting_params(s), stacks[i])
                       for i, s in enumerate(states)]
+  batched = multi_trainer.batched_greedy(learner)  # what training uses on this backend
+  one = np.ascontiguousarray(stacks[:, :1])
   for name, fn in (("vmap", lambda: vmapped(acting, stacks)),
-                   ("lax.map", lambda: mapped(acting, stacks)), ("separate calls", separate)):
+                   ("lax.map", lambda: mapped(acting, stacks)), ("separate calls", separate),
+                   # The tail of an evaluation: one episode left per run, padded to the full
+                   # width (what the act function does) or not.
+                   ("1 stack per run, unpadded", lambda: batched(acting, one))):
     jax.block_until_ready(fn())
     ms = _time(lambda: jax.block_until_ready(fn()), 7)
-    rows.append((f"evaluation act, SPR net, 2 runs x 100 stacks, {name} (ms)", f"{ms:.1f}"))
+    rows.append((f"evaluation act, SPR net, 2 runs x 100 stacks, {name} (ms)"
+                 if "1 stack" not in name else
+                 f"evaluation act, SPR net, 2 runs x {name} (ms)", f"{ms:.1f}"))
 
   smoke = SPRLearner(make_config("smoke"), 6)
   t0 = time.perf_counter()

@@ -463,7 +463,17 @@ def _slot_env(slot: int, opts: LocalOptions) -> dict[str, str]:
     if share > 1 and "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ:
         # several runs on one GPU: JAX would preallocate 75% of it for each
         env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / share:.2f}"
+    if opts.max_parallel > 1 and "SPR_CORES" not in os.environ:
+        # each trainer's default env workers (envs/pool.py) use its share of the cores only
+        env["SPR_CORES"] = str(max(1, _cores() // opts.max_parallel))
     return env
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def runnable(specs: Iterable[RunSpec]) -> tuple[list[RunSpec], list[RunSpec], list[RunSpec]]:

@@ -31,8 +31,17 @@ def read_json(path: str | os.PathLike) -> Any:
   return json.loads(Path(path).read_text())
 
 
-def prepare(workdir: str | os.PathLike, config: dict[str, Any]) -> Path:
+def prepare(workdir: str | os.PathLike, config: dict[str, Any],
+            legacy: dict[str, Any] | None = None) -> Path:
   """Creates `workdir` and its config.json, or checks that an existing run used `config`.
+
+  Args:
+    workdir: the run's folder.
+    config: the run's identity and settings (what config.json holds).
+    legacy: for settings added after runs were already written, the value that reproduces what
+      the code did before the setting existed (or a function of the stored config giving it): a
+      stored config.json without the key is read as having that value (so an older run resumes when its behaviour is unchanged, and is refused
+      naming the setting when it is not). The file is not rewritten.
 
   Raises:
     WorkdirError naming the differing settings when the workdir holds another configuration.
@@ -46,6 +55,12 @@ def prepare(workdir: str | os.PathLike, config: dict[str, Any]) -> Path:
       stored = read_json(config_file)
     except json.JSONDecodeError as e:
       raise WorkdirError(f"{config_file} is not valid JSON ({e})") from None
+    if not isinstance(stored, dict):
+      raise WorkdirError(f"{config_file} does not hold a JSON object")
+    for key, value in (legacy or {}).items():
+      if key in normalised and key not in stored:
+        value = value(stored) if callable(value) else value
+        stored[key] = json.loads(json.dumps(value))
     if stored != normalised:
       keys = sorted(k for k in set(stored) | set(normalised) if stored.get(k) != normalised.get(k))
       diffs = ", ".join(f"{k}: {stored.get(k)!r} -> {normalised.get(k)!r}" for k in keys)

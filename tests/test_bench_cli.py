@@ -26,6 +26,9 @@ def test_bench_prints_both_tables_on_the_smoke_config():
   assert len(row) == 1
   cells = [c.strip() for c in row[0].strip("|").split("|")]
   assert float(cells[3]) > 0 and cells[7] == "1.00x"  # updates/s, speed-up of 1 run over itself
+  # env steps/s in process / in 1 worker process (EnvPool), then the worker count
+  in_process, workers, count = re.fullmatch(r"(\d+) / (\d+) \((\d+)\)", cells[5]).groups()
+  assert int(in_process) > 0 and int(workers) > 0 and count == "1"
 
 
 def test_memory_table_accounts_for_frames_and_parameters():

@@ -58,6 +58,28 @@ def test_workdir_config_is_written_then_checked(tmp_path):
     workdir.prepare(tmp_path, config)
 
 
+def test_an_older_config_without_a_later_setting_resumes_only_with_its_old_value(tmp_path):
+  """A config.json written before a setting existed reads as having its legacy value."""
+  from agents.spr.config import LEGACY_VALUES, make_config
+  from agents.spr.trainer import run_identity
+
+  spr = run_identity("spr", "Pong", 0, make_config("spr"))
+  older = {k: v for k, v in spr.items() if k not in LEGACY_VALUES}
+  (tmp_path / "config.json").write_text(json.dumps(older))
+  workdir.prepare(tmp_path, spr, LEGACY_VALUES)  # spr's values are the legacy ones: resumes
+  assert json.loads((tmp_path / "config.json").read_text()) == json.loads(json.dumps(older))
+  with pytest.raises(workdir.WorkdirError, match="target_ema_before_update: False -> True"):
+    workdir.prepare(tmp_path, dict(spr, target_ema_before_update=True), LEGACY_VALUES)
+  with pytest.raises(workdir.WorkdirError, match="different config"):
+    workdir.prepare(tmp_path, spr)  # without the table the missing keys differ
+  # The sgi finetuning config changed both settings: an older sgi run is refused.
+  sgi = run_identity("sgi", "Pong", 0, make_config("sgi"))
+  (tmp_path / "config.json").write_text(json.dumps(
+      {k: v for k, v in sgi.items() if k not in LEGACY_VALUES}))
+  with pytest.raises(workdir.WorkdirError, match="resnet_norm: 'none' -> 'batch'"):
+    workdir.prepare(tmp_path, sgi, LEGACY_VALUES)
+
+
 def test_metrics_log_truncation_drops_lines_after_the_checkpoint(tmp_path):
   log = workdir.MetricsLog(tmp_path)
   for step in (100, 200, 300):

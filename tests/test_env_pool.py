@@ -13,6 +13,7 @@ import pytest
 from envs.atari import AtariEnv
 from envs.evaluation import evaluate, evaluate_runs
 from envs.pool import EnvPool, EnvWorkerError, auto_workers, resolve_workers
+from envs.pool_worker import EnvHost
 
 ROOT = Path(__file__).resolve().parents[1]
 # Short episodes (the cap) and life losses within a few hundred steps: every terminal kind.
@@ -116,7 +117,28 @@ def test_worker_exception_is_reported_and_the_pool_goes_on():
     assert len(pool) == 2
 
 
-def test_dead_worker_is_a_clear_error():
+def test_a_failure_in_some_envs_leaves_the_others_consistent():
+  """One worker's env fails, the other's steps: the error is raised, the stepped env's stack is
+  up to date, and the pool answers the next calls in order."""
+  with EnvPool(workers=2) as pool:
+    good, fresh = pool.add([KWARGS[0], KWARGS[2]])  # one per worker
+    pool.reset([good])
+    with pytest.raises(RuntimeError, match="called before reset"):
+      pool.step([good, fresh], [1, 0])
+    np.testing.assert_array_equal(pool.stacks([good]), pool.worker_stacks([good]))
+    [state] = pool.get_state([good])
+    assert state["episode_length"] == 1  # the good env did step, once
+    # add is all or nothing: a bad entry on one worker keeps nothing on the other
+    with pytest.raises(ValueError, match="Unknown Atari 100k game"):
+      pool.add([KWARGS[0], dict(game="NotAGame", seed=0)])
+    assert len(pool) == 2 and pool._load == [1, 1]  # pylint: disable=protected-access
+  host = EnvHost()
+  with pytest.raises(ValueError):
+    host.add([0, 1], [KWARGS[0], dict(game="NotAGame", seed=0)])
+  assert host.envs == {}
+
+
+def test_dead_worker_is_a_clear_error_and_the_pool_refuses_further_calls():
   with EnvPool(workers=1) as pool:
     [handle] = pool.add([KWARGS[0]])
     pool.reset([handle])
@@ -125,6 +147,21 @@ def test_dead_worker_is_a_clear_error():
     process.wait()
     with pytest.raises(EnvWorkerError, match=r"died \(exit code -9\)"):
       pool.step([handle], [0])
+    with pytest.raises(EnvWorkerError, match="unusable"):
+      pool.get_state([handle])  # its reply would be out of step: refused, not misread
+
+
+def test_workers_ignore_signals_meant_for_the_trainer():
+  """SIGTERM / SIGINT to the whole process group (a cluster's preemption, Ctrl-C) reach the
+  workers too: they go on, so the trainer can still checkpoint the envs' states."""
+  with EnvPool(workers=1) as pool:
+    [handle] = pool.add([KWARGS[0]])
+    pool.reset([handle])
+    pid = pool._processes[0].proc.pid  # pylint: disable=protected-access
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      os.kill(pid, sig)
+    pool.step([handle], [1])
+    assert pool.get_state([handle])[0]["episode_length"] == 1
 
 
 def test_worker_count_rules():
@@ -135,6 +172,14 @@ def test_worker_count_rules():
   assert resolve_workers(0, 100) == 0 and resolve_workers(3, 100) == 3
   with pytest.raises(ValueError, match="env workers"):
     resolve_workers(-2, 10)
+
+
+def test_a_cores_share_limits_the_default_workers(monkeypatch):
+  """launch/jobs.py gives each of several local trainers its share of the cores."""
+  monkeypatch.setenv("SPR_CORES", "5")
+  assert auto_workers(100) == 4
+  monkeypatch.setenv("SPR_CORES", "2")
+  assert auto_workers(100) == 0
 
 
 def test_worker_process_does_not_import_jax():

@@ -154,9 +154,12 @@ def test_local_backend_throttles_assigns_gpus_and_skips_done(tmp_path):
     assert "6 done (skipped)" in logs[0] and "0 to run" in logs[0]
     assert all(len(attempts(s)) == 2 for s in specs)
 
-    # several runs per GPU: each gets a share of its memory
+    # several runs per GPU: each gets a share of its memory, and of the cores for its env
+    # workers (envs/pool.py reads SPR_CORES)
+    cores = str(max(1, len(os.sched_getaffinity(0)) // 4))
     assert jobs._slot_env(1, jobs.LocalOptions(max_parallel=4, gpus=[0, 1])) == {
-        "CUDA_VISIBLE_DEVICES": "1", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.45"}
+        "CUDA_VISIBLE_DEVICES": "1", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.45", "SPR_CORES": cores}
+    assert "SPR_CORES" not in jobs._slot_env(0, jobs.LocalOptions(max_parallel=1))
 
 
 def test_local_backend_resumes_after_kill_and_crash(tmp_path):

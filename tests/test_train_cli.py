@@ -80,23 +80,57 @@ def test_finished_run_says_so_and_exits_zero(finished_run):
   assert (workdir / "final.json").read_text() == before
 
 
+def env_workers_of(pid):
+  """Pids of the env worker processes (envs/pool.py) whose parent is `pid`."""
+  found = []
+  for stat in Path("/proc").glob("[0-9]*/stat"):
+    try:
+      fields = stat.read_text().rsplit(")", 1)[1].split()
+      cmdline = (stat.parent / "cmdline").read_bytes()
+    except (OSError, IndexError):
+      continue
+    if int(fields[1]) == pid and b"envs.pool_worker" in cmdline:
+      found.append(int(stat.parent.name))
+  return found
+
+
+def running(pid):
+  """Whether `pid` is alive (an exited orphan nobody has reaped yet is a zombie: not running)."""
+  try:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+  except OSError:
+    return False
+
+
 def test_kill_and_resume_gives_the_uninterrupted_result(finished_run, tmp_path):
+  """kill -9 at the first checkpoint, rerun: the same parameters, replay and evaluation as the
+  uninterrupted run. Both legs run their evaluation envs in 2 worker processes (the reference
+  ran them in process) and evaluate every 50 steps (an evaluation reads the state, changes
+  nothing), so the workers are alive when the trainer is killed: they exit with it."""
   reference, _ = finished_run
   workdir = tmp_path / "killed"
-  proc = subprocess.Popen(train_cmd(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  cmd = train_cmd(workdir, "--env_workers=2", "--eval_every=50", "--eval_every_episodes=2")
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt = workdir / "checkpoints" / "ckpt_100.pkl"
   deadline = time.time() + 300
   while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.02)
+  workers = env_workers_of(proc.pid)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert ckpt.exists(), "the run never wrote its first checkpoint"
   assert not (workdir / "final.json").exists(), "killed too late to test resuming"
-  run(train_cmd(workdir))
+  assert len(workers) == 2
+  deadline = time.time() + 30
+  while any(map(running, workers)) and time.time() < deadline:
+    time.sleep(0.1)
+  assert not any(map(running, workers)), "orphaned env workers"
+  run(cmd)
   assert_same_run(reference, workdir)
-  steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert steps == sorted(set(steps)) and steps[-1] == 400  # no duplicated lines after resume
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  for kind, last in (("loss", 400), ("eval_mean_score", 350)):  # no duplicated lines
+    steps = [l["step"] for l in lines if kind in l]
+    assert steps == sorted(set(steps)) and steps[-1] == last, (kind, steps)
 
 
 def test_same_seed_same_result_other_seed_differs(finished_run, tmp_path):

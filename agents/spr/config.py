@@ -161,6 +161,18 @@ class SPRConfig:
     return dataclasses.asdict(self)
 
 
+# Settings added after runs were already being written, with the value that reproduces what the
+# code did before each existed (spr.workdir.prepare reads an older config.json as having it):
+# such a run resumes when its behaviour is unchanged and is refused, naming the setting, when not.
+LEGACY_VALUES = {
+    # SGI ResNets had no normalisation before BatchNorm was added; other encoders ignore the
+    # setting, and read as the default so that their runs resume.
+    "resnet_norm": lambda stored: ("none" if str(stored.get("encoder", "")).startswith("sgi")
+                                   else SPRConfig.resnet_norm),
+    "target_ema_before_update": False,
+}
+
+
 _SMOKE = dict(
     steps=400, learn_start=100, batch_size=4, eval_episodes=2, encoder_channels=(8, 8, 8),
     hidden=16, num_atoms=11, transition_hidden=8, n_step=3, spr_steps=2, replay_capacity=1000,

@@ -75,7 +75,7 @@ import numpy as np
 from absl import logging
 
 from agents.spr import trainer as single
-from agents.spr.config import SPRConfig
+from agents.spr.config import LEGACY_VALUES, SPRConfig
 from agents.spr.learner import SPRLearner, TrainState, is_reset_step, learner_for
 from envs import games
 from envs.atari import AtariEnv, clip_reward
@@ -191,14 +191,16 @@ def train_many(specs: list[RunSpec], config: SPRConfig, config_name: str = "spr"
   del memo
   finals: dict[int, dict] = {}
   pending: list[tuple[int, _Run, SPRLearner, TrainState]] = []
-  eval_envs = len(specs) * max(config.eval_episodes, config.eval_every_episodes, 1)
-  workers = resolve_workers(env_workers, eval_envs)
+  # The pool steps the training envs and the evaluations' (R runs x episodes).
+  episodes = max(config.eval_episodes, config.eval_every_episodes if config.eval_every else 0, 1)
+  workers = resolve_workers(env_workers, len(specs) * episodes)
   with EnvPool(workers) as pool:
     if workers:
       logging.info("envs stepped by %d worker processes", workers)
     for index, spec in enumerate(specs):
       path = wd.prepare(spec.workdir,
-                        single.run_identity(config_name, spec.game, spec.seed, config))
+                        single.run_identity(config_name, spec.game, spec.seed, config),
+                        LEGACY_VALUES)
       if wd.is_finished(path):
         finals[index] = wd.read_json(path / wd.FINAL)
         logging.info("run in %s already finished; skipped", path)

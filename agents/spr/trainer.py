@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from agents.spr.config import SPRConfig
+from agents.spr.config import LEGACY_VALUES, SPRConfig
 from agents.spr.learner import SPRLearner, TrainState, is_reset_step, param_count
 from envs import games
 from envs.atari import AtariEnv, clip_reward
@@ -102,7 +102,7 @@ def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_n
   on it."""
   game = games.canonical_name(game)
   pretrained = _pretrained_for_new_run(config, game, workdir)
-  path = wd.prepare(workdir, run_identity(config_name, game, seed, config))
+  path = wd.prepare(workdir, run_identity(config_name, game, seed, config), LEGACY_VALUES)
   if wd.is_finished(path):
     final = wd.read_json(path / wd.FINAL)
     logging.info("run in %s already finished (mean score %.2f); nothing to do", path,
@@ -122,13 +122,17 @@ def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_n
     logging.info("new run: %s seed %d, config %s, %d parameters, workdir %s", game, seed,
                  config_name, host["params_count"], path)
 
-  workers = resolve_workers(env_workers, max(config.eval_episodes, config.eval_every_episodes))
-  with EnvPool(workers) as pool:
+  periodic = bool(config.eval_every) and host["step"] < config.steps
+  workers = resolve_workers(env_workers, max(config.eval_episodes,
+                                             config.eval_every_episodes if periodic else 0))
+  # The evaluation envs' workers run only while evaluations can happen.
+  with EnvPool(workers if periodic else 0) as pool:
     if host["step"] < config.steps:
       with _TermFlag() as term:
         state, host = _train_loop(learner, state, env, host, config, metrics_log, ckpt_dir,
                                   term, seed=seed, eval_pool=pool)
-    env.close()
+  env.close()
+  with EnvPool(workers if config.eval_episodes else 0) as pool:
     return _final_evaluation(learner, state, host, game, seed, config, config_name, path, pool)
 
 
