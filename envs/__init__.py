@@ -4,18 +4,21 @@
 - :mod:`envs.atari`: :class:`AtariEnv` (the Atari 100k protocol, single 84x84 frames,
   learner terminals, exact get_state/set_state) and :func:`clip_reward`.
 - :mod:`envs.frame_stack`: :class:`FrameStacker` (zero-padded 4-frame stacks).
+- :mod:`envs.pool`: :class:`EnvPool` (many envs stepped together by worker processes, results
+  identical to the envs in this process).
 - :mod:`envs.evaluation`: :func:`evaluate` (full games, epsilon-greedy, batched acting).
 """
 from envs.atari import (FRAME_SHAPE, FRAME_SKIP, MAX_FRAMES_PER_EPISODE, NOOP_MAX, STACK_SIZE,
                         AtariEnv, clip_reward, make_preprocessed_env)
 from envs.evaluation import episode_seed, evaluate
 from envs.frame_stack import FrameStacker
+from envs.pool import EnvPool, EnvWorkerError
 from envs.games import (GAMES, Game, canonical_name, get_game, human_normalized_score,
                         human_score, published_score, random_score)
 
 __all__ = [
-    "AtariEnv", "FrameStacker", "clip_reward", "make_preprocessed_env", "evaluate",
-    "episode_seed", "GAMES", "Game", "get_game", "canonical_name", "human_normalized_score",
-    "human_score", "random_score", "published_score", "FRAME_SHAPE", "FRAME_SKIP",
-    "MAX_FRAMES_PER_EPISODE", "NOOP_MAX", "STACK_SIZE",
+    "AtariEnv", "EnvPool", "EnvWorkerError", "FrameStacker", "clip_reward",
+    "make_preprocessed_env", "evaluate", "episode_seed", "GAMES", "Game", "get_game",
+    "canonical_name", "human_normalized_score", "human_score", "random_score", "published_score",
+    "FRAME_SHAPE", "FRAME_SKIP", "MAX_FRAMES_PER_EPISODE", "NOOP_MAX", "STACK_SIZE",
 ]

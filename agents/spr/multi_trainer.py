@@ -190,22 +190,24 @@ def train_many(specs: list[RunSpec], config: SPRConfig, config_name: str = "spr"
       for s in specs]
   del memo
   finals: dict[int, dict] = {}
-  pending: list[tuple[int, _Run, SPRLearner, TrainState]] = []
-  # The pool steps the training envs and the evaluations' (R runs x episodes).
+  unfinished: list[tuple[int, Path]] = []
+  for index, spec in enumerate(specs):
+    path = wd.prepare(spec.workdir, single.run_identity(config_name, spec.game, spec.seed, config),
+                      LEGACY_VALUES)
+    if wd.is_finished(path):
+      finals[index] = wd.read_json(path / wd.FINAL)
+      logging.info("run in %s already finished; skipped", path)
+    else:
+      unfinished.append((index, path))
+  # One pool steps the training envs and the evaluations' (R runs x episodes).
   episodes = max(config.eval_episodes, config.eval_every_episodes if config.eval_every else 0, 1)
-  workers = resolve_workers(env_workers, len(specs) * episodes)
+  workers = resolve_workers(env_workers, len(unfinished) * episodes) if unfinished else 0
+  pending: list[tuple[int, _Run, SPRLearner, TrainState]] = []
   with EnvPool(workers) as pool:
     if workers:
       logging.info("envs stepped by %d worker processes", workers)
-    for index, spec in enumerate(specs):
-      path = wd.prepare(spec.workdir,
-                        single.run_identity(config_name, spec.game, spec.seed, config),
-                        LEGACY_VALUES)
-      if wd.is_finished(path):
-        finals[index] = wd.read_json(path / wd.FINAL)
-        logging.info("run in %s already finished; skipped", path)
-        continue
-      pending.append((index, *_start_run(spec, path, config, pretrained[index], pool)))
+    for index, path in unfinished:
+      pending.append((index, *_start_run(specs[index], path, config, pretrained[index], pool)))
       pretrained[index] = None  # loaded: free it
     started = [(index, run) for index, run, _, _ in pending]
     _train_and_evaluate(pending, config, config_name, progress, pool, finals)
