@@ -97,32 +97,18 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
   from agents.spr import multi_trainer
   from agents.spr.config import make_config
   from agents.spr.learner import learner_for
-  from envs.pool import EnvPool, available_cores
+  from envs.atari import AtariEnv
+  from envs.pool import available_cores
   from spr import replay
 
   rows = []
-  rng = np.random.default_rng(0)
   env_rate = {}
-  num_actions = 0
   for n in runs:
-    rates = []
-    for workers in (0, env_workers or min(n, available_cores())):
-      with EnvPool(workers) as pool:
-        handles = pool.add([dict(game=game, seed=i) for i in range(n)])
-        pool.reset(handles)
-        num_actions = pool.num_actions(handles[0])
-
-        def step_all():  # a training-loop env step: the actions in, frames and stacks out
-          pool.step(handles, rng.integers(num_actions, size=n))
-          pool.stacks(handles)
-
-        step_all()
-        k = max(20, 400 // n)
-        t0 = time.perf_counter()
-        for _ in range(k):
-          step_all()
-        rates.append(n * k / (time.perf_counter() - t0))
-    env_rate[n] = (rates[0], rates[1], workers)
+    workers = env_workers or min(n, available_cores())
+    env_rate[n] = (*_pool_rates(n, max(20, 400 // n), workers, game), workers)
+  probe = AtariEnv(game, seed=0)
+  num_actions = probe.num_actions
+  probe.close()
 
   for name in config_names:
     config = make_config(name)
@@ -231,9 +217,10 @@ def _loop_vs_threads(step_fns: list, steps: int) -> tuple[float, float]:
   return loop, len(step_fns) * steps / (time.perf_counter() - t0)
 
 
-def _pool_rates(n: int, steps: int, workers: int) -> list[float]:
-  """Agent steps/s of `n` Breakout envs stepped together (a training step: actions in, frames
-  and stacks out) by an EnvPool in this process and by an EnvPool of `workers` processes."""
+def _pool_rates(n: int, steps: int, workers: int, game: str = "Breakout") -> list[float]:
+  """Agent steps/s of `n` envs of `game` stepped together as the training loop steps them
+  (random actions in, frames and stacks out) by an EnvPool in this process and by an EnvPool of
+  `workers` processes."""
   import numpy as np
 
   from envs.pool import EnvPool
@@ -241,12 +228,14 @@ def _pool_rates(n: int, steps: int, workers: int) -> list[float]:
   rates = []
   for count in (0, workers):
     with EnvPool(count) as pool:
-      handles = pool.add([dict(game="Breakout", seed=i) for i in range(n)])
+      handles = pool.add([dict(game=game, seed=i) for i in range(n)])
       pool.reset(handles)
+      num_actions = pool.num_actions(handles[0])
       rng = np.random.default_rng(0)
+      pool.step(handles, rng.integers(num_actions, size=n))  # warm-up
       t0 = time.perf_counter()
       for _ in range(steps):
-        pool.step(handles, rng.integers(4, size=n))
+        pool.step(handles, rng.integers(num_actions, size=n))
         pool.stacks(handles)
       rates.append(n * steps / (time.perf_counter() - t0))
   return rates
