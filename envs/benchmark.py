@@ -1,11 +1,15 @@
 """Checks ale-py's C++ vector env against the gymnasium path and times both eval backends.
 
+The gymnasium path is the "dopamine" env protocol (envs/atari.py); the "spr" protocol (bilinear
+resize, an extra NOOP frame after a life loss) has no vector-env counterpart, its single env is
+timed too.
+
     python -m envs.benchmark --game Pong --steps 20000 --num_envs 32 --threads 2
 
 Prints: (1) whether the vector env's frames and rewards equal the gymnasium path's for the
 same actions with no-ops off, (2) the no-op counts and the cap each draws/applies (where they
-differ), (3) agent steps/s of one AtariEnv, of a Python batch of AtariEnvs (what evaluate()
-runs, random actions, no network) and of AtariVectorEnv.
+differ), (3) agent steps/s of one AtariEnv (each protocol), of a Python batch of AtariEnvs (what
+evaluate() runs, random actions, no network) and of AtariVectorEnv.
 """
 from __future__ import annotations
 
@@ -59,8 +63,8 @@ def noop_counts(game: str, n: int = 200) -> tuple[list[int], list[int]]:
     return sorted(set(info["episode_frame_number"].tolist())), sorted(set(gym_counts))
 
 
-def time_single(game: str, steps: int) -> float:
-    env = AtariEnv(game, 0, training=False)
+def time_single(game: str, steps: int, protocol: str = "dopamine") -> float:
+    env = AtariEnv(game, 0, training=False, protocol=protocol)
     env.reset()
     rng = np.random.default_rng(0)
     actions = rng.integers(env.num_actions, size=steps)
@@ -113,6 +117,8 @@ def main() -> None:
     print(f"no-op counts seen: vector {vec_noops[0]}..{vec_noops[-1]}, "
           f"gymnasium {gym_noops[0]}..{gym_noops[-1]}")
     print(f"single AtariEnv:            {time_single(args.game, args.steps):8.0f} steps/s")
+    print(f"single AtariEnv, spr:       "
+          f"{time_single(args.game, args.steps, 'spr'):8.0f} steps/s")
     print(f"python batch of {args.num_envs:3d} envs:  "
           f"{time_python_batch(args.game, args.steps, args.num_envs):8.0f} steps/s")
     print(f"AtariVectorEnv {args.num_envs:3d} envs, {args.threads} threads: "

@@ -27,6 +27,11 @@ class FrameStacker:
         self._stack[-1] = frame
         return self.stack
 
+    def clear(self) -> None:
+        """All zeros: the next ``push`` starts a learner episode (``reset`` = clear + push; the
+        "spr" env protocol zeroes its stack this way, as its reference does)."""
+        self._stack.fill(0)
+
     def push(self, frame: np.ndarray) -> np.ndarray:
         """Appends ``frame`` as the newest, dropping the oldest. Returns a copy of the stack."""
         self._check(frame)

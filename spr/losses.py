@@ -222,6 +222,7 @@ def n_step_return(
     terminals: Array,
     gamma: Numeric,
     n: Optional[Numeric] = None,
+    convention: str = 'textbook',
 ) -> tuple[Array, Array]:
   """Truncated n-step return and bootstrap discount for one start index.
 
@@ -238,10 +239,19 @@ def n_step_return(
     gamma: discount, scalar (may be traced).
     n: number of steps, 1 <= n <= n_max, int scalar (may be traced);
       defaults to n_max. Values above n_max are not checked under jit.
+    convention: 'textbook' (rlpyt, Dopamine's DQN: the bootstrap is
+      gamma^n Z(s_{i+n}) and any terminal among the n transitions stops it) or
+      'bbf' (BBF's subsequence_replay_buffer.py sample_transition_batch, which
+      produced its published numbers: the same return, but the caller
+      bootstraps from s_{i+n-1} and the LAST transition's terminal is never
+      read - google-research issue #1851).
 
   Returns:
-    (return, discount): scalars; discount = gamma^n * prod_{j<n}(1 - term_j).
+    (return, discount): scalars; discount = gamma^n * prod_{j<n}(1 - term_j)
+    ('textbook') or gamma^n * prod_{j<n-1}(1 - term_j) ('bbf').
   """
+  if convention not in ('textbook', 'bbf'):
+    raise ValueError(f"convention must be 'textbook' or 'bbf', got {convention!r}")
   chex.assert_rank([rewards, terminals], 1)
   chex.assert_equal_shape([rewards, terminals])
   n_max = rewards.shape[0]
@@ -259,15 +269,21 @@ def n_step_return(
   alive = jnp.concatenate([jnp.ones((1,), dtype), not_term_cum[:-1]])
   powers = jnp.power(gamma, j.astype(dtype))
   ret = jnp.sum(powers * rewards * alive * in_window)
-  discount = jnp.power(gamma, n.astype(dtype)) * not_term_cum[-1]
+  if convention == 'bbf':
+    # alive[n-1]: no terminal among transitions 0..n-2 (all ones past the window).
+    stop = jnp.sum(alive * (j == n - 1).astype(dtype))
+  else:
+    stop = not_term_cum[-1]
+  discount = jnp.power(gamma, n.astype(dtype)) * stop
   return ret, discount
 
 
 def batched_n_step_return(rewards: Array, terminals: Array, gamma: Numeric,
-                          n: Optional[Numeric] = None) -> tuple[Array, Array]:
+                          n: Optional[Numeric] = None,
+                          convention: str = 'textbook') -> tuple[Array, Array]:
   """vmap of `n_step_return` over [B, n_max] rewards/terminals (shared gamma,
-  n) -> ([B], [B])."""
-  fn = functools.partial(n_step_return, gamma=gamma, n=n)
+  n, convention) -> ([B], [B])."""
+  fn = functools.partial(n_step_return, gamma=gamma, n=n, convention=convention)
   return jax.vmap(fn)(rewards, terminals)
 
 

@@ -1,5 +1,7 @@
 """The BBF configuration (Schwarzer et al., ICML 2023, as google-research bigger_better_faster
 runs it): schedules, shrink-and-perturb resets, AdamW, acting, and an end-to-end tiny run."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +9,8 @@ import pytest
 
 from agents.spr.config import make_config
 from agents.spr.learner import (SPRLearner, bootstrap_stacks, cycle_updates, is_reset_step,
-                                make_optimizer, updates_through)
-from spr import replay
+                                make_optimizer, updates_at, updates_through)
+from spr import losses, replay
 
 
 def test_bbf_configs():
@@ -20,18 +22,26 @@ def test_bbf_configs():
     assert (c.target_tau, c.act_with_target, c.n_step, c.n_step_final) == (0.005, True, 10, 3)
     assert (c.gamma_start, c.gamma, c.anneal_updates, c.replay_capacity) == (
         0.97, 0.997, 10_000, 200_000)
-    assert (c.reset_every, c.reset_until, c.shrink_factor, c.perturb_factor) == (
-        20_000, 100_000, 0.5, 0.5)
-  assert smoke.encoder == "impala" and smoke.reset_every > 0 and smoke.anneal_updates > 0
+    # Every 40k gradient updates at any replay ratio (BBF.gin: 20k env steps at ratio 2, "change
+    # if you change the replay ratio"; SR_SPR.gin: 5k env steps at ratio 8).
+    assert (c.reset_every_updates, c.reset_until, c.shrink_factor, c.perturb_factor) == (
+        40_000, 100_000, 0.5, 0.5)
+    assert (c.n_step_convention, c.next_state_augmentation) == ("bbf", "shared")
+  assert (bbf.reset_interval, rr2.reset_interval) == (5_000, 20_000)
+  assert smoke.encoder == "impala" and smoke.reset_interval > 0 and smoke.anneal_updates > 0
   spr = make_config("spr")  # SPR keeps its behaviour
   assert (spr.optimizer, spr.reset_every, spr.anneal_updates, spr.act_with_target) == (
       "adam", 0, 0, False)
 
 
 def test_reset_schedule_is_bbfs():
-  c = make_config("bbf")
-  assert [s for s in range(1, 100_001) if is_reset_step(c, s)] == [20_000, 40_000, 60_000,
-                                                                    80_000]
+  rr2 = make_config("bbf_rr2")
+  assert [s for s in range(1, 100_001) if is_reset_step(rr2, s)] == [20_000, 40_000, 60_000,
+                                                                      80_000]
+  c = make_config("bbf")  # replay ratio 8: every 5k env steps = 40k updates, 19 resets
+  assert [s for s in range(1, 100_001) if is_reset_step(c, s)] == list(range(5_000, 95_001,
+                                                                             5_000))
+  assert updates_through(c, 5_000) - updates_through(c, 0) == 8 * 3_000  # first at 24k updates
   assert not any(is_reset_step(make_config("spr"), s) for s in range(1, 5000))
 
 
@@ -47,6 +57,7 @@ def test_annealing_of_n_and_gamma_restarts_after_each_reset():
     n, g = learner.annealed_n_gamma(jnp.asarray(cycle))
     assert int(n) == 3 and float(g) == pytest.approx(0.997, abs=1e-6)
   # Updates since the last reset: 0 right after the reset at 20k, counting again after.
+  c = make_config("bbf_rr2")  # resets at 20k, 40k, 60k, 80k env steps
   at_reset = int(updates_through(c, 20_000))
   assert int(cycle_updates(c, jnp.asarray(20_000), jnp.asarray(at_reset - 1))) == at_reset - 1
   assert int(cycle_updates(c, jnp.asarray(20_001), jnp.asarray(at_reset))) == 0
@@ -59,9 +70,12 @@ def test_annealing_of_n_and_gamma_restarts_after_each_reset():
 def test_epsilon_schedule():
   learner = SPRLearner(make_config("bbf"), 6)
   eps = lambda s: float(learner.epsilon(jnp.asarray(s)))
-  assert eps(0) == eps(2000) == 1.0
-  assert eps(3000) == pytest.approx(1 - 1000 / 2001, abs=1e-6)
-  assert eps(4001) == 0.0 and eps(50_000) == 0.0
+  # Dopamine's linearly_decaying_epsilon at its step counter j + 1 for a_j (BBF spr_agent.py).
+  assert eps(0) == eps(1999) == 1.0
+  assert eps(2000) == pytest.approx(2000 / 2001, abs=1e-6)
+  assert eps(3000) == pytest.approx(1000 / 2001, abs=1e-6)
+  assert eps(3999) == pytest.approx(1 / 2001, abs=1e-6)
+  assert eps(4000) == 0.0 and eps(50_000) == 0.0
 
 
 def test_shrink_and_perturb_reset():
@@ -123,9 +137,9 @@ def test_bbf_smoke_runs_in_a_batch_as_alone():
   perturbation of one lone run grows to ~1e-3 in the parameters over ~50 updates, as batch vs
   alone does), so only the first updates are compared, and parameters to a few Adam steps (lr)."""
   from agents.spr.multi_trainer import batched_step, stack_states
-  cfg = make_config("bbf_smoke", dict(learn_start=8, anneal_updates=4, epsilon_decay_steps=4))
+  cfg = make_config("bbf_smoke", dict(learn_start=10, anneal_updates=4, epsilon_decay_steps=4))
   learner = SPRLearner(cfg, 6)
-  steps = cfg.learn_start + 3  # 4 updates
+  steps = cfg.learn_start + 4  # 4 updates
   rng = np.random.default_rng(0)
   frames = rng.integers(0, 255, (steps, 2, 84, 84), np.uint8)
   rewards = rng.choice(np.float32([-1, 0, 0, 1]), (steps, 2))
@@ -137,7 +151,7 @@ def test_bbf_smoke_runs_in_a_batch_as_alone():
   assert int(actions[1]) == int(action)
   ns = []
   for t in range(steps):
-    num_updates = int(t + 1 >= cfg.learn_start)
+    num_updates = updates_at(cfg, t + 1)
     assert not is_reset_step(cfg, t + 1)
     ns.append(int(learner.annealed_n_gamma(cycle_updates(
         cfg, alone.env_step + 1, alone.update_step))[0]))
@@ -162,4 +176,88 @@ def test_bbf_smoke_runs_in_a_batch_as_alone():
       for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=atol)
   assert int(alone.update_step) == 4 and float(ma.loss) > 0
-  assert ns[cfg.learn_start - 1:] == [4, 3, 3, 2]  # n annealed across the compared updates
+  assert ns[cfg.learn_start:] == [4, 3, 3, 2]  # n annealed across the compared updates
+
+
+# ---- BBF's n-step target and next-state augmentation, as its code runs them.
+_R = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("terminal_at, textbook, bbf", [
+    (None, (2.75, 0.125), (2.75, 0.125)),
+    (2, (2.75, 0.0), (2.75, 0.125)),  # last transition of the window: BBF bootstraps anyway
+    (1, (2.0, 0.0), (2.0, 0.0)),
+    (0, (1.0, 0.0), (1.0, 0.0)),
+])
+def test_n_step_return_conventions_hand_computed(jit, terminal_at, textbook, bbf):
+  """n = 3, gamma = 0.5, rewards 1..5: BBF's sample_transition_batch sums the same rewards but
+  reads only d_t..d_{t+n-2} for the bootstrap (google-research issue #1851); measured on its
+  code: 2.75 + 0.125 Z(s_{t+2}) with a terminal on d_{t+2}."""
+  terminals = np.zeros(5, bool)
+  if terminal_at is not None:
+    terminals[terminal_at] = True
+  for convention, expected in (("textbook", textbook), ("bbf", bbf)):
+    fn = lambda r, d, n: losses.n_step_return(r, d, 0.5, n, convention=convention)
+    fn = jax.jit(fn) if jit else fn
+    ret, disc = fn(_R, jnp.asarray(terminals), jnp.asarray(3))  # traced n, window of 5
+    np.testing.assert_allclose((float(ret), float(disc)), expected, rtol=1e-6)
+
+
+def _filled(learner, n=60, seed=0):
+  state = learner.init(jax.random.PRNGKey(seed))
+  rng = np.random.default_rng(seed)
+  buf = state.replay
+  for t in range(n):
+    buf = replay.replay_add(buf, rng.integers(0, 255, (84, 84), dtype=np.uint8),
+                            np.int32(rng.integers(6)), np.float32(rng.choice([-1, 0, 1])),
+                            np.bool_(t % 13 == 12))
+  return state._replace(replay=buf, env_step=jnp.int32(n), update_step=jnp.int32(20))
+
+
+@pytest.mark.parametrize("anneal", [True, False])
+def test_bbf_update_bootstraps_from_the_state_n_minus_1_ahead(anneal):
+  """The update's loss equals the loss of the same batch with s_{t+n-1} as the bootstrap state
+  (BBF's next_indices = state + update_horizon - 1), not s_{t+n}."""
+  overrides = {} if anneal else dict(n_step_final=0, gamma_start=0.0)
+  cfg = make_config("bbf_smoke", overrides)
+  learner = SPRLearner(cfg, 6)
+  state = _filled(learner)
+  _, m = jax.jit(learner.update)(state)
+  _, sample_key, loss_key = jax.random.split(state.rng, 3)
+  batch, indices, w = replay.replay_sample(
+      state.replay, sample_key, cfg.batch_size, cfg.n_step, cfg.spr_steps, 0.5, 0.5,
+      **learner.replay_options)
+  extra = {}
+  n = cfg.n_step
+  if anneal:
+    n, gamma = learner.annealed_n_gamma(cycle_updates(cfg, state.env_step, state.update_step))
+    extra = dict(n=n, gamma=gamma)
+    assert 2 <= int(n) < cfg.n_step
+  by_offset = {}
+  for offset in (int(n) - 1, int(n)):
+    nxt = replay.replay_gather(state.replay, indices, offset, 0).next_observations
+    by_offset[offset], _ = learner.loss(state.params, state.target_params,
+                                        batch.replace(next_observations=nxt), w, loss_key, **extra)
+  np.testing.assert_allclose(m.loss, by_offset[int(n) - 1], rtol=1e-5)
+  assert abs(float(by_offset[int(n)]) - float(by_offset[int(n) - 1])) > 1e-6
+
+
+def test_shared_next_state_augmentation_is_one_draw_for_bootstrap_and_selector():
+  """BBF augments s_{t+n} once for the target and the selector: with equal target and online
+  parameters (no noisy layers) double DQN then selects exactly the bootstrap network's argmax,
+  so the loss equals the loss without double DQN; independent draws (SPR) do not."""
+  base = make_config("bbf_smoke")
+  learner = SPRLearner(base, 6)
+  state = _filled(learner)
+  batch, _, w = replay.replay_sample(state.replay, jax.random.PRNGKey(3), base.batch_size,
+                                     base.n_step, base.spr_steps, 0.5, 0.5)
+  key = jax.random.PRNGKey(4)
+  loss = {}
+  for aug in ("shared", "independent"):
+    for double in (True, False):
+      cfg = dataclasses.replace(base, next_state_augmentation=aug, double_dqn=double)
+      _, aux = SPRLearner(cfg, 6).loss(state.params, state.params, batch, w, key)
+      loss[aug, double] = float(aux["rl_loss"])
+  assert loss["shared", True] == pytest.approx(loss["shared", False], rel=1e-6)
+  assert abs(loss["independent", True] - loss["independent", False]) > 1e-6

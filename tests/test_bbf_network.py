@@ -151,7 +151,8 @@ def test_ce_priorities_and_bbfs_sampling_distribution():
       actions=jnp.asarray(rng.integers(0, A, (4, 1)), jnp.int32),
       rewards=jnp.asarray(rng.choice([-1.0, 0.0, 1.0], (4, h + 1)), jnp.float32),
       terminals=jnp.zeros((4, h + 1), bool))
-  _, aux = jax.jit(learner.loss)(state.params, (), batch, jnp.ones(4), jax.random.PRNGKey(1))
+  _, aux = jax.jit(learner.loss)(state.params, state.params, batch, jnp.ones(4),
+                                 jax.random.PRNGKey(1))
   encode, _, q_logits, _, _ = learner.network.apply
   obs = batch["observations"][:, 0].astype(jnp.float32) / 255
   nxt = batch["next_observations"].astype(jnp.float32) / 255

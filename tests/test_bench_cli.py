@@ -32,8 +32,9 @@ def test_bench_prints_both_tables_on_the_smoke_config():
 
 
 def test_memory_table_accounts_for_frames_and_parameters():
-  """SPR: 100k single 84x84 frames (0.706 GB) plus parameters and Adam moments (3 copies of the
-  network's float32 parameters; no EMA target) plus per-transition replay fields."""
+  """SPR: 100k single 84x84 frames (0.706 GB) plus parameters, Adam moments and the SPR target
+  (one update behind: 4 copies of the network's float32 parameters) plus per-transition replay
+  fields."""
   from agents.spr.config import make_config
   from agents.spr.learner import SPRLearner
 
@@ -44,6 +45,6 @@ def test_memory_table_accounts_for_frames_and_parameters():
   params = jax.eval_shape(SPRLearner(make_config("spr"), 18).network.init, jax.random.PRNGKey(0),
                           jax.ShapeDtypeStruct((1, 4, 84, 84), "float32"))
   network_gb = sum(x.size for x in jax.tree.leaves(params)) * 4 / 1e9
-  other = per_run - frames - 3 * network_gb  # actions, rewards, terminals, priorities, ...
+  other = per_run - frames - 4 * network_gb  # actions, rewards, terminals, priorities, ...
   assert 0 <= other < 100_000 * 64 / 1e9, (per_run, frames, network_gb)
   assert abs(runs26 - 26 * per_run) < 0.1

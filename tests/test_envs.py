@@ -37,7 +37,9 @@ def test_human_normalized_score():
     assert human_normalized_score("pong", -20.7) == pytest.approx(0.0)
     assert human_normalized_score("Pong", 14.6) == pytest.approx(1.0)
     assert human_normalized_score("breakout", 30.5 + 28.8) == pytest.approx(2.0)
-    # The published aggregates (atari100k.md section 5) recomputed from the table.
+    # The published aggregates (SPR: Schwarzer et al., ICLR 2021, mean HNS 0.704, median 0.415;
+    # BBF: Schwarzer et al., ICML 2023, mean 2.245), recomputed from the per-game scores in
+    # envs/scores.csv.
     spr = [human_normalized_score(g, published_score(g, "SPR")) for g in GAMES]
     assert np.mean(spr) == pytest.approx(0.703, abs=2e-3)  # paper: 0.704
     assert np.median(spr) == pytest.approx(0.415, abs=2e-3)
@@ -50,7 +52,7 @@ def test_ale_settings_sticky_cap_frameskip():
     env = AtariEnv("Pong", 0)
     assert env.ale.getFloat("repeat_action_probability") == 0.0
     assert env.ale.getInt("max_num_frames_per_episode") == 108_000
-    assert env._env.unwrapped._frameskip == 1  # the only frame skip is AtariPreprocessing's
+    assert env._core._env.unwrapped._frameskip == 1  # the only frame skip is AtariPreprocessing's
     env.reset()
     before = _frame_number(env)
     env.step(0)

@@ -40,7 +40,9 @@ def setup():
 
 
 def loss_parts(learner, params, batch, weights, key=1):
-  return learner.loss(params, (), batch, weights, jax.random.PRNGKey(key))
+  """The loss with the target network equal to the online one."""
+  target = params if learner.config.has_target else ()
+  return learner.loss(params, target, batch, weights, jax.random.PRNGKey(key))
 
 
 def test_loss_same_with_and_without_jit(setup):
@@ -130,15 +132,69 @@ def test_update_applies_adam_and_sets_priorities(setup):
   assert np.sum(pr[:60] != 1.0) >= 1  # sampled slots got their KL priority
 
 
-def test_ema_target_follows_the_exact_update_rule():
-  config = smoke(target_tau=0.25)
+@pytest.mark.parametrize("before", [True, False])
+def test_ema_target_follows_the_exact_update_rule(before):
+  """EMA towards the parameters before this update (SPR / SGI code) or after it (BBF)."""
+  config = smoke(target_tau=0.25, target_ema_before_update=before)
   learner = SPRLearner(config, NUM_ACTIONS)
   state = filled_state(learner, config)
   state = state._replace(target_params=jax.tree.map(lambda x: x * 0.5, state.params))
   new, _ = jax.jit(learner.update)(state)
-  for tgt_new, tgt_old, p_new in zip(*(jax.tree.leaves(t) for t in
-                                       (new.target_params, state.target_params, new.params))):
-    np.testing.assert_allclose(tgt_new, 0.25 * p_new + 0.75 * tgt_old, rtol=1e-6, atol=1e-7)
+  source = state.params if before else new.params
+  for tgt_new, tgt_old, p in zip(*(jax.tree.leaves(t) for t in
+                                   (new.target_params, state.target_params, source))):
+    np.testing.assert_allclose(tgt_new, 0.25 * p + 0.75 * tgt_old, rtol=1e-6, atol=1e-7)
+
+
+def test_spr_targets_lag_one_update_and_the_bootstrap_is_current():
+  """The SPR code copies the online encoder + projection into its target at the END of the
+  forward pass (src/models.py do_spr_loss -> update_state_dict, tau 1), after the SPR targets were
+  computed and before the optimiser step; its C51 target network is re-synced after the step
+  (src/algos.py). So at update t the SPR targets come from the online parameters of update
+  t - 1 and the bootstrap from the current ones. Hand-run of two updates."""
+  config = smoke()
+  assert (config.target_tau, config.target_ema_before_update, config.bootstrap_with_target) == (
+      1.0, True, False)
+  learner = SPRLearner(config, NUM_ACTIONS)
+  state0 = filled_state(learner, config)
+  update = jax.jit(learner.update)
+  state1, _ = update(state0)
+  # After update 1 the target holds the parameters update 1 started from.
+  for a, b in zip(jax.tree.leaves(state1.target_params), jax.tree.leaves(state0.params)):
+    np.testing.assert_array_equal(a, b)
+  state2, m2 = update(state1)
+  for a, b in zip(jax.tree.leaves(state2.target_params), jax.tree.leaves(state1.params)):
+    np.testing.assert_array_equal(a, b)
+  # Update 2 by hand: the same batch and keys as `update`, SPR targets from theta_0.
+  _, sample_key, loss_key = jax.random.split(state1.rng, 3)
+  progress = learner.beta_progress(state1)
+  beta = config.priority_beta_start + (config.priority_beta_end
+                                       - config.priority_beta_start) * progress
+  batch, _, w = replay.replay_sample(state1.replay, sample_key, config.batch_size, config.n_step,
+                                     config.spr_steps, beta, config.priority_alpha,
+                                     **learner.replay_options)
+  lagged, aux_lagged = learner.loss(state1.params, state0.params, batch, w, loss_key)
+  current, aux_current = learner.loss(state1.params, state1.params, batch, w, loss_key)
+  np.testing.assert_allclose(m2.loss, lagged, rtol=1e-5)
+  assert abs(float(lagged) - float(current)) > 1e-6 * abs(float(current))
+  # Only the SPR targets use the target: the C51 part is the same with either.
+  np.testing.assert_allclose(aux_lagged["rl_loss"], aux_current["rl_loss"], rtol=1e-6)
+  assert float(aux_lagged["spr_loss"]) != float(aux_current["spr_loss"])
+
+
+def test_per_beta_follows_rlpyts_clock(setup):
+  """rlpyt (dqn.py update_itr_hyperparams) sets beta AFTER each iteration's updates, annealing
+  over iterations learn_start..steps: the updates of iteration i (env_step = i + 1 stored) use
+  progress (i - 1 - learn_start) / (steps - learn_start)."""
+  config, learner, state = setup
+  progress = lambda stored: float(learner.beta_progress(state._replace(
+      env_step=jnp.int32(stored))))
+  span = config.steps - config.learn_start  # 300 in smoke
+  first = config.learn_start + 1  # the first update's env_step
+  assert progress(first) == 0.0 and progress(first + 1) == 0.0
+  assert progress(first + 2) == pytest.approx(1 / span)
+  assert progress(config.steps) == pytest.approx((span - 2) / span)
+  assert progress(10 * config.steps) == 1.0
 
 
 def test_step_adds_the_transition_and_acts_randomly_before_learn_start(setup):

@@ -1,14 +1,15 @@
 """Configuration of the SPR agent, and the named configurations.
 
 Every default is the value the SPR reference code (mila-iqia/spr) ran for the published Atari
-100k results; see `shared/reference/atari100k.md` section 2 and the field comments.
+100k results; see the field comments, and docs/FIDELITY.md for every behaviour of the `spr`,
+`sgi` and `bbf` configs against the reference code, with the test that pins it.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from spr import configs
+from spr import configs, replay
 from spr.networks import NetworkConfig
 from spr.predictors import PREDICTORS
 
@@ -20,13 +21,18 @@ class SPRConfig:
   """All hyperparameters of one SPR run. Names are the command-line override names."""
   # Budget and schedule.
   steps: int = 100_000  # agent (env) steps = 400k frames
-  learn_start: int = 2000  # uniformly random actions and no updates before this step
+  # a_0..a_learn_start uniformly random; the first updates run once learn_start + 1 transitions
+  # are stored (rlpyt's min_itr_learn, Dopamine's add_count > min_replay_history).
+  learn_start: int = 2000
   updates_per_step: int = 2  # gradient updates per env step (the code's replay ratio 64 / batch 32)
   batch_size: int = 32
   eval_episodes: int = 100  # final evaluation: full games, epsilon 0.001, noise off
   eval_epsilon: float = 0.001
   eval_every: int = 0  # env steps between periodic evaluations (0: only the final one)
   eval_every_episodes: int = 10  # episodes of a periodic evaluation
+  # Env: "spr" = the SPR/SGI code's own ALE env (mila-iqia/spr src/rlpyt_atari_env.py);
+  # "dopamine" = Dopamine's / gymnasium's AtariPreprocessing, which BBF runs. envs/atari.py.
+  env_protocol: str = "spr"
   # Network.
   encoder: str = "nature"
   encoder_channels: tuple[int, ...] = (32, 64, 64)
@@ -52,10 +58,23 @@ class SPRConfig:
   spr_weight: float = 5.0  # times the mean over k = 1..K
   augmentation: bool = True  # random shift (pad 4) + intensity, online and target inputs
   target_tau: float = 1.0  # weight of the ONLINE params in the target update; 1 = copy
-  # EMA towards the online params before this update (the SPR/SGI code moves its target encoder
-  # inside the forward pass) or after it (BBF). Only matters when target_tau < 1.
-  target_ema_before_update: bool = False
+  # EMA towards the online params as they were BEFORE this update, or after it (BBF). The SPR and
+  # SGI code move their target encoder and projection at the END of the forward pass, after the
+  # SPR targets were computed and before the optimiser step (mila-iqia/spr src/models.py,
+  # SPRCatDqnModel.forward -> update_state_dict): with tau = 1 the SPR targets of update t come
+  # from the online parameters of update t - 1. With tau = 1 and False the target IS the online
+  # network and is not stored (see `has_target`).
+  target_ema_before_update: bool = True
   double_dqn: bool = True
+  # n-step target. "textbook" (rlpyt / SPR): sum_{j<n} gamma^j r_{t+j} up to the first terminal
+  # among d_t..d_{t+n-1}, bootstrap gamma^n Z(s_{t+n}) unless one of them is terminal. "bbf" (BBF's
+  # subsequence_replay_buffer.py sample_transition_batch, as its published numbers ran): the same
+  # sum, but the bootstrap is gamma^n Z(s_{t+n-1}) and only d_t..d_{t+n-2} stop it.
+  n_step_convention: str = "textbook"
+  # Augmentation of the next state s_{t+n}: an independent draw for the bootstrap network and for
+  # the double-DQN selector ("independent", the SPR code's separate forwards) or one draw that
+  # both see ("shared", BBF's spr_agent.py, one augmented next state for both).
+  next_state_augmentation: str = "independent"
   # Optimiser.
   learning_rate: float = 1e-4
   adam_eps: float = 1.5e-4
@@ -64,11 +83,17 @@ class SPRConfig:
   replay_capacity: int = 100_000
   priority_alpha: float = 0.5
   priority_beta_start: float = 0.4
-  priority_beta_end: float = 1.0  # annealed linearly over `steps`
+  priority_beta_end: float = 1.0  # annealed linearly over learn_start..steps (rlpyt's clock)
   # Stored priority: "kl" (the SPR code's clamped KL(target || prediction)) or "ce" (BBF: the
   # C51 cross-entropy + 1e-10; with priority_alpha 0.5 sampling is proportional to
   # sqrt(CE + 1e-10), BBF's stored priority, which its sum tree samples proportionally).
   priority_kind: str = "kl"
+  # Whose replay to reproduce (spr.replay.PROTOCOLS): "rlpyt" (the SPR / SGI code: new transitions
+  # at priority 1, the newest 1 + n + K + 1 and the oldest 3 indices not sampleable, plain
+  # proportional draws, IS weights (1 / (p^alpha + 1e-5))^beta), "bbf" (BBF: running-max new
+  # priority, its subsequence buffer's valid indices, stratified draws) or "horizon" (this
+  # codebase's earlier rule, matching neither).
+  replay_protocol: str = "rlpyt"
   # Bookkeeping.
   log_every: int = 1000  # env steps between metrics.jsonl lines
   checkpoint_every: int = 10_000  # env steps between checkpoints
@@ -80,24 +105,45 @@ class SPRConfig:
   n_step_final: int = 0  # n annealed exponentially from n_step down to this (0: fixed n_step)
   gamma_start: float = 0.0  # gamma annealed from this up to `gamma` (0: fixed gamma)
   anneal_updates: int = 0  # gradient updates of the annealing after the start and each reset
-  reset_every: int = 0  # env steps between shrink-and-perturb resets (0: never)
-  reset_until: int = 0  # no reset at step s unless s + reset_every <= reset_until
+  # Shrink-and-perturb resets every `reset_every_updates` gradient updates (BBF: 40k, i.e.
+  # BBF.gin's 20k env steps at replay ratio 2 "change if you change the replay ratio", SR_SPR.gin's
+  # 5k at ratio 8), or every `reset_every` env steps; 0 and 0: never. See `reset_interval`.
+  reset_every: int = 0
+  reset_every_updates: int = 0
+  reset_until: int = 0  # no reset at step s unless s + interval <= reset_until (env steps)
   shrink_factor: float = 0.5  # weight of the old encoder/transition params at a reset
   perturb_factor: float = 0.5  # weight of a fresh init at a reset (head etc.: fully fresh)
   epsilon_train: float = 0.0  # final training epsilon (SPR: 0, noisy nets explore)
   epsilon_decay_steps: int = 0  # linear 1 -> epsilon_train over this many steps after
-  #                               learn_start (0: random before learn_start, then epsilon_train)
+  #                               learn_start (0: random through a_learn_start, then epsilon_train)
   act_with_target: bool = False  # act (training and evaluation) with the target params
-  bootstrap_with_target: bool = True  # C51 bootstrap from the target (False: the online params)
+  # C51 bootstrap from the target (True: BBF) or from the online params (False: the SPR code's
+  # target network is re-synced after every optimiser step, tau 1 - src/algos.py
+  # optimize_agent -> agent.update_target - so it is the current network).
+  bootstrap_with_target: bool = False
   # SPR predictor: "linear" (learned, the SPR default) or a closed-form one of spr.predictors
   # (lrp, ne, visser, ns, ns2, stiefel, directpred, directcopy) from EMA batch statistics.
   predictor: str = "linear"
   predictor_ema: float = 0.99
   predictor_ridge: float = 0.0
   # SGI finetuning (Schwarzer et al., NeurIPS 2021; see the `sgi` config and agents/sgi/).
-  init_from: str = ""  # launch.pretrain workdir (or its pretrained.pkl), loaded by a NEW run
+  init_from: str = ""  # launch.pretrain workdir (or its pretrained.npz), loaded by a NEW run
   encoder_lr: float = 0.0  # encoder learning rate (SGI 1e-6); 0: learning_rate
   head_first_lr: float = 0.0  # first Q-head layer = projection (SGI 3e-5); 0: learning_rate
+
+  @property
+  def reset_interval(self) -> int:
+    """Env steps between BBF resets (0: none): `reset_every`, or `reset_every_updates` at this
+    config's replay ratio."""
+    if self.reset_every_updates:
+      return self.reset_every_updates // self.updates_per_step
+    return self.reset_every
+
+  @property
+  def has_target(self) -> bool:
+    """Whether a target network is stored apart from the online one: an EMA (tau < 1), or a copy
+    that lags one update behind (tau = 1 moved before the update, as the SPR code)."""
+    return self.target_tau < 1.0 or self.target_ema_before_update
 
   def network(self) -> NetworkConfig:
     return NetworkConfig(
@@ -113,13 +159,22 @@ class SPRConfig:
     checks = [
         (self.steps > 0, "steps must be > 0"),
         (0 <= self.learn_start < self.steps, "learn_start must be in [0, steps)"),
-        # Replay can only sample once some transition has its n-step / K-step future stored.
-        (self.learn_start > max(self.n_step, self.spr_steps),
-         "learn_start must be > max(n_step, spr_steps): replay has nothing to sample before"),
+        (self.replay_protocol in replay.PROTOCOLS,
+         f"replay_protocol must be one of {', '.join(replay.PROTOCOLS)}"),
         (self.batch_size > 0, "batch_size must be > 0"),
         (self.updates_per_step >= 0, "updates_per_step must be >= 0"),
         (self.eval_episodes >= 0, "eval_episodes must be >= 0"),
         (self.n_step >= 1, "n_step must be >= 1"),
+        (0.0 < self.gamma <= 1.0, "gamma must be in (0, 1]"),
+        (0.0 <= self.gamma_start < 1.0, "gamma_start must be in [0, 1)"),
+        (self.learning_rate > 0 and self.adam_eps > 0, "learning_rate and adam_eps must be > 0"),
+        (self.encoder_lr >= 0 and self.head_first_lr >= 0 and self.weight_decay >= 0
+         and self.grad_clip >= 0, "encoder_lr, head_first_lr, weight_decay and grad_clip must be >= 0"),
+        (self.spr_weight >= 0 and self.noisy_std >= 0, "spr_weight and noisy_std must be >= 0"),
+        (self.priority_alpha >= 0 and 0 <= self.priority_beta_start <= 1
+         and 0 <= self.priority_beta_end <= 1,
+         "priority_alpha must be >= 0, priority_beta_start/end in [0, 1]"),
+        (0.0 <= self.eval_epsilon <= 1.0, "eval_epsilon must be in [0, 1]"),
         (self.spr_steps >= 0, "spr_steps must be >= 0"),
         (self.num_atoms >= 2, "num_atoms must be >= 2"),
         (self.v_min < self.v_max, "v_min must be < v_max"),
@@ -143,18 +198,36 @@ class SPRConfig:
         (self.init in ("torch", "xavier"), "init must be 'torch' or 'xavier'"),
         (self.renorm_eps >= 0, "renorm_eps must be >= 0"),
         (self.priority_kind in ("kl", "ce"), "priority_kind must be 'kl' or 'ce'"),
+        (self.env_protocol in ("spr", "dopamine"), "env_protocol must be 'spr' or 'dopamine'"),
         (not self.init_from or self.head == "dueling",
          "init_from (SGI finetuning) needs head='dueling' (SGI's first head layer per stream)"),
         (0 <= self.n_step_final <= self.n_step, "n_step_final must be in [0, n_step]"),
-        (self.anneal_updates >= 0 and self.reset_every >= 0, "anneal_updates and reset_every "
-         "must be >= 0"),
+        (self.anneal_updates >= 0 and self.reset_every >= 0 and self.reset_every_updates >= 0,
+         "anneal_updates, reset_every and reset_every_updates must be >= 0"),
+        (not (self.reset_every and self.reset_every_updates),
+         "set reset_every (env steps) or reset_every_updates, not both"),
+        (not self.reset_every_updates or (
+            self.updates_per_step > 0 and self.reset_every_updates % self.updates_per_step == 0),
+         "reset_every_updates must be a multiple of updates_per_step"),
+        (self.n_step_convention in ("textbook", "bbf"),
+         "n_step_convention must be 'textbook' or 'bbf'"),
+        (self.next_state_augmentation in ("independent", "shared"),
+         "next_state_augmentation must be 'independent' or 'shared'"),
         (0.0 <= self.epsilon_train <= 1.0, "epsilon_train must be in [0, 1]"),
-        (not self.act_with_target or self.target_tau < 1.0,
-         "act_with_target needs an EMA target (target_tau < 1)"),
+        (not self.act_with_target or self.has_target,
+         "act_with_target needs a stored target (target_tau < 1 or target_ema_before_update)"),
     ]
     for ok, message in checks:
       if not ok:
         raise ValueError(message)
+    # The first update (once learn_start + 1 transitions are stored) needs a sampleable index.
+    rule = replay.PROTOCOLS[self.replay_protocol]["rule"]
+    first = replay.first_sampleable_count(rule, self.n_step, self.spr_steps)
+    if self.learn_start + 1 < first:
+      raise ValueError(
+          f"learn_start must be >= {first - 1} with n_step={self.n_step}, spr_steps="
+          f"{self.spr_steps} and replay_protocol={self.replay_protocol}: replay has nothing to "
+          "sample before")
     return self
 
   def to_json(self) -> dict[str, Any]:
@@ -170,6 +243,13 @@ LEGACY_VALUES = {
     "resnet_norm": lambda stored: ("none" if str(stored.get("encoder", "")).startswith("sgi")
                                    else SPRConfig.resnet_norm),
     "target_ema_before_update": False,
+    "bootstrap_with_target": True,
+    # Every env was gymnasium's AtariPreprocessing before the SPR code's env existed.
+    "env_protocol": "dopamine",
+    "replay_protocol": "horizon",
+    "reset_every_updates": 0,
+    "n_step_convention": "textbook",
+    "next_state_augmentation": "independent",
 }
 
 
@@ -179,31 +259,44 @@ _SMOKE = dict(
     log_every=100, checkpoint_every=100, updates_per_step=1,
 )
 
-# BBF as google-research/bigger_better_faster runs it (bbf/configs/BBF.gin, agents/spr_agent.py):
-# Impala x4, no noisy nets, AdamW (wd 0.1, no clipping), EMA target tau 0.005 for bootstrapping,
-# SPR targets and acting, n 10 -> 3 and gamma 0.97 -> 0.997 over 10k updates after each reset,
-# shrink-and-perturb (0.5/0.5) of encoder + transition model and fresh head/projection/predictor
-# every 20k env steps while step + 20k <= 100k (resets at 20k, 40k, 60k, 80k), epsilon 1 -> 0 over
-# steps 2000..4001, fixed PER exponent 0.5 for the importance weights, replay 200k.
+# BBF as google-research/bigger_better_faster runs it (bbf/configs/BBF.gin, agents/spr_agent.py,
+# replay_memory/subsequence_replay_buffer.py): Impala x4, no noisy nets, AdamW (wd 0.1, no
+# clipping), EMA target tau 0.005 for bootstrapping, SPR targets and acting, n 10 -> 3 and gamma
+# 0.97 -> 0.997 over 10k updates after each reset. Shrink-and-perturb (0.5/0.5) of encoder +
+# transition model and fresh head/projection/predictor every 40k gradient updates
+# (reset_every_updates; BBF.gin: 20k env steps at its replay ratio 2, "change if you change the
+# replay ratio"), while step + interval <= 100k: every 20k env steps here (20k, 40k, 60k, 80k, as
+# BBF's 2023 code) and every 5k in `bbf` (ratio 8: 5k .. 95k). BBF's n-step target
+# (n_step_convention "bbf"): gamma^n Z(s_{t+n-1}), as its replay builds it. One augmentation of the
+# bootstrap state for the target net and the double-DQN selector (next_state_augmentation
+# "shared"). Epsilon 1 through a_1999, linear to 0 at a_4000 (Dopamine's linearly_decaying_epsilon
+# on its step counter, one ahead of ours). Fixed PER exponent 0.5 for the importance weights.
+# Replay 200k with BBF's new-transition priority (the running max), valid indices and draw
+# (replay_protocol "bbf"). Env: gymnasium's AtariPreprocessing (env_protocol "dopamine"), close to
+# the Dopamine env BBF runs but not equal: docs/FIDELITY.md lists the differences, and what of
+# BBF's replay is not reproduced (its grouped, prefetched 64-sample draws and priority writes).
 # Network as bbf/spr_networks.py RainbowDQNNetwork (hidden_dim 2048): one shared
 # Dense(flat -> 2048) = projection (ReLU'd for the head; hidden=1024 -> 2 * 1024), no head
 # gradient scaling, ConvTMCell without BatchNorm, xavier_uniform kernels / zero biases,
-# renormalise with +1e-5; priorities sqrt(CE + 1e-10) sampled proportionally (_training_step_update).
+# renormalise with +1e-5; priorities sqrt(CE + 1e-10) sampled proportionally
+# (_training_step_update), here written per sample.
 _BBF_RR2 = dict(
     encoder="impala", impala_width=4, hidden=1024, transition_hidden=128, noisy=False,
     head="shared", transition_norm=False, init="xavier", renorm_eps=1e-5, priority_kind="ce",
     priority_alpha=0.5,
     optimizer="adamw", weight_decay=0.1, grad_clip=0.0, target_tau=0.005, act_with_target=True,
+    target_ema_before_update=False, bootstrap_with_target=True,
     n_step=10, n_step_final=3, gamma=0.997, gamma_start=0.97, anneal_updates=10_000,
-    reset_every=20_000, reset_until=100_000, shrink_factor=0.5, perturb_factor=0.5,
+    reset_every_updates=40_000, reset_until=100_000, shrink_factor=0.5, perturb_factor=0.5,
+    n_step_convention="bbf", next_state_augmentation="shared",
     epsilon_train=0.0, epsilon_decay_steps=2001, priority_beta_start=0.5, priority_beta_end=0.5,
-    replay_capacity=200_000, updates_per_step=2,
+    replay_capacity=200_000, updates_per_step=2, env_protocol="dopamine", replay_protocol="bbf",
 )
 # Tiny BBF-like config for tests (every BBF mechanism, CPU-sized network).
 _BBF_SMOKE = dict(
     _BBF_RR2, impala_width=1, hidden=16, num_atoms=11, transition_hidden=8, batch_size=4,
     steps=200, learn_start=50, eval_episodes=1, n_step=4, n_step_final=2, spr_steps=2,
-    anneal_updates=40, reset_every=50, reset_until=150, epsilon_decay_steps=30,
+    anneal_updates=40, reset_every_updates=50, reset_until=150, epsilon_decay_steps=30,
     replay_capacity=1000, log_every=50, checkpoint_every=50, updates_per_step=1,
 )
 

@@ -33,7 +33,7 @@ Params = Any
 
 class TrainState(NamedTuple):
   params: Params
-  target_params: Params  # () when target_tau == 1: the target is then the online parameters
+  target_params: Params  # () without `config.has_target`: the target is then the online network
   opt_state: Any
   replay: Any
   rng: jax.Array
@@ -44,7 +44,7 @@ class TrainState(NamedTuple):
   # BatchNorm running statistics of the online / EMA-target encoder (the SGI ResNet with
   # resnet_norm="batch", spr.networks.BatchNorm); () for every other network.
   norm_state: Any = ()
-  target_norm_state: Any = ()  # () also when target_tau == 1 (the online statistics serve)
+  target_norm_state: Any = ()  # () also without a stored target (the online statistics serve)
 
 
 class StepMetrics(NamedTuple):
@@ -161,8 +161,9 @@ class SPRLearner:
     dummy = jnp.zeros((1, 4, 84, 84), jnp.float32)
     params, norm_state = self.network.init_with_norm_state(init_rng, dummy)
     norm_state = norm_state if self.network.has_norm_state else ()
-    target = () if self.config.target_tau == 1.0 else jax.tree.map(jnp.copy, params)
-    target_norm = () if self.config.target_tau == 1.0 else jax.tree.map(jnp.copy, norm_state)
+    has_target = self.config.has_target
+    target = jax.tree.map(jnp.copy, params) if has_target else ()
+    target_norm = jax.tree.map(jnp.copy, norm_state) if has_target else ()
     return TrainState(
         params=params, target_params=target, opt_state=self.optimizer.init(params),
         replay=replay.replay_init(self.config.replay_capacity), rng=rng,
@@ -172,7 +173,7 @@ class SPRLearner:
         norm_state=norm_state, target_norm_state=target_norm)
 
   def _target(self, state_params: Params, target_params: Params) -> Params:
-    return state_params if self.config.target_tau == 1.0 else target_params
+    return target_params if self.config.has_target else state_params
 
   def _encode_chunked(self, params: Params, images: jax.Array, norm_state: Any = ()) -> jax.Array:
     """`encode` (evaluation mode) over `images` in chunks of `encoder_chunk` (an unrolled loop;
@@ -239,7 +240,9 @@ class SPRLearner:
     future = (prep(keys[1], obs[:, 1:].reshape((b * k_steps,) + obs.shape[2:])) if k_steps
               else jnp.zeros((0,) + obs.shape[2:], jnp.float32))
     nxt_target = prep(keys[2], batch["next_observations"])
-    nxt_select = prep(keys[3], batch["next_observations"])
+    # BBF augments the next state once for the bootstrap network and the selector.
+    nxt_select = (nxt_target if cfg.next_state_augmentation == "shared"
+                  else prep(keys[3], batch["next_observations"]))
 
     # ---- no-gradient passes: SPR targets, bootstrap distribution, double-DQN selector.
     target = jax.lax.stop_gradient(self._target(params, target_params))
@@ -256,18 +259,18 @@ class SPRLearner:
       # network's pass changes none we keep (torch's copy of the online net, re-synced).
       latent, norm_main = self._encode_train(params, norm_state, current)
       seq = prep(keys[1], obs.reshape((b * k_plus_1,) + obs.shape[2:]))
-      t_norm = norm_state if cfg.target_tau == 1.0 else target_norm_state
+      t_norm = target_norm_state if cfg.has_target else norm_state
       seq_latent, target_norm_state = self._encode_train(target, t_norm, seq)
       fut_latent = seq_latent.reshape((b, k_plus_1) + seq_latent.shape[1:])[:, 1:].reshape(
           (b * k_steps,) + seq_latent.shape[1:])
-      if cfg.target_tau == 1.0:
+      if not cfg.has_target:
         target_norm_state = ()
       nxt_t_latent, _ = self._encode_train(rl_target, norm_main, nxt_target)
       if cfg.double_dqn:
         nxt_s_latent, norm_state = self._encode_train(online_fixed, norm_main, nxt_select)
       else:  # no selector forward (its statistics would move in torch only if it ran)
         nxt_s_latent, norm_state = nxt_t_latent, norm_main
-    elif cfg.target_tau == 1.0:
+    elif not cfg.has_target:
       # Same parameters: one encoder call over every no-gradient input.
       latents = self._encode_chunked(target, jnp.concatenate([future, nxt_target, nxt_select]))
       fut_latent = latents[:b * k_steps]
@@ -293,12 +296,11 @@ class SPRLearner:
       latent = self._encode_chunked(params, current)
       norm_main = norm_state
     logits = q_logits(params, None, latent, keys[6])
-    if n is None:
-      returns, discounts = jax.vmap(losses.n_step_return, in_axes=(0, 0, None))(
-          batch["rewards"][:, :cfg.n_step], batch["terminals"][:, :cfg.n_step], cfg.gamma)
-    else:  # BBF: annealed n and gamma (traced); steps >= n are masked inside n_step_return
-      returns, discounts = jax.vmap(losses.n_step_return, in_axes=(0, 0, None, None))(
-          batch["rewards"][:, :cfg.n_step], batch["terminals"][:, :cfg.n_step], gamma, n)
+    # With n / gamma given (BBF's annealing, traced) steps >= n are masked inside n_step_return.
+    # `next_observations` must be the matching bootstrap state (see `bootstrap_offset`).
+    returns, discounts = losses.batched_n_step_return(
+        batch["rewards"][:, :cfg.n_step], batch["terminals"][:, :cfg.n_step],
+        cfg.gamma if gamma is None else gamma, n, convention=cfg.n_step_convention)
     rl_args = (logits, batch["actions"][:, 0], returns, discounts, next_logits_target, selector)
     rl_loss = losses.batched_categorical_double_q_loss(*rl_args, self.support)
     if cfg.priority_kind == "ce":
@@ -347,28 +349,48 @@ class SPRLearner:
     return total, aux
 
   # ---------------------------------------------------------------- update
+  @property
+  def replay_options(self) -> dict[str, Any]:
+    """The static sampling options of `spr.replay` this config runs with."""
+    return replay.protocol_options(self.config.replay_protocol)["sample"]
+
+  def beta_progress(self, state: TrainState) -> jax.Array:
+    """Fraction of the PER beta annealing done at this update, on rlpyt's clock (rlpyt/algos/dqn/
+    dqn.py update_itr_hyperparams, which the SPR code runs): beta is annealed over iterations
+    learn_start .. steps and set AFTER each iteration's updates, so the updates of iteration i
+    (the step that stores transition i, `env_step` = i + 1 transitions) use progress
+    (i - 1 - learn_start) / (steps - learn_start), clipped to [0, 1]."""
+    cfg = self.config
+    done = state.env_step.astype(jnp.float32) - 2.0 - cfg.learn_start
+    return jnp.clip(done / max(cfg.steps - cfg.learn_start, 1), 0.0, 1.0)
+
   def update(self, state: TrainState) -> tuple[TrainState, StepMetrics]:
     """One gradient update on a prioritised batch sampled from the state's replay."""
     cfg = self.config
     rng, sample_key, loss_key = jax.random.split(state.rng, 3)
-    progress = jnp.minimum(state.env_step.astype(jnp.float32) / cfg.steps, 1.0)
+    progress = self.beta_progress(state)
     beta = cfg.priority_beta_start + (cfg.priority_beta_end - cfg.priority_beta_start) * progress
     batch, indices, is_weights = replay.replay_sample(
         state.replay, sample_key, cfg.batch_size, cfg.n_step, cfg.spr_steps, beta,
-        cfg.priority_alpha)
+        cfg.priority_alpha, **self.replay_options)
     anneal = {}
     if annealing(cfg):
       n, gamma = self.annealed_n_gamma(cycle_updates(cfg, state.env_step, state.update_step))
+      lo, hi = cfg.n_step_final or cfg.n_step, cfg.n_step
       batch = batch.replace(next_observations=bootstrap_stacks(
-          state.replay, indices, n, cfg.n_step_final, cfg.n_step))
+          state.replay, indices, bootstrap_offset(cfg, n), bootstrap_offset(cfg, lo),
+          bootstrap_offset(cfg, hi)))
       anneal = dict(n=n, gamma=gamma)
+    elif bootstrap_offset(cfg, cfg.n_step) != cfg.n_step:
+      batch = batch.replace(next_observations=replay.replay_gather(
+          state.replay, indices, bootstrap_offset(cfg, cfg.n_step), 0).next_observations)
     (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(
         state.params, state.target_params, batch, is_weights, loss_key, **anneal,
         predictor_state=state.predictor_state, norm_state=state.norm_state,
         target_norm_state=state.target_norm_state)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if cfg.target_tau == 1.0:
+    if not cfg.has_target:
       target_params, target_norm = (), ()
     else:
       # The SPR / SGI code moves its target encoder at the end of the forward pass, i.e. towards
@@ -379,7 +401,9 @@ class SPRLearner:
       # (torch's update_state_dict copies buffers too, inside that forward).
       target_norm = optax.incremental_update(aux["norm_state_main"], aux["target_norm_state"],
                                              cfg.target_tau)
-    new_replay = replay.replay_update_priorities(state.replay, indices, aux["priorities"])
+    new_replay = replay.replay_update_priorities(
+        state.replay, indices, aux["priorities"],
+        **replay.protocol_options(cfg.replay_protocol)["update"])
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     metrics = StepMetrics(loss=loss, rl_loss=aux["rl_loss"], spr_loss=aux["spr_loss"],
                           updates=jnp.ones((), jnp.int32), finite=finite)
@@ -406,8 +430,9 @@ class SPRLearner:
     (1 - gamma)^p (0.97 -> 0.997), as exponential_decay_scheduler in BBF's spr_agent.py."""
     cfg = self.config
     p = jnp.minimum(cycle.astype(jnp.float32) / cfg.anneal_updates, 1.0)
-    n = jnp.round(cfg.n_step * jnp.power(cfg.n_step_final / cfg.n_step, p)).astype(jnp.int32)
-    n = jnp.clip(n, cfg.n_step_final, cfg.n_step)
+    n_final = cfg.n_step_final or cfg.n_step  # 0: n is not annealed (gamma may be)
+    n = jnp.round(cfg.n_step * jnp.power(n_final / cfg.n_step, p)).astype(jnp.int32)
+    n = jnp.clip(n, n_final, cfg.n_step)
     one_minus = jnp.power(1.0 - cfg.gamma_start, 1.0 - p) * jnp.power(1.0 - cfg.gamma, p)
     return n, (1.0 - one_minus).astype(jnp.float32)
 
@@ -427,17 +452,22 @@ class SPRLearner:
               for m, mod in old.items()}
 
     params = mix(state.params, k_online)
-    target = () if cfg.target_tau == 1.0 else mix(state.target_params, k_target)
+    target = mix(state.target_params, k_target) if cfg.has_target else ()
     return state._replace(params=params, target_params=target,
                           opt_state=self.optimizer.init(params), rng=rng)
 
   def epsilon(self, env_step: jax.Array) -> jax.Array:
-    """Training epsilon after `env_step` transitions: dopamine's linearly_decaying_epsilon
-    (1 until learn_start, then linear to epsilon_train over epsilon_decay_steps)."""
+    """Training epsilon of action a_j, j = `env_step` (chosen once j transitions are stored).
+
+    With `epsilon_decay_steps`: Dopamine's linearly_decaying_epsilon(decay, step, warmup =
+    learn_start, epsilon_train) at step = j + 1, since BBF / Dopamine increment their step counter
+    in `_train_step`, before the action is selected: epsilon(a_j) = clip((decay + learn_start -
+    j - 1) / decay) for epsilon_train 0 (BBF: 1 through a_1999, 0 from a_4000). Without: 1 for
+    j <= learn_start (rlpyt's schedule, see `_step`), then epsilon_train."""
     cfg = self.config
     if cfg.epsilon_decay_steps == 0:
-      return jnp.where(env_step < cfg.learn_start, 1.0, cfg.epsilon_train)
-    left = (cfg.epsilon_decay_steps + cfg.learn_start - env_step).astype(jnp.float32)
+      return jnp.where(env_step <= cfg.learn_start, 1.0, cfg.epsilon_train)
+    left = (cfg.epsilon_decay_steps + cfg.learn_start - env_step - 1).astype(jnp.float32)
     bonus = jnp.clip((1.0 - cfg.epsilon_train) * left / cfg.epsilon_decay_steps, 0.0,
                      1.0 - cfg.epsilon_train)
     return cfg.epsilon_train + bonus
@@ -457,7 +487,8 @@ class SPRLearner:
     (BBF). `reset` (static; the caller decides it with `is_reset_step`) applies a BBF
     shrink-and-perturb reset after the updates."""
     cfg = self.config
-    new_replay = replay.replay_add(state.replay, frame, action, reward, terminal)
+    new_replay = replay.replay_add(state.replay, frame, action, reward, terminal,
+                                   **replay.protocol_options(cfg.replay_protocol)["add"])
     state = state._replace(replay=new_replay, env_step=state.env_step + 1)
     zero = jnp.zeros((), jnp.float32)
     metrics = StepMetrics(zero, zero, zero, jnp.zeros((), jnp.int32), jnp.ones((), bool))
@@ -479,7 +510,9 @@ class SPRLearner:
     greedy = self._greedy_actions(self.acting_params(state), next_stack[None], noise_key)[0]
     if cfg.epsilon_decay_steps == 0 and cfg.epsilon_train == 0.0:  # SPR: noisy nets explore
       random_action = jax.random.randint(act_key, (), 0, self.num_actions)
-      next_action = jnp.where(state.env_step < cfg.learn_start, random_action, greedy)
+      # a_j is uniformly random for j <= learn_start (rlpyt's epsilon is 1 through iteration
+      # min_itr_learn, then eps_final over eps_steps - min_itr = 1 iteration; SPR: eps_final 0).
+      next_action = jnp.where(state.env_step <= cfg.learn_start, random_action, greedy)
     else:
       coin_key, random_key = jax.random.split(act_key)
       random_action = jax.random.randint(random_key, (), 0, self.num_actions)
@@ -498,6 +531,12 @@ def _shrink_perturbed(module_name: str) -> bool:
   return "/encoder" in module_name or "/transition" in module_name
 
 
+def bootstrap_offset(config: SPRConfig, n):
+  """Offset of the bootstrap state of an n-step target: s_{t+n}, or s_{t+n-1} under BBF's
+  n_step_convention (losses.n_step_return)."""
+  return n - 1 if config.n_step_convention == "bbf" else n
+
+
 def bootstrap_stacks(replay_state, indices: jax.Array, n: jax.Array, n_min: int,
                      n_max: int) -> jax.Array:
   """Bootstrap stacks s_{t+n} `[B, 4, 84, 84]` for a traced n in [n_min, n_max] (BBF's annealed
@@ -513,23 +552,32 @@ def annealing(config: SPRConfig) -> bool:
       or (config.gamma_start and config.gamma_start != config.gamma))
 
 
+def updates_at(config: SPRConfig, stored: int) -> int:
+  """Gradient updates run by the step that brings the replay to `stored` transitions: none until
+  MORE than `learn_start` are stored. The SPR code (rlpyt's runner: iteration i collects
+  transition i, then `optimize_agent` updates iff i >= min_itr_learn) first updates with 2001
+  transitions stored, as Dopamine / BBF (`add_count > min_replay_history`)."""
+  return config.updates_per_step if stored > config.learn_start else 0
+
+
 def updates_through(config: SPRConfig, env_step):
-  """Gradient updates done once the step that stored transition number `env_step` has run
-  (the trainers update from the step where `learn_start` transitions are stored on)."""
-  return config.updates_per_step * jnp.maximum(env_step - config.learn_start + 1, 0)
+  """Gradient updates done once the step that stored transition number `env_step` (1-based: the
+  replay then holds `env_step` transitions) has run; see `updates_at`."""
+  return config.updates_per_step * jnp.maximum(env_step - config.learn_start, 0)
 
 
 def is_reset_step(config: SPRConfig, env_step: int) -> bool:
   """Whether the step that stores transition number `env_step` ends with a BBF reset: every
-  `reset_every` steps while `env_step + reset_every <= reset_until` (BBF's no_resets_after)."""
-  r = config.reset_every
+  `config.reset_interval` steps while `env_step + interval <= reset_until` (BBF's
+  no_resets_after), after that step's updates (BBF 2023 code, spr_agent.py _train_step)."""
+  r = config.reset_interval
   return bool(r > 0 and env_step > 0 and env_step % r == 0 and env_step + r <= config.reset_until)
 
 
 def cycle_updates(config: SPRConfig, env_step: jax.Array, update_step: jax.Array) -> jax.Array:
   """Updates since the last reset before this step's updates (since the start if none): the
   clock of BBF's n / gamma annealing, a pure function of the counters."""
-  r = config.reset_every
+  r = config.reset_interval
   if r <= 0 or config.reset_until < 2 * r:
     return update_step
   last_allowed = ((config.reset_until - r) // r) * r
@@ -549,4 +597,4 @@ def param_count(params: Params) -> int:
 
 __all__ = ["SPRLearner", "TrainState", "StepMetrics", "make_optimizer", "grouped_clip", "q_values",
            "learner_for", "param_count", "is_reset_step", "cycle_updates", "updates_through",
-           "annealing"]
+           "annealing", "updates_at"]
