@@ -27,7 +27,7 @@ import time
 
 from absl import app, flags, logging
 
-from launch.common import fail
+from launch.common import fail, parse_flags
 
 _GAME = flags.DEFINE_string("game", "Pong", "Atari game.")
 _POLICY = flags.DEFINE_enum("policy", "random", ["random", "epsilon", "checkpoint"], "Behaviour.")
@@ -63,7 +63,7 @@ def _checkpoint_policy(workdir: str, game: str, num_actions: int):
   learner = SPRLearner(config, num_actions)
   template = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
   try:
-    step, tree, _ = checkpoint.restore(path / wd.CHECKPOINTS, template)
+    step, tree, _, _ = checkpoint.restore(path / wd.CHECKPOINTS, template, expect_config=stored)
   except checkpoint.CheckpointError as e:
     raise ValueError(f"--workdir: {e}") from None
   acting = jax.device_put(learner.acting_params(tree))  # (params, running statistics)
@@ -95,7 +95,9 @@ def main(argv):
     game = games.canonical_name(_GAME.value)
   except ValueError as e:
     fail(str(e))
-  env = AtariEnv(game, seed=_SEED.value, training=False, sticky=_STICKY.value)
+  # Dopamine's env: the DQN Replay data was collected with it (sticky actions included).
+  env = AtariEnv(game, seed=_SEED.value, training=False, sticky=_STICKY.value,
+                 protocol="dopamine")
   rng = np.random.default_rng(_SEED.value + 7_919)
   greedy = None
   if _POLICY.value == "checkpoint":
@@ -139,7 +141,7 @@ def main(argv):
 
 def run():
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -76,9 +76,21 @@ def _tail_lines(path: Path, max_bytes: int = 65536) -> list[str]:
 
 
 def last_log_line(workdir: Path) -> str:
-    for line in reversed(_tail_lines(Path(workdir) / LOG)):
-        if line.strip():
-            return line.strip()
+    """The cause of a failed job, from its log: the last `error:` line of an entry point, else
+    the last exception line of a traceback, else the last line that is not absl's closing hint
+    ("Pass --helpshort or --helpfull to see help on flags.")."""
+    lines = [line.strip() for line in _tail_lines(Path(workdir) / LOG) if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(("error:", "FATAL Flags parsing error:")):
+            return line
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if ":" in line and head.replace(".", "").replace("_", "").isalnum() and (
+                head.endswith(("Error", "Exception", "Interrupt"))):
+            return line
+    for line in reversed(lines):
+        if not line.startswith("Pass --helpshort or --helpfull"):
+            return line
     return ""
 
 
@@ -166,10 +178,13 @@ def read_state(workdir: Path | str) -> RunState:
     cfg = _read_json(wd / CONFIG) or {}
     budget = cfg.get("steps")
     budget = int(budget) if isinstance(budget, (int, float)) else None
-    if (wd / FINAL).exists():
+    if _read_json(wd / FINAL) is not None:  # spr.workdir.read_final's rule: parses = done
         return RunState("done", step, budget)
     if lock_is_live(wd):
         return RunState("running", step, budget)
+    if (wd / FINAL).exists():
+        return RunState("failed", step, budget,
+                        "final.json does not parse; rerun the run to redo its final evaluation")
     ex = _read_json(wd / EXIT)
     if ex is not None:
         rc = int(ex.get("returncode", 1))

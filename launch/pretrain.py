@@ -17,7 +17,7 @@ import dataclasses
 
 from absl import app, flags, logging
 
-from launch.common import fail
+from launch.common import IO_ERROR, fail, io_error, parse_flags
 from agents.sgi import config as sgi_config
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root of the data: <data_dir>/<Game>/<run>/...")
@@ -48,6 +48,7 @@ def main(argv):
   from envs import games as games_lib
   from launch.common import configure_jax_cache
   from spr.dqn_replay import DataError
+  from spr.checkpoint import CheckpointError
   from spr.workdir import WorkdirError
 
   configure_jax_cache()
@@ -70,19 +71,21 @@ def main(argv):
                                 config_name=_CONFIG.value, seed=_SEED.value,
                                 runs=_list(_RUNS.value) or None, checkpoints=checkpoints or None,
                                 cache_dir=_CACHE_DIR.value or None)
-  except (WorkdirError, DataError) as e:
+  except (WorkdirError, DataError, CheckpointError) as e:
     fail(str(e))
   except ValueError as e:  # e.g. games with different action sets
     fail(str(e))
   except pretrainer.NonFiniteLossError as e:
     fail(str(e), code=3)
+  except OSError as e:  # a workdir under a file, unwritable, a full disk: nothing saved is lost
+    fail(io_error(e), code=IO_ERROR)
   print(f"pretrained on {','.join(final['games'])}: {final['steps']} steps, "
-        f"{final['samples_per_s']:.1f} samples/s ({_WORKDIR.value}/pretrained.pkl)")
+        f"{final['samples_per_s']:.1f} samples/s ({_WORKDIR.value}/pretrained.npz)")
 
 
 def run():
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

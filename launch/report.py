@@ -87,7 +87,8 @@ def read_run(label: str, game: str, seed: int, wd: Path, table: dict) -> RunReco
         st = jobs.read_state(wd)
         rec.state, rec.steps, rec.budget, rec.note = st.state, st.step, st.budget, st.error
         if (wd / jobs.FINAL).exists():
-            rec.state, rec.note = "failed", "unreadable final.json"
+            rec.state, rec.note = "failed", ("final.json does not parse; rerun the run to redo "
+                                             "its final evaluation")
         return rec
     if final.get("game"):
         try:

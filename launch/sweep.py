@@ -74,6 +74,34 @@ def sweep_from_flags() -> grid.SweepDef:
         data_dir=str(Path(FLAGS.data_dir).expanduser().resolve()) if FLAGS.data_dir else "")
 
 
+# Flags of the entry points that are not config fields (they may be --set too).
+_LAUNCH_FLAGS = {"train": {"env_workers"},
+                 "pretrain": {"data_dir", "runs", "checkpoints", "cache_dir"}}
+
+
+def validate_points(points, entry: str) -> None:
+    """Every configuration of the sweep resolves (config name, every --set / --grid key and
+    value, the config's own validation) before any job starts: GridError naming the first bad one,
+    instead of N jobs that each fail the same way."""
+    if entry == "pretrain":
+        from agents.sgi import config as module  # pylint: disable=import-outside-toplevel
+    else:
+        from agents.spr import config as module  # pylint: disable=import-outside-toplevel
+    seen = set()
+    for p in points:
+        key = (p.config, tuple(p.overrides))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            overrides = {k: module.parse_value(k, v) for k, v in p.overrides
+                         if k not in _LAUNCH_FLAGS.get(entry, set())}
+            module.make_config(p.config, overrides)
+        except ValueError as e:
+            where = f"--config={p.config}" + "".join(f" {k}={v}" for k, v in p.overrides)
+            raise grid.GridError(f"{e} ({where}); no job was started") from None
+
+
 def discovered_runs(root: Path) -> list[tuple[str, str, int, Path]]:
     """(label, game, seed, workdir) of every run asked for in ROOT/*/sweep.json or present."""
     runs: dict[Path, tuple[str, str, int, Path]] = {}
@@ -137,6 +165,7 @@ def main(argv):
                 k == "data_dir" for k, _ in sweep.fixed):
             _fail("--entry=pretrain needs --data_dir=DIR (the logged data, see launch.pretrain)")
         points = sweep.points()
+        validate_points(points, sweep.entry)
         env = dict(grid.parse_overrides(FLAGS.env))
         specs = [jobs.build_spec(p, root, sweep, FLAGS.module, env) for p in points]
     except grid.GridError as e:

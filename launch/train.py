@@ -24,7 +24,7 @@ import dataclasses
 
 from absl import app, flags, logging
 
-from launch.common import fail
+from launch.common import IO_ERROR, fail, io_error, parse_flags, stop
 from agents.spr import config as spr_config
 
 _GAME = flags.DEFINE_string("game", "Pong", "Atari 100k game (ALE name, case-insensitive).")
@@ -62,6 +62,7 @@ def main(argv):
   from envs import games
   from agents.sgi.finetune import PretrainedMismatch
   from launch.common import configure_jax_cache
+  from spr.checkpoint import CheckpointError
   from spr.workdir import WorkdirError
 
   configure_jax_cache()
@@ -73,6 +74,8 @@ def main(argv):
     config = resolve_config()
   except ValueError as e:
     fail(str(e))
+  if _SEED.value < 0:
+    fail(f"--seed must be >= 0, got {_SEED.value}")
   if _ENV_WORKERS.value < -1:
     fail(f"--env_workers must be -1 (auto), 0 (in this process) or more, got {_ENV_WORKERS.value}")
   if _GAMES.value is not None or _SEEDS.value is not None:
@@ -80,14 +83,16 @@ def main(argv):
   try:
     final = trainer.train(game, _SEED.value, config, _WORKDIR.value, config_name=_CONFIG.value,
                           env_workers=_ENV_WORKERS.value)
-  except WorkdirError as e:
+  except (WorkdirError, CheckpointError) as e:  # CheckpointError: none usable, or an unsafe file
     fail(str(e))
   except PretrainedMismatch as e:  # --init_from does not fit this run (agents/sgi/finetune.py)
     fail(str(e))
   except trainer.NonFiniteLossError as e:
     fail(str(e), code=3)
+  except OSError as e:  # a workdir under a file, unwritable, a full disk: nothing saved is lost
+    fail(io_error(e), code=IO_ERROR)
   except trainer.Preempted as e:
-    fail(str(e), code=143)
+    stop(str(e), e.code)
   print(f"{final['game']} seed {final['seed']}: mean score {final['mean_score']:.2f} over "
         f"{final['eval_episodes']} episodes, HNS {final['hns']:.3f} "
         f"({final['steps']} steps, {_WORKDIR.value}/final.json)")
@@ -98,6 +103,7 @@ def _main_many(config) -> None:
   from agents.spr import multi_trainer, trainer
   from agents.sgi.finetune import PretrainedMismatch
   from envs import games
+  from spr.checkpoint import CheckpointError
   from spr.workdir import WorkdirError
 
   try:
@@ -113,14 +119,16 @@ def _main_many(config) -> None:
   try:
     finals = multi_trainer.train_many(specs, config, _CONFIG.value,
                                       env_workers=_ENV_WORKERS.value)
-  except WorkdirError as e:
+  except (WorkdirError, CheckpointError) as e:  # CheckpointError: none usable, or an unsafe file
     fail(str(e))
   except PretrainedMismatch as e:  # --init_from does not fit one of the runs (checked first)
     fail(str(e))
   except trainer.NonFiniteLossError as e:
     fail(str(e), code=3)
+  except OSError as e:  # a workdir under a file, unwritable, a full disk: nothing saved is lost
+    fail(io_error(e), code=IO_ERROR)
   except trainer.Preempted as e:
-    fail(str(e), code=143)
+    stop(str(e), e.code)
   for spec, final in zip(specs, finals):
     print(f"{final['game']} seed {final['seed']}: mean score {final['mean_score']:.2f} over "
           f"{final['eval_episodes']} episodes, HNS {final['hns']:.3f} "
@@ -129,7 +137,7 @@ def _main_many(config) -> None:
 
 def run():
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ References:
     ICML 2023 (arXiv 2302.04817): LRP, NE, Visser, Newton-Schulz (NS), NS^2, Stiefel.
   Tian et al., "Understanding self-supervised learning dynamics without contrastive pairs",
     ICML 2021 (arXiv 2102.06810): DirectPred.  Wang et al. 2021: DirectCopy.
-  Equations as written in shared/reference/theory.md, section 3.
+  Equations and our reading of them: theory/THEORY.md, sec. 3.
 
 Conventions (row convention, as the rest of the code base):
   z        [B, f]  online latents of a batch (prediction is ``z @ W``).
@@ -167,9 +167,10 @@ def stiefel_projection(m: Array, num_iters: int = 20, scale: str = "polar") -> A
   B_n M^T ~ (M^T M)^{-1/2} M^T, the (transposed) polar factor: for M = U S V^T it is V U^T,
   which equals the polar factor U V^T of M when M is symmetric.
 
-  Note: the reference writes P = B_n M^T / ||B_n||_F; that only rescales the result, and is
-  available as ``scale="frobenius"``.  The default ``scale="polar"`` divides by
-  ||M^T M||_F^{1/2} instead, so the output is exactly orthogonal in the limit.
+  Note: THEORY.md sec. 3 also gives P = B_n M^T / ||B_n||_F (our transcription of Richemond
+  et al.); that only rescales the result, and is available as ``scale="frobenius"``.  The
+  default ``scale="polar"`` divides by ||M^T M||_F^{1/2} instead, so the output is exactly
+  orthogonal in the limit.
 
   Args:
     m: [f, f] matrix (full rank for the inverse root to exist).
@@ -227,8 +228,8 @@ def ns2_from_stats(sigma: Array, cross: Array, ridge: float = 0.0,
                    num_iters: int = 20) -> Array:
   """NS^2 predictor: two chained Newton-Schulz runs, W ~ (Sigma^{1/2})^{1/2} = Sigma^{1/4}.
 
-  The reference says only that NS^2 "chains two runs"; we read it as the square root of the
-  square root.
+  Richemond et al. say only that NS^2 "chains two runs" (THEORY.md sec. 3); we read it as the
+  square root of the square root.
   """
   del cross
   root = newton_schulz_sqrt(sigma, num_iters)[0]
@@ -239,7 +240,7 @@ def ns2_from_stats(sigma: Array, cross: Array, ridge: float = 0.0,
 def stiefel_from_stats(sigma: Array, cross: Array, ridge: float = 0.0,
                        num_iters: int = 20, use_cross: bool = False,
                        scale: str = "polar") -> Array:
-  """Stiefel predictor W ~ (M^T M)^{-1/2} M^T, M = Sigma (reference) or C (``use_cross``).
+  """Stiefel predictor W ~ (M^T M)^{-1/2} M^T, M = Sigma (Richemond et al.) or C (``use_cross``).
 
   For a symmetric positive definite Sigma the polar factor is I; ``use_cross=True`` applies it
   to the cross-correlation instead, i.e. the orthogonal Procrustes predictor.

@@ -4,8 +4,12 @@ runs alike."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -14,21 +18,82 @@ METRICS = "metrics.jsonl"
 EVAL = "eval.csv"
 FINAL = "final.json"
 CHECKPOINTS = "checkpoints"
+LOCK = ".lock"  # held (flock) by the process training in the workdir
+
+_HELD: dict[str, int] = {}  # resolved workdir -> the open descriptor holding its lock
 
 
 class WorkdirError(ValueError):
   pass
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+def replace_atomically(path: str | os.PathLike, write) -> None:
+  """Writes `path` through `write(file)` on a hidden temporary beside it, then renames it over
+  `path`: a kill leaves the old file or the new one, and a failed write (a full disk) removes the
+  temporary and leaves the old file as it was."""
   path = Path(path)
   tmp = path.with_name("." + path.name + ".tmp")
-  tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "w", newline="") as f:
+      write(f)
+      f.flush()
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+  text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+  replace_atomically(path, lambda f: f.write(text))
 
 
 def read_json(path: str | os.PathLike) -> Any:
   return json.loads(Path(path).read_text())
+
+
+def acquire_lock(workdir: str | os.PathLike) -> Path:
+  """Makes this process the only writer of `workdir` (created if needed) until it exits.
+
+  An exclusive `flock` on `workdir/.lock`: the kernel releases it when the holder exits in any
+  way (kill -9 included), so a dead holder never blocks a resume. Idempotent within a process.
+  The file records the holder (pid, host, start time, command) for the message.
+
+  Raises:
+    WorkdirError naming the holder when another live process holds the lock.
+  """
+  path = Path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  key = str(path.resolve())
+  if key in _HELD:
+    return path
+  lock_file = path / LOCK
+  fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    os.close(fd)
+    try:
+      holder = json.loads(lock_file.read_text())
+      who = (f"pid {holder.get('pid')} on {holder.get('host')} since "
+             f"{holder.get('since')}: {holder.get('command')}")
+    except (OSError, ValueError):
+      who = "another process"
+    raise WorkdirError(f"{path} is in use by {who}; wait for it to finish or stop it, or use "
+                       "another --workdir") from None
+  holder = dict(pid=os.getpid(), host=socket.gethostname(),
+                since=time.strftime("%Y-%m-%d %H:%M:%S"), command=" ".join(sys.argv))
+  os.ftruncate(fd, 0)
+  os.write(fd, (json.dumps(holder) + "\n").encode())
+  _HELD[key] = fd
+  return path
+
+
+def release_lock(workdir: str | os.PathLike) -> None:
+  """Releases `acquire_lock` (also done by the process's exit)."""
+  fd = _HELD.pop(str(Path(workdir).resolve()), None)
+  if fd is not None:
+    os.close(fd)
 
 
 def prepare(workdir: str | os.PathLike, config: dict[str, Any],
@@ -71,8 +136,27 @@ def prepare(workdir: str | os.PathLike, config: dict[str, Any],
   return path
 
 
+def read_final(workdir: str | os.PathLike) -> dict[str, Any] | None:
+  """The run's final.json, or None when it is missing or does not parse as a JSON object.
+
+  One rule for every tool (trainers, sweep status, reports): a run is done iff this is not
+  None. final.json is written atomically, so a broken one was damaged after the fact; the
+  trainers then re-run the final evaluation from the last checkpoint."""
+  try:
+    data = json.loads((Path(workdir) / FINAL).read_text())
+  except (OSError, ValueError):
+    return None
+  return data if isinstance(data, dict) else None
+
+
 def is_finished(workdir: str | os.PathLike) -> bool:
-  return (Path(workdir) / FINAL).exists()
+  """Whether the run is done: its final.json exists and parses (see `read_final`)."""
+  return read_final(workdir) is not None
+
+
+def final_is_broken(workdir: str | os.PathLike) -> bool:
+  """final.json exists but does not parse (the run is then not done)."""
+  return (Path(workdir) / FINAL).exists() and read_final(workdir) is None
 
 
 class MetricsLog:
@@ -92,9 +176,7 @@ class MetricsLog:
           kept.append(line)
       except json.JSONDecodeError:
         continue  # a line cut by a kill
-    tmp = self.path.with_name("." + self.path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, self.path)
+    replace_atomically(self.path, lambda f: f.write("".join(line + "\n" for line in kept)))
 
   def write(self, record: dict[str, Any]) -> None:
     with open(self.path, "a") as f:
@@ -103,14 +185,14 @@ class MetricsLog:
 
 
 def write_eval_csv(workdir: str | os.PathLike, episodes: Iterable[tuple[float, int]]) -> None:
-  path = Path(workdir) / EVAL
-  tmp = path.with_name("." + path.name + ".tmp")
-  with open(tmp, "w", newline="") as f:
+  rows = [(i, repr(float(score)), int(length)) for i, (score, length) in enumerate(episodes)]
+
+  def write(f):
     writer = csv.writer(f)
     writer.writerow(["episode", "score", "length"])
-    for i, (score, length) in enumerate(episodes):
-      writer.writerow([i, repr(float(score)), int(length)])
-  os.replace(tmp, path)
+    writer.writerows(rows)
+
+  replace_atomically(Path(workdir) / EVAL, write)
 
 
 def read_eval_csv(workdir: str | os.PathLike) -> list[tuple[float, int]]:

@@ -4,7 +4,6 @@ function over runs, envs/evaluation.py's `evaluate_runs`) with each run's result
 evaluation alone; periodic evaluations (`--eval_every`) and SGI finetuning (`--init_from`) in a
 batch, against the same run trained alone."""
 import json
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -148,7 +147,7 @@ def test_final_evaluation_in_a_batch_equals_the_run_alone(finetuned, tmp_path):
     config = spr_config.config_from_json(json.loads((path / "config.json").read_text()))
     learner = learner_for(config, 6)
     template = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
-    _, tree, host = checkpoint.restore(path / "checkpoints", template)
+    _, tree, host, _ = checkpoint.restore(path / "checkpoints", template)
     assert host["step"] == 40
     alone = tmp_path / f"alone_{seed}"
     alone.mkdir()
@@ -184,10 +183,11 @@ def test_init_from_in_a_batch_loads_the_pretrained_network_as_alone(finetuned):
   finetuned alone exactly (parameters, EMA target, replay, RNG), and every run of the batch holds
   the pretrained encoder."""
   assert finetuned["batch_proc"].stderr.count("loaded pretrained encoder") == 2
-  payload = pickle.loads((finetuned["pre"] / "pretrained.pkl").read_bytes())
+  from spr import checkpoint
+  payload = checkpoint.read_file(finetuned["pre"] / "pretrained.npz")["content"]
 
   def ckpt(workdir):
-    return pickle.loads((Path(workdir) / "checkpoints" / "ckpt_20.pkl").read_bytes())["leaves"]
+    return checkpoint.read_file(Path(workdir) / "checkpoints" / "ckpt_20.npz")["content"]["leaves"]
 
   batch = [ckpt(run_workdir(finetuned["batch"], "Pong", s)) for s in (0, 1)]
   alone = ckpt(finetuned["alone"])

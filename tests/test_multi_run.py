@@ -1,7 +1,6 @@
 """Several runs in one process (`launch.train --games/--seeds`, agents/spr/multi_trainer.py):
 per-run workdirs, the same trajectory as each run trained alone, per-run resume."""
 import json
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from agents.spr.multi_trainer import parse_seeds, run_workdir
+from spr import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--config=smoke", "--steps=200", "--eval_episodes=1", "--checkpoint_every=50"]
@@ -28,8 +28,8 @@ def batch_cmd(root, env_workers=0):
 
 
 def leaves(workdir, step=200):
-  with open(Path(workdir) / "checkpoints" / f"ckpt_{step}.pkl", "rb") as f:
-    return pickle.load(f)["leaves"]
+  return checkpoint.read_file(Path(workdir) / "checkpoints" / f"ckpt_{step}.npz")["content"][
+      "leaves"]
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +60,12 @@ def test_every_run_writes_its_own_workdir(batch):
       assert (config["game"], config["seed"], config["config_name"]) == (game, seed, "smoke")
       lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
       assert [l["step"] for l in lines] == [100, 200]
-      assert lines[-1]["updates"] == 101 and all(np.isfinite(l["loss"]) for l in lines)
+      assert lines[-1]["updates"] == 100 and all(np.isfinite(l["loss"]) for l in lines)
       final = json.loads((wd / "final.json").read_text())
       assert final["game"] == game and final["seed"] == seed and final["steps"] == 200
       assert final["eval_episodes"] == 1
       assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == [
-          "ckpt_150.pkl", "ckpt_200.pkl"]
+          "ckpt_150.npz", "ckpt_200.npz"]
       assert f"{game} seed {seed}: mean score" in proc.stdout
   # Two vmapped batches: Pong (6 actions) and Breakout (4 actions); envs in 2 workers.
   assert "envs stepped by 2 worker processes" in proc.stderr
@@ -75,7 +75,7 @@ def test_every_run_writes_its_own_workdir(batch):
 
 @pytest.mark.parametrize("game, seed", [("Pong", 1), ("Breakout", 0)])
 def test_run_in_batch_follows_the_run_alone(batch, tmp_path, game, seed):
-  """101 updates: the same actions, replay and counters exactly, parameters and optimiser
+  """100 updates: the same actions, replay and counters exactly, parameters and optimiser
   state within float tolerance (XLA's batched kernels may reassociate sums)."""
   root, _ = batch
   alone = tmp_path / "alone"
@@ -92,10 +92,8 @@ def test_run_in_batch_follows_the_run_alone(batch, tmp_path, game, seed):
       np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
     exact += 1
   assert exact == len(a)
-  with open(alone / "checkpoints" / "ckpt_200.pkl", "rb") as f:
-    host_a = pickle.load(f)["host"]
-  with open(run_workdir(root, game, seed) / "checkpoints" / "ckpt_200.pkl", "rb") as f:
-    host_b = pickle.load(f)["host"]
+  host_a, host_b = (checkpoint.read_file(d / "checkpoints" / "ckpt_200.npz")["content"]["host"]
+                    for d in (alone, run_workdir(root, game, seed)))
   assert host_a["episodes"] == host_b["episodes"] and host_a["action"] == host_b["action"]
 
 
@@ -111,7 +109,7 @@ def test_rerun_skips_finished_and_resumes_unfinished_runs_per_run(batch):
   final_untouched = (untouched / "final.json").read_text()
   for wd in resumed:
     (wd / "final.json").unlink()
-    (wd / "checkpoints" / "ckpt_200.pkl").unlink()
+    (wd / "checkpoints" / "ckpt_200.npz").unlink()
   proc = run(batch_cmd(root, env_workers=0))  # env states saved by workers, resumed in process
   assert proc.stderr.count("already finished; skipped") == 2
   assert "batch of 1 runs (6 actions) from step 150" in proc.stderr

@@ -2,13 +2,14 @@
 --init_from (finetuning), plus resume, bad data and mismatched checkpoints. Uses the Nature CNN
 (the SGI ResNet is checked in test_sgi_losses.py: its depthwise convolutions are slow on CPU)."""
 import json
-import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from spr import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--encoder=nature"]
@@ -63,8 +64,8 @@ def test_pretrain_writes_the_run_files(chain):
   assert all(k in lines[-1] for k in ("spr_loss", "goal_loss", "inverse_loss"))
   final = json.loads((pre / "final.json").read_text())
   assert final["steps"] == 20 and final["num_actions"] == 6 and final["transitions"] == 300
-  assert sorted(p.name for p in (pre / "checkpoints").iterdir()) == ["ckpt_10.pkl", "ckpt_20.pkl"]
-  payload = pickle.loads((pre / "pretrained.pkl").read_bytes())
+  assert sorted(p.name for p in (pre / "checkpoints").iterdir()) == ["ckpt_10.npz", "ckpt_20.npz"]
+  payload = checkpoint.read_file(pre / "pretrained.npz", "pretrained")["content"]
   assert payload["step"] == 20 and payload["num_actions"] == 6
   assert "samples/s" in chain["pretrain"].stdout
   again = run(["launch.pretrain", "--config=smoke", *SMALL, f"--data_dir={chain['data']}",
@@ -77,10 +78,10 @@ def test_pretrain_resume_gives_the_uninterrupted_result(chain, tmp_path):
   pre = tmp_path / "pre"
   shutil.copytree(chain["pre"], pre)
   (pre / "final.json").unlink()
-  (pre / "checkpoints" / "ckpt_20.pkl").unlink()
+  (pre / "checkpoints" / "ckpt_20.npz").unlink()
   run(["launch.pretrain", "--config=smoke", *SMALL, f"--data_dir={chain['data']}",
        "--games=Pong", f"--workdir={pre}"])
-  load = lambda d: pickle.loads((d / "checkpoints" / "ckpt_20.pkl").read_bytes())["leaves"]
+  load = lambda d: checkpoint.read_file(d / "checkpoints" / "ckpt_20.npz")["content"]["leaves"]
   for a, b in zip(load(chain["pre"]), load(pre)):
     np.testing.assert_array_equal(a, b)
   steps = [json.loads(l)["step"] for l in (pre / "metrics.jsonl").read_text().splitlines()]
@@ -101,8 +102,8 @@ def test_finetune_starts_from_the_pretrained_weights(chain):
   template = jax.eval_shape(make_spr_network(config.network(), 6).init, jax.random.PRNGKey(0),
                             jnp.zeros((1, 4, 84, 84)))
   names = [(m, k) for m in sorted(template) for k in sorted(template[m])]
-  payload = pickle.loads((chain["pre"] / "pretrained.pkl").read_bytes())
-  ckpt = pickle.loads((fine / "checkpoints" / "ckpt_100.pkl").read_bytes())  # 1 update done
+  payload = checkpoint.read_file(chain["pre"] / "pretrained.npz")["content"]
+  ckpt = checkpoint.read_file(fine / "checkpoints" / "ckpt_100.npz")["content"]  # 1 update done
   leaves = dict(zip(names, ckpt["leaves"][:len(names)]))
   checked = 0
   for (m, k), value in leaves.items():
@@ -162,7 +163,7 @@ def test_games_with_other_action_sets_pretrain_on_the_full_set(chain, tmp_path):
   err = one_error(run([*base, f"--workdir={tmp_path / 'refused'}"], check=False))
   assert "--full_action_set" in err and "Pong: 6" in err and "Breakout: 4" in err
   run([*base, "--full_action_set=true", f"--workdir={tmp_path / 'pre'}"])
-  payload = pickle.loads((tmp_path / "pre" / "pretrained.pkl").read_bytes())
+  payload = checkpoint.read_file(tmp_path / "pre" / "pretrained.npz")["content"]
   assert payload["num_actions"] == 18 and payload["action_set"] == list(range(18))
   assert payload["games"] == ["Pong", "Breakout"]
   fine = run(["launch.train", "--config=smoke", *SMALL, "--game=Breakout", "--steps=120",

@@ -220,7 +220,7 @@ def test_pretrained_batchnorm_network_loads_into_finetuning(tmp_path):
                          norm_state=shift(state.norm_state, 0.5),
                          target_norm_state=shift(state.target_norm_state, 0.25))
   pong = [0, 1, 3, 4, 11, 12]
-  pretrainer.export_pretrained(tmp_path / "pretrained.pkl", state, sgi_cfg, ["Pong"], pong, 7)
+  pretrainer.export_pretrained(tmp_path / "pretrained.npz", state, sgi_cfg, ["Pong"], pong, 7)
   payload = finetune.load_pretrained(tmp_path)
   spr_cfg = dataclasses.replace(make_spr_config("sgi"), encoder_channels=(4, 4, 4), hidden=16,
                                 transition_hidden=8, num_atoms=11)

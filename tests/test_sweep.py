@@ -92,6 +92,14 @@ def test_cli_bad_input_one_line_errors(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = run("--config=spr", "--games=pong", "--seeds=0-1", f"--root={tmp_path}", "--dry_run")
     assert r.returncode == 0 and r.stdout.count("-m launch.train") == 2
+    # Every configuration is resolved before any job starts (issue 12: doomed sweeps).
+    for args, message in ((["--config=nope"], "unknown config 'nope'"),
+                          (["--config=spr", "--set=bogus=1"], "unknown setting 'bogus'"),
+                          (["--config=spr", "--grid=n_step=0,3"], "n_step must be >= 1")):
+        r = run(*args, "--games=pong", "--seeds=0", f"--root={tmp_path / 'doomed'}")
+        last = r.stderr.strip().splitlines()[-1]
+        assert r.returncode == 2 and last.startswith("error: ") and message in last, r.stderr
+        assert "no job was started" in last and not (tmp_path / "doomed").exists()
 
 
 # ------------------------------------------------------------------------------ states
@@ -119,8 +127,15 @@ def test_run_states_from_workdir(tmp_path):
     (wd / "exit.json").write_text(json.dumps({"returncode": 1}))
     st = jobs.read_state(wd)
     assert (st.state, st.error) == ("failed", "ValueError: bad learning rate")
+    # The cause, not absl's closing hint: an entry point's `error:` line, else the exception.
+    (wd / "log.txt").write_text("I1129 some log\nerror: unknown setting 'bogus'\n"
+                                "Pass --helpshort or --helpfull to see help on flags.\n")
+    assert jobs.read_state(wd).error == "error: unknown setting 'bogus'"
     (wd / "exit.json").write_text(json.dumps({"returncode": -9}))
     assert jobs.read_state(wd) == jobs.RunState("interrupted", 20, 100, "killed by SIGKILL")
+    (wd / "final.json").write_text("{\"mean_sc")  # does not parse: not done
+    st = jobs.read_state(wd)
+    assert st.state == "failed" and "final.json does not parse" in st.error
     (wd / "final.json").write_text("{}")
     assert jobs.read_state(wd).state == "done"
 

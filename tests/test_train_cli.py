@@ -1,7 +1,6 @@
 """End-to-end runs of `python -m launch.train` with the `smoke` config: every output file,
 resume after a kill, same-seed determinism, and the bad inputs."""
 import json
-import pickle
 import signal
 import subprocess
 import sys
@@ -27,8 +26,9 @@ def run(cmd, check=True):
 
 
 def final_leaves(workdir, step=400):
-  with open(Path(workdir) / "checkpoints" / f"ckpt_{step}.pkl", "rb") as f:
-    return pickle.load(f)["leaves"]
+  from spr import checkpoint
+  return checkpoint.read_file(Path(workdir) / "checkpoints" / f"ckpt_{step}.npz")["content"][
+      "leaves"]
 
 
 def assert_same_run(a, b):
@@ -57,7 +57,7 @@ def test_smoke_run_writes_every_output_file(finished_run):
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines] == [100, 200, 300, 400]
   assert all(np.isfinite(l["loss"]) and l["steps_per_s"] > 0 for l in lines)
-  assert lines[-1]["updates"] == 301  # one update per step from step 100 (learn_start) on
+  assert lines[-1]["updates"] == 300  # one update per step once more than 100 (learn_start) are stored
 
   rows = (workdir / "eval.csv").read_text().splitlines()
   assert rows[0] == "episode,score,length" and len(rows) == 3
@@ -68,7 +68,7 @@ def test_smoke_run_writes_every_output_file(finished_run):
   # Pong: random -20.7, human 14.6.
   assert final["hns"] == pytest.approx((final["mean_score"] + 20.7) / (14.6 + 20.7))
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [
-      "ckpt_300.pkl", "ckpt_400.pkl"]
+      "ckpt_300.npz", "ckpt_400.npz"]
   assert "mean score" in proc.stdout
 
 
@@ -111,7 +111,7 @@ def test_kill_and_resume_gives_the_uninterrupted_result(finished_run, tmp_path):
   workdir = tmp_path / "killed"
   cmd = train_cmd(workdir, "--env_workers=2", "--eval_every=300", "--eval_every_episodes=1")
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt = workdir / "checkpoints" / "ckpt_100.pkl"
+  ckpt = workdir / "checkpoints" / "ckpt_100.npz"
   deadline = time.time() + 300
   while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.02)
@@ -148,8 +148,13 @@ def test_same_seed_same_result_other_seed_differs(finished_run, tmp_path):
     (["--steps=abc"], "malformed value 'abc' for --steps"),
     (["--noisy=maybe"], "malformed value 'maybe' for --noisy"),
     (["--n_step=0"], "n_step must be >= 1"),
-    (["--learn_start=2"], "learn_start must be > max(n_step, spr_steps)"),
+    (["--learn_start=2"], "learn_start must be >= 10 with n_step=3, spr_steps=2"),
     (["--seeds=0-1", "--init_from=/nowhere"], "--init_from: /nowhere does not exist"),
+    (["--seed=-1"], "--seed must be >= 0"),
+    (["--seed=abc"], "flag --seed=abc"),
+    (["--bogus=1"], "Unknown command line flag 'bogus'"),
+    (["--gamma=2"], "gamma must be in (0, 1]"),
+    (["--learning_rate=-1"], "learning_rate and adam_eps must be > 0"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, args, message):
   proc = run(train_cmd(tmp_path / "w", *args), check=False)
@@ -179,7 +184,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_last_good_checkpoint(tmp_path):
   assert "non-finite loss at env step" in line
   step = int(line.split("env step ")[1].split()[0])
   assert 100 <= step <= 400
-  kept = sorted(int(p.stem.split("_")[1]) for p in (workdir / "checkpoints").glob("ckpt_*.pkl"))
+  kept = sorted(int(p.stem.split("_")[1]) for p in (workdir / "checkpoints").glob("ckpt_*.npz"))
   assert all(s < step for s in kept)
   assert not (workdir / "final.json").exists()
 
@@ -190,3 +195,82 @@ def test_periodic_evaluations_are_logged_as_learning_curve_points(tmp_path):
   evals = [l for l in lines if "eval_mean_score" in l]
   assert [(l["step"], l["eval_episodes"]) for l in evals] == [(200, 1)]
   assert -21 <= evals[0]["eval_mean_score"] <= 21  # a Pong score
+
+
+def test_interrupted_run_ctrl_c_second_writer_and_stale_lines(finished_run, tmp_path):
+  """One interrupted run, three guarantees (one run to keep the suite short):
+  - lines an earlier attempt killed before its first checkpoint logged are dropped by the new run
+    (metrics.jsonl would read 100, 200, 100, ...);
+  - a second launch.train on the running workdir gets one `error:` line naming the holder's pid,
+    exit 2, and touches nothing;
+  - SIGINT (Ctrl-C) is a clean stop like SIGTERM: a checkpoint at the step where it arrived, a
+    message that is not an `error:`, exit 130; rerunning the command finishes the run exactly as
+    the uninterrupted one."""
+  reference, _ = finished_run
+  workdir = tmp_path / "interrupted"
+  workdir.mkdir()
+  (workdir / "metrics.jsonl").write_text(
+      "".join(json.dumps({"step": s, "loss": 1.0, "stale": True}) + "\n" for s in (100, 200)))
+  proc = subprocess.Popen(train_cmd(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  first = workdir / "checkpoints" / "ckpt_100.npz"
+  deadline = time.time() + 300
+  while not first.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGSTOP)  # hold it mid-run while the second writer tries
+  try:
+    before = (workdir / "metrics.jsonl").read_text()
+    assert "stale" not in before
+    second = run(train_cmd(workdir), check=False)
+    assert second.returncode == 2, second.stderr[-2000:]
+    errors = [l for l in second.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and f"in use by pid {proc.pid} " in errors[0], second.stderr[-2000:]
+    assert (workdir / "metrics.jsonl").read_text() == before
+  finally:
+    proc.send_signal(signal.SIGCONT)
+  proc.send_signal(signal.SIGINT)
+  _, stderr = proc.communicate(timeout=300)
+  assert not (workdir / "final.json").exists(), "interrupted too late to test"
+  assert proc.returncode == 130, stderr[-2000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith("SIGINT: checkpointed at step") and "Traceback" not in stderr, last
+  steps = [int(p.stem.split("_")[1]) for p in (workdir / "checkpoints").glob("ckpt_*.npz")]
+  assert max(steps) >= 100 and f"step {max(steps)} " in last
+  run(train_cmd(workdir))
+  assert_same_run(reference, workdir)
+  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [l["step"] for l in lines] == [100, 200, 300, 400] and not any("stale" in l for l in lines)
+
+
+def test_a_broken_final_json_is_not_done_and_the_rerun_redoes_the_evaluation(finished_run,
+                                                                             tmp_path):
+  """One rule for every tool: a final.json that does not parse means "not done". The sweep's
+  status says so, and launch.train re-runs the final evaluation from the last checkpoint."""
+  import shutil
+
+  from launch import jobs
+  from spr import workdir as wd
+
+  reference, _ = finished_run
+  copy = tmp_path / "copy"
+  shutil.copytree(reference, copy)
+  good = json.loads((copy / "final.json").read_text())
+  (copy / "final.json").write_text('{"game": "Pong", "mean_sc')  # damaged after the fact
+  assert not wd.is_finished(copy) and wd.final_is_broken(copy)
+  state = jobs.read_state(copy)
+  assert state.state == "failed" and "final.json does not parse" in state.error
+  proc = run(train_cmd(copy))
+  assert "does not parse" in proc.stderr
+  again = json.loads((copy / "final.json").read_text())
+  assert again["mean_score"] == good["mean_score"] and again["steps"] == good["steps"]
+  assert jobs.read_state(copy).state == "done"
+
+
+def test_a_workdir_under_a_file_is_a_one_line_file_system_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  proc = run(train_cmd(blocker / "w"), check=False)
+  assert proc.returncode == 74, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "file-system error" in errors[0] and str(blocker) in errors[0]
+  assert "Traceback" not in proc.stderr and blocker.read_text() == "not a folder"

@@ -1,4 +1,4 @@
-"""Run every claim of shared/reference/theory.md (secs. 2-4) and print a PASS/FAIL table.
+"""Run every claim of theory/THEORY.md (secs. 2-4) and print a PASS/FAIL table.
 
 Usage: python -m theory.check [--only=C1,C4]   (exit code 1 if any claim fails)
 """

@@ -1,10 +1,11 @@
-"""Simulators of self-predictive learning dynamics on a tabular MDP (theory.md, secs. 1-2).
+"""Simulators of self-predictive learning dynamics on a tabular MDP (THEORY.md secs. 1-2).
 
 Conventions.  Phi [n, k], P [k, k], T [n, n] (or [A, n, n] per action), d [n].
-All gradients use the weights w = n * d (so uniform d gives w = 1): this is the reference's
-"Euler step h scaled by |X| when d is uniform", applied for every d.  Population statistics
-follow the same scaling: Sigma = Phi^T W Phi, C = Phi^T W T Phi (orthonormal Phi, uniform d
-=> Sigma = I), so closed-form predictors from ``spr.predictors`` apply unchanged.
+All gradients use the weights w = n * d (so uniform d gives w = 1): for uniform d this is
+the D-weighted "Euler step h scaled by |X|" of THEORY.md sec. 6, applied for every d (sec. 1).
+Population statistics follow the same scaling: Sigma = Phi^T W Phi, C = Phi^T W T Phi
+(orthonormal Phi, uniform d => Sigma = I), so closed-form predictors from ``spr.predictors``
+apply unchanged.
 
 Everything here is a pure function: a step is ``state -> state`` and ``simulate`` runs it under
 ``lax.scan``; vectorise over seeds with ``jax.vmap`` of a function of a PRNG key.
@@ -91,7 +92,7 @@ def joint_field(phi: Array, p: Array, t: Array, d: Array, ratio: float
                 ) -> Tuple[Array, Array]:
   """(dPhi/dt, dP/dt) of joint semi-gradient flow with lr_P = ratio * lr_Phi.
 
-  Conserves Phi^T Phi - P P^T / ratio exactly (theory.md claim 3).
+  Conserves Phi^T Phi - P P^T / ratio exactly (THEORY.md claim 3).
   """
   e = residual(phi, p, t, d)
   return -e @ p.T, -ratio * phi.T @ e
@@ -139,7 +140,7 @@ def bidirectional_step(t: Array, d: Array, h: float) -> Callable[[BiState], BiSt
   """Bidirectional self-predictive learning with optimal forward/backward predictors.
 
   L_fwd = E || P1^T Phi^T x - sg(Psi^T y) ||^2, L_bwd = E || P2^T Psi^T y - sg(Phi^T x) ||^2,
-  x ~ d, y ~ T(x, .), so y ~ d' = d T.  Form inferred in theory.md claim 7.
+  x ~ d, y ~ T(x, .), so y ~ d' = d T.  Form inferred in THEORY.md claim 7.
   """
   d_next = d @ t
   w = weights(d)[:, None]

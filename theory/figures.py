@@ -1,6 +1,6 @@
 """Regenerate the theory figure set: PNG + CSV of the plotted data per figure.
 
-Usage: python -m theory.figures --out=DIR   (float64, default protocol of theory.md sec. 6)
+Usage: python -m theory.figures --out=DIR   (float64, default protocol of THEORY.md sec. 6)
 """
 import csv
 import os

@@ -21,8 +21,9 @@ _T = flags.DEFINE_string("transition", None, "Path to T.npy (row-stochastic |X| 
 _K = flags.DEFINE_integer("k", 3, "Representation dimension (1 <= k < |X|).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _DIST = flags.DEFINE_string(
-    "dist", None, "Path to d.npy (state distribution). Default: uniform (the reference's "
-    "protocol); pass --dist=stationary for the stationary distribution of T.")
+    "dist", None, "Path to d.npy (state distribution). Default: uniform (the default "
+    "protocol of theory/THEORY.md sec. 6); pass --dist=stationary for the stationary "
+    "distribution of T.")
 _METHOD = flags.DEFINE_enum(
     "method", "semi", ["semi", "full", "joint", "sgd", "bidirectional"],
     "semi: semi-gradient two-timescale (P = predictor(Phi) every step); full: full gradient "

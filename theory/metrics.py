@@ -1,4 +1,4 @@
-"""Metrics of a representation Phi [|X|, k] and a predictor P [k, k] (theory.md, sec. 5).
+"""Metrics of a representation Phi [|X|, k] and a predictor P [k, k] (THEORY.md sec. 5).
 
 Only the span of Phi is identifiable, so subspace metrics compare spans, never columns.
 All functions are pure jnp and jit/vmap-able except ``reference_bases`` (numpy, run once).

@@ -1,7 +1,7 @@
 """Seedable generators of transition matrices (row convention: rows sum to 1).
 
 Every generator is a pure function of a PRNG key (fixed iteration counts), so it can be
-``jax.vmap``-ed over keys to get one matrix per seed.  Shared/reference/theory.md, sec. 6.
+``jax.vmap``-ed over keys to get one matrix per seed.  THEORY.md sec. 6.
 """
 import functools
 from typing import Tuple
@@ -70,7 +70,7 @@ def random_symmetric(key: Array, n: int = 20, dtype=jnp.float32) -> Array:
 def non_normal(key: Array, n: int = 20, alpha: float = 0.1, dtype=jnp.float32) -> Array:
   """Non-normal doubly-stochastic matrix: Dirichlet(alpha) rows, Sinkhorn-normalised.
 
-  Its top-k left and right singular spans differ (theory.md claim 7).
+  Its top-k left and right singular spans differ (THEORY.md claim 7).
   """
   rows = jax.random.dirichlet(key, alpha * jnp.ones(n, dtype), (n,)).astype(dtype)
   return sinkhorn(rows + 1e-8)
@@ -106,7 +106,7 @@ def near_bipartite(key: Array, n: int = 20, eps: float = 0.05, noise: float = 1.
   between the parts only, symmetric-Sinkhorn normalised, so its spectrum is symmetric about 0;
   the laziness eps pushes it up by ~eps.  The top-|lambda| span then mixes the largest positive
   and the most negative eigenvalues, and spans of positive-only eigenvectors are local maxima
-  of f (theory.md claim 5).
+  of f (THEORY.md claim 5).
   """
   k1, k2 = jax.random.split(key)
   idx = jnp.arange(n)
@@ -125,7 +125,7 @@ def per_action(key: Array, n: int = 10, num_actions: int = 4, commuting: bool = 
   Khetarpal et al. 2024's linear experiments use 10 states, 4 actions, symmetric T_a.
   commuting=True: T_a = sum_j c_{a,j} W^j (j = 0..3, c_a ~ Dirichlet(1)) for one sparse random
     symmetric walk W, so the T_a share eigenvectors; then the action-conditional fixed point is
-    the top-k eigenspace of mean_a T_a^2 (theory.md claim 8).
+    the top-k eigenspace of mean_a T_a^2 (THEORY.md claim 8).
   commuting=False: independent sparse random symmetric walks.  The two-timescale flow then
     maximises sum_a ||Phi^T T_a Phi||_F^2, whose maximiser is in general NOT the top-k
     eigenspace of mean_a T_a^2 (we measured overlap ~0.7 with it; see theory/README.md).

@@ -16,7 +16,6 @@ same function for every action the game has).
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,9 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from spr import checkpoint
 from spr.networks import SGI_ENCODERS
 
-PRETRAINED = "pretrained.pkl"
+PRETRAINED = "pretrained.npz"
+LEGACY_PRETRAINED = "pretrained.pkl"  # a pickle: read only with SPR_ALLOW_PICKLE=1
 # Fields of the pretraining config that must equal the finetuning config's.
 MATCHED = ("encoder", "encoder_channels", "resnet_norm", "hidden", "transition_hidden")
 TRANSITION_INPUT = "transition/conv0"  # its input planes: latent channels, then one per action
@@ -36,18 +37,29 @@ class PretrainedMismatch(ValueError):
   """The pretrained checkpoint does not fit this run (message says why, in one line)."""
 
 
-def load_pretrained(init_from: str | Path) -> dict:
+def load_pretrained(init_from: str | Path, allow_pickle: bool | None = None) -> dict:
+  """The pretrained network of `init_from` (a launch.pretrain workdir or its pretrained.npz),
+  verified against its checksums. Loading runs no code: a pickle (`pretrained.pkl` of older
+  versions) is read only with `allow_pickle` / SPR_ALLOW_PICKLE=1 (spr/checkpoint.py).
+
+  Raises:
+    PretrainedMismatch (one line: what is wrong with the file, or how to opt in to a pickle).
+  """
   path = Path(init_from)
   if path.is_dir():
+    legacy = path / LEGACY_PRETRAINED
     path = path / PRETRAINED
+    if not path.exists() and legacy.exists():
+      path = legacy
   if not path.exists():
     raise PretrainedMismatch(f"--init_from: {path} does not exist (run launch.pretrain first)")
   try:
-    with open(path, "rb") as f:
-      payload = pickle.load(f)
+    payload = checkpoint.read_file(path, "pretrained", allow_pickle)["content"]
     payload["params"], payload["config"], payload["num_actions"]  # noqa: B018 - presence check
-  except Exception as e:  # noqa: BLE001
-    raise PretrainedMismatch(f"--init_from: {path} is not a pretrained checkpoint "
+  except checkpoint.CheckpointError as e:  # a pickle, damaged, or another kind of file
+    raise PretrainedMismatch(f"--init_from: {e}") from None
+  except Exception as e:  # noqa: BLE001 - not a pretrained file
+    raise PretrainedMismatch(f"--init_from: {path} is not a usable pretrained checkpoint "
                              f"({type(e).__name__}: {e})") from None
   payload["path"] = str(path)
   return payload
@@ -159,7 +171,7 @@ def load_into_state(learner: Any, state: Any, payload: dict, game_actions: Seque
   params = apply_pretrained(jax.device_get(state.params), payload, config, game_actions)
   norm_state = _load_norm_state(state.norm_state, payload.get("norm_state"), where)
   target, target_norm = (), ()
-  if config.target_tau != 1.0:
+  if config.has_target:
     if payload.get("target_params"):
       target, _ = _copy_reused(params, payload["target_params"], where,
                                _rows(payload, game_actions))

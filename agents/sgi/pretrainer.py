@@ -2,14 +2,14 @@
 
 Workdir (docs/CONTRACTS.md): config.json, metrics.jsonl (`step` = gradient updates), checkpoints/
 (the full learner state + the host sampler's RNG state, so a resumed run continues exactly),
-`pretrained.pkl` (what finetuning loads: `launch.train --init_from=<workdir>`) rewritten
-atomically at every checkpoint, and final.json when the budget is done.
+`pretrained.npz` (what finetuning loads: `launch.train --init_from=<workdir>`; spr/checkpoint.py's
+safe, checksummed format) rewritten atomically at every checkpoint, and final.json when the budget
+is done.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -23,7 +23,7 @@ from agents.sgi.learner import SGILearner
 from envs import games as games_lib
 from spr import checkpoint, dqn_replay, workdir as wd
 
-PRETRAINED = "pretrained.pkl"
+PRETRAINED = "pretrained.npz"
 EXPORT_VERSION = 2  # 2: action_set, target_params, norm_state, target_norm_state
 
 
@@ -68,7 +68,8 @@ def to_full_action_set(ckpt, game_actions: list[int]):
 def export_pretrained(path: Path, state, config: SGIConfig, games: list[str],
                       action_set: list[int], step: int) -> None:
   """Writes what finetuning loads - online and EMA-target parameters and BatchNorm running
-  statistics, by Haiku module name - with what they came from (games, ALE action set)."""
+  statistics, by Haiku module name - with what they came from (games, ALE action set) - as a
+  `spr.checkpoint.write_file` file of kind "pretrained" (atomic; loading it runs no code)."""
   state = jax.device_get(dict(params=state.params, target_params=state.target_params,
                               norm_state=state.norm_state,
                               target_norm_state=state.target_norm_state))  # no optimiser moments
@@ -77,10 +78,7 @@ def export_pretrained(path: Path, state, config: SGIConfig, games: list[str],
   payload = dict(version=EXPORT_VERSION, step=int(step), games=list(games),
                  num_actions=len(action_set), action_set=[int(a) for a in action_set],
                  config=config.to_json(), **{k: as_numpy(v) for k, v in state.items()})
-  tmp = path.with_name("." + path.name + ".tmp")
-  with open(tmp, "wb") as f:
-    pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-  tmp.replace(path)
+  checkpoint.write_file(path, payload, "pretrained")
 
 
 def pretrain(data_dir: str, games: list[str], config: SGIConfig, workdir: str | Path,
@@ -88,11 +86,23 @@ def pretrain(data_dir: str, games: list[str], config: SGIConfig, workdir: str | 
              checkpoints: list[int] | None = None, cache_dir: str | None = None,
              progress: bool | None = None) -> dict:
   games = [games_lib.canonical_name(g) for g in games]
+  wd.acquire_lock(workdir)  # one writer per workdir
+  try:
+    return _pretrain(data_dir, games, config, workdir, config_name, seed, runs, checkpoints,
+                     cache_dir, progress)
+  finally:
+    wd.release_lock(workdir)
+
+
+def _pretrain(data_dir, games, config, workdir, config_name, seed, runs, checkpoints, cache_dir,
+              progress) -> dict:
   identity = dict(config_name=config_name, games=games, seed=int(seed), runs=runs or [],
                   checkpoints=checkpoints or [], **config.to_json())
+  # A lost config.json comes back from its checkpoints' record (see agents/spr/trainer.py).
+  checkpoint.restore_missing_config(Path(workdir) / wd.CONFIG, Path(workdir) / wd.CHECKPOINTS)
   path = wd.prepare(workdir, identity)
   if wd.is_finished(path):
-    final = wd.read_json(path / wd.FINAL)
+    final = wd.read_final(path)
     logging.info("pretraining in %s already finished (%d steps); nothing to do", path,
                  final["steps"])
     return final
@@ -116,14 +126,16 @@ def pretrain(data_dir: str, games: list[str], config: SGIConfig, workdir: str | 
   ckpt_dir = path / wd.CHECKPOINTS
   metrics_log = wd.MetricsLog(path)
   step, elapsed = 0, 0.0
-  if checkpoint.checkpoint_steps(ckpt_dir):
-    step, tree, host = checkpoint.restore(ckpt_dir, state)
+  resumed = bool(checkpoint.checkpoint_steps(ckpt_dir))
+  if resumed:
+    step, tree, host, _ = checkpoint.restore(ckpt_dir, state, expect_config=identity)
     state = jax.device_put(tree)
     rng.bit_generator.state = host["rng"]
     elapsed = host["elapsed"]
-    metrics_log.truncate_after(step)
     logging.info("resumed pretraining %s at step %d", path, step)
-  else:
+  # Lines logged after that checkpoint by a killed attempt (all, for a new run) would repeat.
+  metrics_log.truncate_after(step if resumed else -1)
+  if not resumed:
     logging.info("new pretraining run: games %s, %d transitions, %d sequences, %d actions, "
                  "workdir %s", games, sampler.num_transitions, sampler.num_sequences,
                  num_actions, path)
@@ -171,7 +183,7 @@ def pretrain(data_dir: str, games: list[str], config: SGIConfig, workdir: str | 
       elapsed = time.perf_counter() - t_start
       checkpoint.save(ckpt_dir, step, state, dict(step=step, rng=rng.bit_generator.state,
                                                   elapsed=elapsed, data_dir=str(data_dir)),
-                      keep=config.checkpoint_keep)
+                      keep=config.checkpoint_keep, config=identity)
       export_pretrained(path / PRETRAINED, state, config, games, action_set, step)
   if bar is not None:
     bar.close()
