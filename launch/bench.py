@@ -20,16 +20,23 @@ run one after the other), the speed-up over N = 1, and the memory of the replay 
     python -m launch.bench --runs=1,4,16,26 --multi_configs=spr,bbf_rr2,bbf   # on one GPU
     python -m launch.bench --memory=spr,bbf,sgi   # train-state memory of 1 and 26 runs (shapes)
     python -m launch.bench --probes   # env threads vs processes, eval act vmap/map, init jit
+
+`--json=PATH` also appends every row to PATH as one JSON object per line (key `table`: "single",
+"multi" or "probes"), written and flushed as each row is measured, so that a run killed part way
+(launch/gpu_suite.py time-boxes it) keeps the rows it finished. The multi-run table's rows are
+printed as they are measured for the same reason.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
 
 from absl import app, flags
 
-_CONFIG = flags.DEFINE_string("config", "spr", "Named configuration to benchmark.")
+_CONFIG = flags.DEFINE_string("config", "spr", "Named configuration to benchmark (with --probes: "
+                              "the network of the evaluation-act rows).")
 _GAME = flags.DEFINE_string("game", "Pong", "Game for the env rows (sets the action count).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per row (after warm-up).")
 _FILL = flags.DEFINE_integer("fill", 5000, "Transitions put in replay before timing.")
@@ -48,6 +55,16 @@ _PROBES = flags.DEFINE_boolean("probes", False, "Only print the design probes: e
                                "eager vs jitted.")
 _MEMORY = flags.DEFINE_string("memory", "", "Only print the train-state memory of these configs "
                               "(comma-separated) for 1 and 26 runs, from shapes (no device work).")
+_JSON = flags.DEFINE_string("json", "", "Also append each row, as soon as it is measured, to this "
+                            "file as a JSON line (a killed run keeps its finished rows).")
+
+
+def _emit(table: str, **fields) -> None:
+  """Appends one row to the --json file (if any), flushed: a row survives a later kill."""
+  if not _JSON.value:
+    return
+  with open(_JSON.value, "a") as f:
+    f.write(json.dumps(dict(table=table, **fields)) + "\n")
 
 
 def machine_description() -> str:
@@ -88,8 +105,11 @@ def _time(fn, repeats: int) -> float:
 
 
 def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: int,
-                    repeats: int, env_workers: int) -> list[dict]:
-  """Times the vmapped multi-run step and N emulators; returns one row per (config, N)."""
+                    repeats: int, env_workers: int, on_row=None) -> list[dict]:
+  """Times the vmapped multi-run step and N emulators; returns one row per (config, N).
+
+  `on_row(row)` is called as each row is measured (rows come config by config, N increasing);
+  the env rates of N emulators are measured when a row first needs them."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -103,9 +123,15 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
 
   rows = []
   env_rate = {}
-  for n in runs:
-    workers = env_workers or min(n, available_cores())
-    env_rate[n] = (*_pool_rates(n, max(20, 400 // n), workers, game), workers)
+
+  def env_rates(n: int, protocol: str) -> tuple[float, float, int]:
+    # Each config's runs step envs of its own protocol (the "spr" env is a little cheaper).
+    if (n, protocol) not in env_rate:
+      workers = env_workers or min(n, available_cores())
+      env_rate[n, protocol] = (*_pool_rates(n, max(20, 400 // n), workers, game, protocol),
+                               workers)
+    return env_rate[n, protocol]
+
   probe = AtariEnv(game, seed=0)
   num_actions = probe.num_actions
   probe.close()
@@ -144,10 +170,12 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
       compile_s = time.perf_counter() - t0
       step_ms = _time(call, max(3, repeats // max(1, n // 4)))
       learner_rate = n / (step_ms / 1e3)
-      loop, pooled, workers = env_rate[n]
+      loop, pooled, workers = env_rates(n, config.env_protocol)
       env_best = max(loop, pooled)
       end_to_end = n / (step_ms / 1e3 + n / env_best)
       base_rate = base_rate or end_to_end
+      # The process's peak so far (JAX cannot reset it): with N increasing within a config, the
+      # peak of the largest N yet, i.e. of this row, if the config runs in a process of its own.
       mem = None
       try:
         stats = jax.devices()[0].memory_stats() or {}
@@ -161,23 +189,46 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
           replay_gb=n * config.replay_capacity * 84 * 84 / 1e9,
           state_gb=n * state_bytes(config, learner.num_actions) / 1e9,
           device_peak_gb=None if mem is None else mem / 1e9, compile_s=compile_s))
+      if on_row is not None:
+        on_row(rows[-1])
       holder.clear()
       del state
   return rows
 
 
 def print_multi_table(rows: list[dict]) -> None:
+  _print_multi_header()
+  for r in rows:
+    _print_multi_row(r)
+
+
+def _print_multi_header() -> None:
   print(f"multi-run table (one vmapped step per env step; machine: {machine_description()})")
   print("| config | runs | fused step (ms) | updates/s | learner env steps/s | env steps/s "
         "in process / workers | end-to-end env steps/s | vs 1 run | replay frames (GB) | "
         "train states (GB) | device peak (GB) | compile (s) |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-  for r in rows:
-    peak = "-" if r["device_peak_gb"] is None else f"{r['device_peak_gb']:.1f}"
-    print(f"| {r['config']} | {r['runs']} | {r['step_ms']:.1f} | {r['updates_per_s']:.1f} | "
-          f"{r['learner_steps_per_s']:.1f} | {r['env_loop']:.0f} / {r['env_workers']:.0f} "
-          f"({r['workers']}) | {r['end_to_end']:.1f} | {r['speedup']:.2f}x | "
-          f"{r['replay_gb']:.2f} | {r['state_gb']:.2f} | {peak} | {r['compile_s']:.0f} |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+
+
+def _print_multi_row(r: dict) -> None:
+  peak = "-" if r["device_peak_gb"] is None else f"{r['device_peak_gb']:.1f}"
+  print(f"| {r['config']} | {r['runs']} | {r['step_ms']:.1f} | {r['updates_per_s']:.1f} | "
+        f"{r['learner_steps_per_s']:.1f} | {r['env_loop']:.0f} / {r['env_workers']:.0f} "
+        f"({r['workers']}) | {r['end_to_end']:.1f} | {r['speedup']:.2f}x | "
+        f"{r['replay_gb']:.2f} | {r['state_gb']:.2f} | {peak} | {r['compile_s']:.0f} |",
+        flush=True)
+
+
+def _multi_table_streamed(names: list[str], runs: list[int]) -> None:
+  """The multi-run table, each row printed (and written to --json) as soon as it is measured."""
+  _print_multi_header()
+
+  def on_row(row: dict) -> None:
+    _print_multi_row(row)
+    _emit("multi", **row)
+
+  multi_run_table(names, runs, _GAME.value, _FILL.value, _REPEATS.value, _ENV_WORKERS.value,
+                  on_row=on_row)
 
 
 def print_memory_table(config_names: list[str], actions: int = 18) -> None:
@@ -217,10 +268,11 @@ def _loop_vs_threads(step_fns: list, steps: int) -> tuple[float, float]:
   return loop, len(step_fns) * steps / (time.perf_counter() - t0)
 
 
-def _pool_rates(n: int, steps: int, workers: int, game: str = "Breakout") -> list[float]:
-  """Agent steps/s of `n` envs of `game` stepped together as the training loop steps them
-  (random actions in, frames and stacks out) by an EnvPool in this process and by an EnvPool of
-  `workers` processes."""
+def _pool_rates(n: int, steps: int, workers: int, game: str = "Breakout",
+                protocol: str = "dopamine") -> list[float]:
+  """Agent steps/s of `n` envs of `game` (env `protocol`) stepped together as the training loop
+  steps them (random actions in, frames and stacks out) by an EnvPool in this process and by an
+  EnvPool of `workers` processes."""
   import numpy as np
 
   from envs.pool import EnvPool
@@ -228,7 +280,7 @@ def _pool_rates(n: int, steps: int, workers: int, game: str = "Breakout") -> lis
   rates = []
   for count in (0, workers):
     with EnvPool(count) as pool:
-      handles = pool.add([dict(game=game, seed=i) for i in range(n)])
+      handles = pool.add([dict(game=game, seed=i, protocol=protocol) for i in range(n)])
       pool.reset(handles)
       num_actions = pool.num_actions(handles[0])
       rng = np.random.default_rng(0)
@@ -241,8 +293,9 @@ def _pool_rates(n: int, steps: int, workers: int, game: str = "Breakout") -> lis
   return rates
 
 
-def print_probes() -> None:
-  """Measurements behind three design choices (agents/spr/multi_trainer.py, learner.init)."""
+def print_probes(config_name: str = "spr") -> None:
+  """Measurements behind three design choices (agents/spr/multi_trainer.py, learner.init); the
+  evaluation-act rows use the network of `config_name`."""
   import jax
   import numpy as np
 
@@ -273,7 +326,8 @@ def print_probes() -> None:
   rows.append((f"EnvPool.step + stacks, 16 envs: in process / {workers} workers (agent steps/s)",
                " / ".join(f"{r:.0f}" for r in _pool_rates(16, 150, workers))))
 
-  learner = SPRLearner(make_config("spr"), 6)
+  learner = SPRLearner(make_config(config_name), 6)
+  net = "SPR net" if config_name == "spr" else f"{config_name} net"
   states = [learner.init(jax.random.PRNGKey(i)) for i in range(2)]
   acting = multi_trainer.stack_states([learner.acting_params(s) for s in states])
   stacks = np.random.default_rng(0).integers(0, 255, (2, 100, 4, 84, 84), dtype=np.uint8)
@@ -291,9 +345,9 @@ def print_probes() -> None:
                    ("1 stack per run, unpadded", lambda: batched(acting, one))):
     jax.block_until_ready(fn())
     ms = _time(lambda: jax.block_until_ready(fn()), 7)
-    rows.append((f"evaluation act, SPR net, 2 runs x 100 stacks, {name} (ms)"
+    rows.append((f"evaluation act, {net}, 2 runs x 100 stacks, {name} (ms)"
                  if "1 stack" not in name else
-                 f"evaluation act, SPR net, 2 runs x {name} (ms)", f"{ms:.1f}"))
+                 f"evaluation act, {net}, 2 runs x {name} (ms)", f"{ms:.1f}"))
 
   smoke = SPRLearner(make_config("smoke"), 6)
   t0 = time.perf_counter()
@@ -305,6 +359,8 @@ def print_probes() -> None:
   rows.append(("smoke learner init, first call: eager / jitted (s)", f"{eager:.1f} / {jitted:.1f}"))
   print(f"design probes; machine: {machine_description()}")
   _print_rows("probe", rows)
+  _emit("probes", config=config_name, machine=machine_description(),
+        rows=[dict(name=name, value=value) for name, value in rows])
 
 
 def _print_rows(header: str, rows: list[tuple[str, str]]) -> None:
@@ -320,7 +376,7 @@ def main(argv):
   del argv
   import jax
   if _PROBES.value:
-    print_probes()
+    print_probes(_CONFIG.value)
     return
   if _MEMORY.value:
     print_memory_table([n for n in _MEMORY.value.split(",") if n])
@@ -331,15 +387,11 @@ def main(argv):
     if names is None:
       names = "spr,bbf" if jax.default_backend() != "cpu" else "smoke,bbf_smoke"
     if not _SINGLE.value:
-      rows = multi_run_table(names.split(","), runs, _GAME.value, _FILL.value, _REPEATS.value,
-                             _ENV_WORKERS.value)
-      print_multi_table(rows)
+      _multi_table_streamed(names.split(","), runs)
       return
   _single_table()
   if _RUNS.value:
-    rows = multi_run_table(names.split(","), runs, _GAME.value, _FILL.value, _REPEATS.value,
-                           _ENV_WORKERS.value)
-    print_multi_table(rows)
+    _multi_table_streamed(names.split(","), runs)
 
 
 def _single_table():
@@ -352,7 +404,7 @@ def _single_table():
   from spr import replay
 
   config = make_config(_CONFIG.value)
-  env = AtariEnv(_GAME.value, seed=0)
+  env = AtariEnv(_GAME.value, seed=0, protocol=config.env_protocol)
   learner = SPRLearner(config, env.num_actions)
   state = learner.init(jax.random.PRNGKey(0))
 
@@ -389,6 +441,11 @@ def _single_table():
   compile_s = time.perf_counter() - t0
   one_update()
   update_ms = _time(one_update, _REPEATS.value)
+  # The update's row first: the fused step's compile (all updates unrolled) may be cut short.
+  _emit("single", config=_CONFIG.value, game=_GAME.value, batch_size=config.batch_size,
+        updates_per_step=config.updates_per_step, machine=machine_description(),
+        update_ms=update_ms, env_steps_per_s=env_only, fill_steps_per_s=env_rate,
+        compile_s=compile_s, partial=True)
 
   stack = env.stack
 
@@ -419,7 +476,11 @@ def _single_table():
         f"game {_GAME.value}")
   print(f"machine: {machine_description()}")
   _print_rows("measure", rows)
-  print(f"update_ms: {update_ms:.1f}")
+  print(f"update_ms: {update_ms:.1f}", flush=True)
+  _emit("single", config=_CONFIG.value, game=_GAME.value, batch_size=config.batch_size,
+        updates_per_step=config.updates_per_step, parameters=param_count(acting[0]),
+        machine=machine_description(), update_ms=update_ms, step_ms=step_ms, act_ms=act_ms,
+        env_steps_per_s=env_only, fill_steps_per_s=env_rate, compile_s=compile_s, partial=False)
 
 
 def run():
