@@ -1,8 +1,9 @@
 """Atari 100k evaluation: full games, epsilon-greedy, many episodes in parallel, batched acting.
 
-``evaluate(act_fn, game, num_episodes=100, seed=0, epsilon=0.001)`` plays ``num_episodes``
-full games (no life-loss terminals; game over or the 108k-frame cap end an episode) with the
-same preprocessing as training (:class:`envs.atari.AtariEnv` with ``training=False``). Each
+``evaluate(act_fn, game, num_episodes=100, seed=0, epsilon=0.001, protocol=...)`` plays
+``num_episodes`` full games (no life-loss terminals; game over or the episode cap end an
+episode) with the same env protocol and preprocessing as training (:class:`envs.atari.AtariEnv`
+with ``training=False`` and the run's ``protocol``: "dopamine", the default, or "spr"). Each
 episode has its own env, seeded from ``(seed, episode index)``, and its own epsilon RNG, so the
 scores do not depend on ``max_parallel`` or on the order in which episodes finish, and every
 started episode is played to its end (short episodes are not over-represented).
@@ -22,12 +23,13 @@ same number of active episodes); ``evaluate`` is the one-run case. The envs live
 parallel; each env and epsilon RNG belongs to one episode, so the scores do not depend on that.
 
 Backend: ``AtariEnv`` objects (through the pool). ale-py's C++ vector env
-(``ale_py.vector_env.AtariVectorEnv``) gives the same frames for the same emulator and actions
-(max-pool, grayscale, INTER_AREA resize, raw rewards with ``reward_clipping=False``,
-``use_fire_reset=False``) but cannot reproduce the protocol exactly in ale-py 0.12.1: it draws
-0..noop_max-1 no-ops (gymnasium's AtariPreprocessing, which training uses, draws 1..noop_max),
-and its episode cap counts only frames after the no-ops (the ALE cap used in training counts
-them too). See ``envs/benchmark.py`` for the check and the speed comparison.
+(``ale_py.vector_env.AtariVectorEnv``) gives the same frames as the "dopamine" protocol for the
+same emulator and actions (max-pool, grayscale, INTER_AREA resize, raw rewards with
+``reward_clipping=False``, ``use_fire_reset=False``) but cannot reproduce it exactly in ale-py
+0.12.1: it draws 0..noop_max-1 no-ops (gymnasium's AtariPreprocessing, which training uses, draws
+1..noop_max), and its episode cap counts only frames after the no-ops (the ALE cap used in
+training counts them too); nor the "spr" protocol (bilinear resize, the extra NOOP frame after
+a life loss). See ``envs/benchmark.py`` for the check and the speed comparison.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from envs.atari import MAX_FRAMES_PER_EPISODE
+from envs.atari import MAX_FRAMES_PER_EPISODE, SPR_HORIZON
 from envs.pool import EnvPool
 
 ActFn = Callable[[np.ndarray], np.ndarray]
@@ -58,7 +60,8 @@ def _batch_size(num_active: int, max_parallel: int) -> int:
 def evaluate(act_fn: ActFn, game: str, num_episodes: int = 100, seed: int = 0,
              epsilon: float = 0.001, max_parallel: int | None = None, sticky: float = 0.0,
              max_frames_per_episode: int = MAX_FRAMES_PER_EPISODE,
-             pool: EnvPool | None = None) -> list[Episode]:
+             pool: EnvPool | None = None, protocol: str = "dopamine",
+             horizon: int = SPR_HORIZON) -> list[Episode]:
     """Plays ``num_episodes`` full games; returns ``[(raw score, length in agent steps)]``.
 
     Args:
@@ -69,9 +72,11 @@ def evaluate(act_fn: ActFn, game: str, num_episodes: int = 100, seed: int = 0,
       epsilon: probability of a uniformly random action at each step.
       max_parallel: episodes played at once (default: all of them).
       sticky: repeat_action_probability (0 for the Atari 100k protocol).
-      max_frames_per_episode: the episode cap in emulator frames (108k).
+      max_frames_per_episode: the "dopamine" episode cap in emulator frames (108k).
       pool: an ``envs.pool.EnvPool`` to play in (worker processes step the episodes in
         parallel; the scores are the same); None: the envs live in this process.
+      protocol: the env protocol, the run's (``SPRConfig.env_protocol``): "dopamine" or "spr".
+      horizon: the "spr" episode cap in agent steps (27k; the game ends on step horizon + 1).
 
     Returns:
       One ``(score, length)`` per episode, in episode order.
@@ -80,7 +85,7 @@ def evaluate(act_fn: ActFn, game: str, num_episodes: int = 100, seed: int = 0,
         return np.asarray(act_fn(stacks[0])).reshape(1, -1)
 
     return evaluate_runs(one_run, [(game, seed)], num_episodes, epsilon, max_parallel, sticky,
-                         max_frames_per_episode, pool)[0]
+                         max_frames_per_episode, pool, protocol=protocol, horizon=horizon)[0]
 
 
 class _RunEpisodes:
@@ -88,9 +93,10 @@ class _RunEpisodes:
     each), the next one to start, and the results so far."""
 
     def __init__(self, game: str, seed: int, num_episodes: int, sticky: float,
-                 max_frames_per_episode: int):
+                 max_frames_per_episode: int, protocol: str, horizon: int):
         self.game, self.seed, self.num_episodes = game, int(seed), num_episodes
         self.sticky, self.max_frames = sticky, max_frames_per_episode
+        self.protocol, self.horizon = protocol, horizon
         self.results: list[Episode | None] = [None] * num_episodes
         self.active: dict[int, tuple[int, np.random.Generator]] = {}
         self.next_episode = 0
@@ -99,7 +105,8 @@ class _RunEpisodes:
     def env_kwargs(self, episode: int) -> dict:
         """The ``AtariEnv`` of a new episode (its seed makes it that episode's env)."""
         return dict(game=self.game, seed=episode_seed(self.seed, episode), training=False,
-                    sticky=self.sticky, max_frames_per_episode=self.max_frames)
+                    sticky=self.sticky, max_frames_per_episode=self.max_frames,
+                    protocol=self.protocol, horizon=self.horizon)
 
     def start(self, handle: int) -> int:
         """Makes ``handle``'s env play the next episode (the caller resets it); its index."""
@@ -122,7 +129,8 @@ class _RunEpisodes:
 def evaluate_runs(act_fn: ActFn, runs: Sequence[tuple[str, int]], num_episodes: int = 100,
                   epsilon: float = 0.001, max_parallel: int | None = None, sticky: float = 0.0,
                   max_frames_per_episode: int = MAX_FRAMES_PER_EPISODE,
-                  pool: EnvPool | None = None) -> list[list[Episode]]:
+                  pool: EnvPool | None = None, protocol: str = "dopamine",
+                  horizon: int = SPR_HORIZON) -> list[list[Episode]]:
     """``evaluate`` for R runs at once; returns one episode list per run, in ``runs`` order.
 
     Args:
@@ -143,9 +151,10 @@ def evaluate_runs(act_fn: ActFn, runs: Sequence[tuple[str, int]], num_episodes: 
     if pool is None:
         with EnvPool(0) as own_pool:
             return evaluate_runs(act_fn, runs, num_episodes, epsilon, max_parallel, sticky,
-                                 max_frames_per_episode, own_pool)
-    states = [_RunEpisodes(game, seed, num_episodes, sticky, max_frames_per_episode)
-              for game, seed in runs]
+                                 max_frames_per_episode, own_pool, protocol=protocol,
+                                 horizon=horizon)
+    states = [_RunEpisodes(game, seed, num_episodes, sticky, max_frames_per_episode, protocol,
+                           horizon) for game, seed in runs]
     # New envs are seeded by their constructor, then reset (as AtariEnv(game, seed).reset()).
     kwargs = [run.env_kwargs(e) for run in states for e in range(max_parallel)]
     handles = pool.add(kwargs)

@@ -6,6 +6,17 @@ with or without underscores (``ms_pacman``, ``mspacman``, ``MsPacman``, ``MSPACM
 
 Scores come from ``scores.csv`` (package data, a copy of the project's reference table):
 random and human scores (for normalisation) and the published DER, SPR and BBF per-game means.
+
+Non-Atari games: :data:`NON_ATARI_GAMES` (``Catch``, bsuite's Catch as 84x84 frames, a pixel
+sanity task: :mod:`envs.catch`) are known to :func:`canonical_name` and :func:`make_env`, so the
+trainers and the evaluation run them (``--game=catch``), but they are not in :data:`GAMES` nor
+in the score tables: :func:`get_game`, the scores and :func:`human_normalized_score` refuse
+them (ValueError), and :func:`is_atari` tells them apart. A run's final.json has ``hns`` NaN
+for them, and ``launch.report`` / ``launch.grid`` (which know only the 26 games) never mix them
+into per-game tables or aggregates.
+
+One factory builds every env a trainer or an evaluation plays: :func:`make_env` (an
+``envs.catch.CatchEnv`` for a non-Atari game, else an ``envs.atari.AtariEnv``).
 """
 from __future__ import annotations
 
@@ -61,25 +72,73 @@ def _load_games() -> dict[str, Game]:
 GAMES: tuple[str, ...] = tuple(g.name for g in _load_games().values())
 """The 26 Atari 100k games by ALE name, in the table's (alphabetical) order."""
 
+NON_ATARI_GAMES: tuple[str, ...] = ("Catch",)
+"""Games that are not Atari games (no ROM, no reference scores): envs.catch's Catch."""
+
+_NON_ATARI = {_normalise_key(name): name for name in NON_ATARI_GAMES}
+
+
+def is_atari(name: str) -> bool:
+    """Whether ``name`` (any accepted spelling) is one of the 26 Atari 100k games.
+
+    Raises:
+        ValueError: the name is neither an Atari 100k game nor a non-Atari game.
+    """
+    return _normalise_key(canonical_name(name)) in _load_games()
+
 
 def get_game(name: str) -> Game:
     """Looks a game up by ALE name or ROM id (case-insensitive, snake_case accepted).
 
     Raises:
-        ValueError: the name is not one of the 26 Atari 100k games; the message lists them.
+        ValueError: the name is not one of the 26 Atari 100k games (a non-Atari game such as
+            "catch" included: it has no ROM and no scores); the message lists them.
     """
     game = _load_games().get(_normalise_key(name))
     if game is None:
+        if _normalise_key(name) in _NON_ATARI:
+            raise ValueError(
+                f"{_NON_ATARI[_normalise_key(name)]} is not an Atari 100k game: it has no ROM "
+                f"and no reference scores (Atari 100k games: {', '.join(GAMES)})."
+            )
         raise ValueError(
             f"Unknown Atari 100k game {name!r}. Valid names: {', '.join(GAMES)} "
-            "(case-insensitive; snake_case such as 'ms_pacman' is accepted)."
+            "(case-insensitive; snake_case such as 'ms_pacman' is accepted); non-Atari games: "
+            f"{', '.join(NON_ATARI_GAMES)}."
         )
     return game
 
 
 def canonical_name(name: str) -> str:
-    """The ALE name of a game given any accepted spelling ("ms_pacman" -> "MsPacman")."""
+    """The name of a game given any accepted spelling: the ALE name of an Atari game
+    ("ms_pacman" -> "MsPacman"), or a non-Atari game's ("catch" -> "Catch").
+
+    Raises:
+        ValueError: an unknown game (the message lists the valid names).
+    """
+    non_atari = _NON_ATARI.get(_normalise_key(name))
+    if non_atari is not None:
+        return non_atari
     return get_game(name).name
+
+
+def make_env(game: str, seed: int = 0, **kwargs):
+    """The env that plays ``game``: ``envs.catch.CatchEnv`` for Catch, else
+    ``envs.atari.AtariEnv``, built with ``(game, seed=seed, **kwargs)`` (the ``AtariEnv``
+    keyword arguments: training, sticky, noop_max, max_frames_per_episode, protocol, horizon;
+    CatchEnv accepts them all and refuses the values that would change Catch).
+
+    Every env a trainer or an evaluation plays is built here (agents/spr/trainer.py,
+    agents/spr/multi_trainer.py, and the env pool's workers, envs/pool_worker.py).
+    """
+    # Imported here: envs.atari (which envs.catch imports) imports this module.
+    if canonical_name(game) == "Catch":
+        from envs.catch import CatchEnv
+
+        return CatchEnv(game, seed=seed, **kwargs)
+    from envs.atari import AtariEnv
+
+    return AtariEnv(game, seed=seed, **kwargs)
 
 
 def random_score(game: str) -> float:

@@ -1,7 +1,8 @@
 """Many `AtariEnv`s stepped together, in this process or spread over worker processes.
 
     with EnvPool(workers=4) as pool:                   # workers=0: the envs live in this process
-        handles = pool.add([dict(game="Pong", seed=s, training=True) for s in range(8)])
+        handles = pool.add([dict(game="Pong", seed=s, training=True, protocol="spr")
+                            for s in range(8)])           # any AtariEnv(**kwargs)
         frames = pool.reset(handles)                   # uint8 [8, 84, 84]
         frames, rewards, terminals, infos = pool.step(handles, actions)
         pool.stack(handles[0])                         # (4, 84, 84): what env.stack would be
@@ -17,12 +18,12 @@ pool (tests/test_env_pool.py).
 
 Transfers: a step sends the actions and returns one frame per env (7 KB), not the 4-frame stack:
 the pool keeps each env's stack itself with `FrameStacker.advance`, the rule `AtariEnv.step`
-uses (restart at a terminal, else push), so the stacks the learner sees equal the envs' own
-(checked against the workers' stacks in the tests). Each command is sent to every worker it
-concerns before any reply is read, so the workers step in parallel; pipes carry pickles (a
-frame array pickles as one buffer). An exception inside a worker is raised here as itself (a
-ValueError for an unknown game, as without workers) with the worker's traceback as a note; a dead
-worker raises `EnvWorkerError`.
+follows in both env protocols (restart at a terminal, else push), so the stacks the learner sees
+equal the envs' own (checked against the workers' stacks in the tests). Each command is sent
+to every worker it concerns before any reply is read, so the workers step in parallel; pipes
+carry pickles (a frame array pickles as one buffer). An exception inside a worker is raised
+here as itself (a ValueError for an unknown game, as without workers) with the worker's
+traceback as a note; a dead worker raises `EnvWorkerError`.
 
 Workers are started with `subprocess` (`python -c` importing only `envs.pool_worker`), not
 `multiprocessing`: spawn would re-import the trainer's `__main__` (JAX and all) in every worker,

@@ -1,10 +1,11 @@
-"""What an `envs.pool.EnvPool` worker does: owns some `AtariEnv`s and answers batched commands.
+"""What an `envs.pool.EnvPool` worker does: owns some envs and answers batched commands.
 
 `EnvHost` is the whole of a worker's logic. An in-process pool (`workers=0`) calls it directly;
 a worker process (`serve`, started by `envs.pool`) calls it on every message it receives, so
 the envs behave the same in both modes by construction.
 
-The worker imports only `envs.atari` (ale-py, gymnasium, numpy): no JAX, so a worker process
+The envs are built by `envs.games.make_env` (an `AtariEnv`, or a `CatchEnv` for "catch"): the
+worker imports only the env modules (ale-py, gymnasium, numpy): no JAX, so a worker process
 starts in about a second and holds tens of MB, not the trainer's hundreds.
 """
 from __future__ import annotations
@@ -17,22 +18,25 @@ import traceback
 import numpy as np
 
 from envs.atari import AtariEnv
+from envs.catch import CatchEnv
+from envs.games import make_env
 
 
 class EnvHost:
   """Envs keyed by the pool's integer handles, driven a batch of handles at a time."""
 
   def __init__(self):
-    self.envs: dict[int, AtariEnv] = {}
+    self.envs: dict[int, AtariEnv | CatchEnv] = {}
 
   def add(self, handles: list[int], kwargs: list[dict]) -> list[tuple[int, list[int]]]:
-    """Creates `AtariEnv(**kw)` for each handle (not reset); returns (num_actions, action_set)."""
-    made: dict[int, AtariEnv] = {}
+    """Creates `make_env(**kw)` (`AtariEnv(**kw)` for an Atari game) for each handle (not
+    reset); returns (num_actions, action_set)."""
+    made: dict[int, AtariEnv | CatchEnv] = {}
     try:  # all or nothing
       for handle, kw in zip(handles, kwargs):
         if handle in self.envs or handle in made:
           raise ValueError(f"env handle {handle} already exists")
-        made[handle] = AtariEnv(**kw)
+        made[handle] = make_env(**kw)
     except BaseException:
       for env in made.values():
         env.close()

@@ -4,7 +4,7 @@
 
 Each run has its own parameters, optimiser, replay, RNG, emulator and workdir, and its workdir is
 exactly what `agents.spr.trainer.train` writes for the same run (config.json, metrics.jsonl,
-checkpoints/ckpt_<step>.pkl in the SAME format, eval.csv, final.json), so sweeps and reports read
+checkpoints/ckpt_<step>.npz in the SAME format, eval.csv, final.json), so sweeps and reports read
 them alike, and a run started in a batch can be resumed alone (or the other way round).
 
 How runs are batched
@@ -16,7 +16,8 @@ count rather than padding the action dimension: a padded run would have other pa
 (transition-model input planes, advantage head) and therefore another initialisation and another
 trajectory than the same run trained alone; grouped, every run in a batch is initialised by
 `learner.init(PRNGKey(seed))` with its true action count, exactly as alone. The 26 Atari 100k
-games use 3, 4, 6, 8, 9 or 18 actions, so a full table is at most 6 vmapped batches in one loop;
+games use 3, 4, 6, 7, 8, 9, 10, 14 or 18 actions (13 of them 18), so a full table is at most 9
+vmapped batches in one loop;
 each group's call is dispatched before any group's actions are fetched, so the device runs them
 back to back while the host waits once per env step.
 
@@ -76,9 +77,10 @@ from absl import logging
 
 from agents.spr import trainer as single
 from agents.spr.config import LEGACY_VALUES, SPRConfig
-from agents.spr.learner import SPRLearner, TrainState, is_reset_step, learner_for
+from agents.spr.learner import (SPRLearner, TrainState, is_reset_step, learner_for, updates_at,
+                                updates_through)
 from envs import games
-from envs.atari import AtariEnv, clip_reward
+from envs.atari import clip_reward
 from envs.evaluation import evaluate_runs
 from envs.pool import EnvPool, resolve_workers
 from spr import checkpoint, workdir as wd
@@ -189,13 +191,32 @@ def train_many(specs: list[RunSpec], config: SPRConfig, config_name: str = "spr"
       single._pretrained_for_new_run(config, s.game, s.workdir, memo)  # pylint: disable=protected-access
       for s in specs]
   del memo
+  for spec in specs:  # one writer per workdir: refuse before anything is written
+    try:
+      wd.acquire_lock(spec.workdir)
+    except wd.WorkdirError:
+      for other in specs:
+        wd.release_lock(other.workdir)
+      raise
+  try:
+    return _train_many(specs, config, config_name, progress, env_workers, pretrained)
+  finally:
+    for spec in specs:
+      wd.release_lock(spec.workdir)
+
+
+def _train_many(specs: list[RunSpec], config: SPRConfig, config_name: str,
+                progress: bool | None, env_workers: int, pretrained: list) -> list[dict]:
   finals: dict[int, dict] = {}
   unfinished: list[tuple[int, Path]] = []
   for index, spec in enumerate(specs):
+    # A lost config.json comes back from its checkpoints' record (see trainer.train).
+    checkpoint.restore_missing_config(Path(spec.workdir) / wd.CONFIG,
+                                      Path(spec.workdir) / wd.CHECKPOINTS)
     path = wd.prepare(spec.workdir, single.run_identity(config_name, spec.game, spec.seed, config),
                       LEGACY_VALUES)
     if wd.is_finished(path):
-      finals[index] = wd.read_json(path / wd.FINAL)
+      finals[index] = wd.read_final(path)
       logging.info("run in %s already finished; skipped", path)
     else:
       unfinished.append((index, path))
@@ -244,16 +265,18 @@ def _start_run(spec: RunSpec, path: Path, config: SPRConfig, pretrained: dict | 
   """A run's host objects, learner and state: the single-run start (fresh init + pretrained
   weights, or the run's own checkpoint) on a local env, per run before stacking, so that a run
   starts in a batch exactly as alone; the env's state then moves into the pool (exact)."""
-  env = AtariEnv(spec.game, seed=spec.seed, training=True)
+  env = games.make_env(spec.game, seed=spec.seed, training=True, protocol=config.env_protocol)
   learner = learner_for(config, env.num_actions)
   state, host, resumed = single.start_or_resume(learner, env, spec.seed,
-                                                path / wd.CHECKPOINTS, pretrained)
-  [handle] = pool.add([dict(game=spec.game, seed=spec.seed, training=True)])
+                                                path / wd.CHECKPOINTS, pretrained,
+                                                wd.read_json(path / wd.CONFIG))
+  [handle] = pool.add([dict(game=spec.game, seed=spec.seed, training=True,
+                            protocol=config.env_protocol)])
   pool.set_state([handle], [env.get_state()])
   env.close()
   run = _Run(spec, path, handle, host, wd.MetricsLog(path))
+  run.metrics_log.truncate_after(run.host["step"] if resumed else -1)  # see trainer.train
   if resumed:
-    run.metrics_log.truncate_after(run.host["step"])
     logging.info("resumed %s at step %d", path, run.host["step"])
   return run, learner, state
 
@@ -294,7 +317,7 @@ def _loop(groups: list[_Group], config: SPRConfig, term, pool: EnvPool, progress
       rows = slice(k, k + len(g.runs))
       k += len(g.runs)
       done = g.step + 1
-      num_updates = config.updates_per_step if done >= config.learn_start else 0
+      num_updates = updates_at(config, done)
       fn = batched_step(g.learner, num_updates, is_reset_step(config, done))
       g.state, next_actions, m = fn(g.state, g.frames, g.actions, clip_reward(rewards[rows]),
                                     terminals[rows], stacks[rows])
@@ -315,7 +338,8 @@ def _loop(groups: list[_Group], config: SPRConfig, term, pool: EnvPool, progress
       bar.update(1)
     if preempted:
       raise single.Preempted(
-          f"SIGTERM: checkpointed {sum(len(g.runs) for g in groups)} runs; rerun to resume")
+          f"{term.name}: checkpointed {sum(len(g.runs) for g in groups)} runs; rerun the same "
+          "command to resume", term.exit_code)
   if bar is not None:
     bar.close()
 
@@ -352,7 +376,7 @@ def _bookkeeping(g: _Group, infos: list[dict], m, config: SPRConfig, t_start: fl
       n_upd = max(w["updates"], 1)
       record = dict(
           step=done, time_s=round(now - t_start, 3), steps_per_s=round(rate, 2),
-          updates=int(config.updates_per_step * max(done - config.learn_start + 1, 0)),
+          updates=int(updates_through(config, done)),
           loss=w["loss"] / n_upd, rl_loss=w["rl_loss"] / n_upd, spr_loss=w["spr_loss"] / n_upd,
           episodes=len(w["returns"]),
           train_return=float(np.mean(w["returns"])) if w["returns"] else None,
@@ -375,7 +399,8 @@ def _checkpoint(g: _Group, config: SPRConfig, t_start: float, pool: EnvPool) -> 
     if run.failed:
       continue
     checkpoint.save(run.ckpt_dir, g.step, st, dict(run.host, env=env_states[i]),
-                    keep=config.checkpoint_keep)
+                    keep=config.checkpoint_keep,
+                    config=checkpoint.read_settings(run.path / wd.CONFIG))
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -424,11 +449,12 @@ def select_runs(tree: Any, rows: list[int]) -> Any:
 
 
 def evaluate_stacked(learner: SPRLearner, acting: Any, runs: list[tuple[str, int]],
-                     num_episodes: int, epsilon: float, pool: EnvPool | None = None
-                     ) -> list[list]:
+                     num_episodes: int, epsilon: float, pool: EnvPool | None = None,
+                     protocol: str = "dopamine") -> list[list]:
   """`num_episodes` evaluation episodes of each run, all runs together: run r is (game, seed)
   `runs[r]` acting with row r of `acting` (stacked over runs). Returns one episode list per run,
-  what `envs.evaluation.evaluate` returns for that run alone. `pool` steps the envs."""
+  what `envs.evaluation.evaluate` returns for that run alone. `pool` steps the envs;
+  `protocol`: the envs' (the runs' `config.env_protocol`)."""
   per_chunk = max(1, MAX_EVAL_ENVS // num_episodes)
   results: list[list] = []
   for lo in range(0, len(runs), per_chunk):
@@ -436,7 +462,7 @@ def evaluate_stacked(learner: SPRLearner, acting: Any, runs: list[tuple[str, int
     part = acting if len(rows) == len(runs) else select_runs(acting, rows)
     act = make_runs_eval_act_fn(learner, part, num_episodes)
     results.extend(evaluate_runs(act, runs[lo:lo + per_chunk], num_episodes, epsilon=epsilon,
-                                 pool=pool))
+                                 pool=pool, protocol=protocol))
   return results
 
 
@@ -457,7 +483,7 @@ def _periodic_evaluation(g: _Group, config: SPRConfig, elapsed: float, pool: Env
     return
   seeds = [(r.spec.game, single.periodic_eval_seed(r.spec.seed, g.step)) for r in runs]
   results = evaluate_stacked(g.learner, acting, seeds, config.eval_every_episodes,
-                             config.eval_epsilon, pool)
+                             config.eval_epsilon, pool, protocol=config.env_protocol)
   scores = []
   for run, episodes in zip(runs, results):
     record = single.eval_record(g.step, elapsed, episodes)
@@ -498,7 +524,7 @@ def _final_evaluations(learner: SPRLearner, runs: list[_Run], acting: Any, confi
                  len(runs), learner.num_actions, config.eval_episodes)
     seeds = [(r.spec.game, single.final_eval_seed(r.spec.seed)) for r in runs]
     results = evaluate_stacked(learner, acting, seeds, config.eval_episodes, config.eval_epsilon,
-                               pool)
+                               pool, protocol=config.env_protocol)
   seconds = time.perf_counter() - t0  # each run waited for the whole batched evaluation
   return [single.write_final(run.path, episodes, run.host, run.spec.game, run.spec.seed, config,
                              config_name, seconds) for run, episodes in zip(runs, results)]

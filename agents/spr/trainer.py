@@ -21,7 +21,8 @@ import numpy as np
 from absl import logging
 
 from agents.spr.config import LEGACY_VALUES, SPRConfig
-from agents.spr.learner import SPRLearner, TrainState, is_reset_step, param_count
+from agents.spr.learner import (SPRLearner, TrainState, is_reset_step, param_count,
+                                updates_at)
 from envs import games
 from envs.atari import AtariEnv, clip_reward
 from envs.evaluation import evaluate
@@ -36,31 +37,56 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Preempted(Exception):
-  """SIGTERM arrived (cluster preemption or timeout): a checkpoint was written, exit to requeue."""
+  """SIGTERM (cluster preemption or timeout) or Ctrl-C arrived: a checkpoint was written, exit.
+
+  `code` is the conventional exit status of the signal (128 + its number: 143, 130)."""
+
+  def __init__(self, message: str, code: int = 143):
+    super().__init__(message)
+    self.code = code
 
 
 class _TermFlag:
-  """Turns SIGTERM into a flag the loop checks after each step, so the run checkpoints at a
-  step boundary instead of dying mid-step."""
+  """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop checks after each step, so the run
+  checkpoints at a step boundary instead of dying mid-step. A second Ctrl-C aborts at once
+  (KeyboardInterrupt), saying that nothing more is saved."""
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.set = False
-    self._previous = None
+    self.signum = None
+    self._previous = {}
 
   def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not the main thread: leave signals alone
-      self._previous = None
+    for sig in self._SIGNALS:
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if self.set and signum == signal.SIGINT:
+      raise KeyboardInterrupt("second Ctrl-C: aborted without a checkpoint of the current step")
     self.set = True
+    self.signum = self.signum or signum
+    if signum == signal.SIGINT:
+      print("\nCtrl-C: stopping after this step to write a checkpoint (Ctrl-C again to abort "
+            "without saving it)", file=sys.stderr, flush=True)
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name if self.signum else "SIGTERM"
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + int(self.signum or signal.SIGTERM)
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 def run_identity(config_name: str, game: str, seed: int, config: SPRConfig) -> dict:
@@ -102,21 +128,39 @@ def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_n
   on it."""
   game = games.canonical_name(game)
   pretrained = _pretrained_for_new_run(config, game, workdir)
-  path = wd.prepare(workdir, run_identity(config_name, game, seed, config), LEGACY_VALUES)
+  wd.acquire_lock(workdir)  # one writer per workdir (a second process gets a WorkdirError)
+  try:
+    return _train(game, seed, config, workdir, config_name, env_workers, pretrained)
+  finally:
+    wd.release_lock(workdir)
+
+
+def _train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_name: str,
+           env_workers: int, pretrained: dict | None) -> dict:
+  identity = run_identity(config_name, game, seed, config)
+  # A lost config.json comes back from the settings its checkpoints recorded, so that a resume
+  # with other settings is refused by name rather than continued under them.
+  checkpoint.restore_missing_config(Path(workdir) / wd.CONFIG, Path(workdir) / wd.CHECKPOINTS)
+  path = wd.prepare(workdir, identity, LEGACY_VALUES)
+  if wd.final_is_broken(path):
+    logging.warning("%s does not parse: the run is not done; re-running its final evaluation "
+                    "from the last checkpoint", path / wd.FINAL)
   if wd.is_finished(path):
-    final = wd.read_json(path / wd.FINAL)
+    final = wd.read_final(path)
     logging.info("run in %s already finished (mean score %.2f); nothing to do", path,
                  final["mean_score"])
     return final
 
-  env = AtariEnv(game, seed=seed, training=True)
+  env = games.make_env(game, seed=seed, training=True, protocol=config.env_protocol)
   learner = SPRLearner(config, env.num_actions)
   metrics_log = wd.MetricsLog(path)
   ckpt_dir = path / wd.CHECKPOINTS
 
-  state, host, resumed = start_or_resume(learner, env, seed, ckpt_dir, pretrained)
+  state, host, resumed = start_or_resume(learner, env, seed, ckpt_dir, pretrained, identity)
+  # Lines a killed earlier attempt logged after the checkpoint it resumes from (all of them for
+  # a run that starts over) would repeat steps: metrics.jsonl is cut back to that state.
+  metrics_log.truncate_after(host["step"] if resumed else -1)
   if resumed:
-    metrics_log.truncate_after(host["step"])
     logging.info("resumed %s at step %d from %s", path, host["step"], ckpt_dir)
   else:
     logging.info("new run: %s seed %d, config %s, %d parameters, workdir %s", game, seed,
@@ -137,13 +181,16 @@ def train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_n
 
 
 def start_or_resume(learner: SPRLearner, env: AtariEnv, seed: int, ckpt_dir: Path,
-                    pretrained: dict | None) -> tuple[TrainState, dict, bool]:
+                    pretrained: dict | None, identity: dict | None = None
+                    ) -> tuple[TrainState, dict, bool]:
   """(learner state, host state, resumed) of a run: its newest checkpoint restored (env
   included), else a new run - init from PRNGKey(seed), the pretrained network loaded when
   `pretrained` (from `_pretrained_for_new_run`) is given, the env reset, the first action drawn.
-  Both trainers start every run here, so a run in a batch starts exactly as alone."""
+  Both trainers start every run here, so a run in a batch starts exactly as alone. `identity`
+  (the run's settings, `run_identity`): a checkpoint that recorded other settings is refused,
+  naming them (spr.workdir.WorkdirError)."""
   state = learner.init(jax.random.PRNGKey(seed))
-  restored = _restore(ckpt_dir, learner, env, state)
+  restored = _restore(ckpt_dir, learner, env, state, identity)
   if restored is not None:
     return restored[0], restored[1], True
   if pretrained is not None:
@@ -173,7 +220,7 @@ def _pretrained_for_new_run(config: SPRConfig, game: str, workdir: str | Path,
     memo["payload"] = finetune.load_pretrained(config.init_from)
   payload = memo["payload"]
   if game not in memo:
-    probe = AtariEnv(game, seed=0, training=True)
+    probe = games.make_env(game, seed=0, training=True, protocol=config.env_protocol)
     finetune.check_compatible(payload, config, probe.action_set)
     probe.close()
     memo[game] = True
@@ -191,17 +238,21 @@ def _load_pretrained(learner: SPRLearner, state: TrainState, payload: dict,
   return state
 
 
-def _restore(ckpt_dir: Path, learner: SPRLearner, env: AtariEnv, template: TrainState):
+def _restore(ckpt_dir: Path, learner: SPRLearner, env: AtariEnv, template: TrainState,
+             identity: dict | None = None):
   if not checkpoint.checkpoint_steps(ckpt_dir):
     return None
-  _, tree, host = checkpoint.restore(ckpt_dir, template)
+  _, tree, host, _ = checkpoint.restore(ckpt_dir, template, expect_config=identity,
+                                        legacy=LEGACY_VALUES)
   state = jax.device_put(tree)
   env.set_state(host.pop("env"))
   return state, host
 
 
 def _save(ckpt_dir: Path, state: TrainState, env: AtariEnv, host: dict, keep: int) -> None:
-  checkpoint.save(ckpt_dir, host["step"], state, dict(host, env=env.get_state()), keep=keep)
+  # The settings recorded with it: the run's config.json (what `wd.prepare` checked).
+  checkpoint.save(ckpt_dir, host["step"], state, dict(host, env=env.get_state()), keep=keep,
+                  config=checkpoint.read_settings(ckpt_dir.parent / wd.CONFIG))
 
 
 def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dict,
@@ -215,8 +266,7 @@ def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dic
   t_start = time.perf_counter() - host["elapsed"]
   for step in range(host["step"], config.steps):
     next_frame, reward, terminal, info = env.step(action)
-    # Updates start once `learn_start` transitions are stored (rlpyt's min_steps_learn).
-    num_updates = config.updates_per_step if step + 1 >= config.learn_start else 0
+    num_updates = updates_at(config, step + 1)
     # BBF resets (static flag: only the reset steps compile/run the reset).
     reset = dict(reset=True) if is_reset_step(config, step + 1) else {}
     state, next_action, m = learner.step(
@@ -265,7 +315,8 @@ def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dic
       host.update(step=done, frame=frame, action=action, elapsed=time.perf_counter() - t_start)
       _save(ckpt_dir, state, env, host, config.checkpoint_keep)
     if preempted:
-      raise Preempted(f"SIGTERM: checkpointed at step {done} in {ckpt_dir}; rerun to resume")
+      raise Preempted(f"{term.name}: checkpointed at step {done} in {ckpt_dir}; rerun the same "
+                      "command to resume", term.exit_code)
   if bar is not None:
     bar.close()
   return state, host
@@ -298,7 +349,8 @@ def _periodic_evaluation(learner: SPRLearner, state: TrainState, game: str, seed
   resumed run logs the same values."""
   act = make_eval_act_fn(learner, learner.acting_params(state), config.eval_every_episodes)
   episodes = evaluate(act, game, num_episodes=config.eval_every_episodes,
-                      seed=periodic_eval_seed(seed, step), epsilon=config.eval_epsilon, pool=pool)
+                      seed=periodic_eval_seed(seed, step), epsilon=config.eval_epsilon, pool=pool,
+                      protocol=config.env_protocol)
   record = eval_record(step, elapsed, episodes)
   metrics_log.write(record)
   logging.info("step %d: evaluation over %d episodes: mean score %.2f", step,
@@ -313,7 +365,8 @@ def _final_evaluation(learner: SPRLearner, state: TrainState, host: dict, game: 
   if config.eval_episodes:
     act = make_eval_act_fn(learner, learner.acting_params(state), config.eval_episodes)
     episodes = evaluate(act, game, num_episodes=config.eval_episodes,
-                        seed=final_eval_seed(seed), epsilon=config.eval_epsilon, pool=pool)
+                        seed=final_eval_seed(seed), epsilon=config.eval_epsilon, pool=pool,
+                        protocol=config.env_protocol)
   return write_final(path, episodes, host, game, seed, config, config_name,
                      time.perf_counter() - t0)
 
@@ -327,7 +380,9 @@ def write_final(path: Path, episodes: list[tuple[float, int]], host: dict, game:
   final = dict(
       game=game, seed=int(seed), config_name=config_name, steps=int(host["step"]),
       budget_steps=int(config.steps), eval_episodes=len(episodes), mean_score=mean,
-      hns=games.human_normalized_score(game, mean) if scores else math.nan,
+      # Catch (a non-Atari sanity task) has no human-normalised score: NaN, as without scores.
+      hns=(games.human_normalized_score(game, mean) if scores and games.is_atari(game)
+           else math.nan),
       wall_time_s=round(host["elapsed"] + eval_seconds, 2),
       train_episodes=len(host["episodes"]))
   wd.write_json_atomic(path / wd.FINAL, final)
