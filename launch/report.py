@@ -2,8 +2,13 @@ r"""Tables and plots of a sweep: per-game scores beside the published ones, rlia
 
   python -m launch.report --root=DIR --out=OUT [--root=DIR2 ...] [--reps=50000] [--seed=0]
 
-Reads every run under ROOT/<label>/<game>/seed_<s>/ (final.json, eval.csv, metrics.jsonl,
-and ROOT/<label>/sweep.json for the seeds asked for) and writes to OUT:
+Reads every run (final.json, eval.csv, metrics.jsonl, config.json) in any of these layouts:
+  ROOT/<label>/<game>/seed_<s>/  a launch.sweep root (ROOT/<label>/sweep.json: the runs asked for);
+                                 ROOT may also be one <label> folder of a sweep
+  ROOT/<game>/seed_<s>/          a `launch.train --games/--seeds --workdir=ROOT` root; its label is
+                                 the runs' config_name (config.json), else ROOT's folder name
+  ROOT/                          one run's workdir (config.json or final.json in ROOT)
+A root holding no run in any of them is an error (exit 2). Writes to OUT:
   report.md             everything below as Markdown, with warnings
   runs.csv              one row per run: state, score, HNS, steps, budget, note
   per_game.csv          per configuration and game: seeds, mean and 95% t-CI over seeds, mean HNS,
@@ -11,6 +16,7 @@ and ROOT/<label>/sweep.json for the seeds asked for) and writes to OUT:
   aggregates.csv        IQM, median, mean, optimality gap of HNS with 95% stratified-bootstrap CIs
   interval_estimates.png, performance_profile.png, learning_curves.png (periodic evals from
                         metrics.jsonl, else training returns; only if some run logged them)
+A configuration whose budget is not 100k env steps is marked "NOT 100k" in the tables and plots.
 """
 from __future__ import annotations
 
@@ -20,8 +26,9 @@ import datetime
 import json
 import math
 import sys
+import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 from absl import app, flags
@@ -29,6 +36,11 @@ from absl import app, flags
 from launch import grid, jobs, stats
 
 PUBLISHED = ("DER", "SPR", "BBF")
+NOT_100K = "NOT 100k"  # the mark of a configuration whose budget is not Atari 100k's
+
+
+class NoRunsError(FileNotFoundError):
+    """A root that holds no run in any layout the report reads (a one-line message)."""
 
 
 @dataclasses.dataclass
@@ -122,26 +134,110 @@ def read_run(label: str, game: str, seed: int, wd: Path, table: dict) -> RunReco
     return rec
 
 
+def _seed_dirs(d: Path) -> dict[Path, int]:
+    """d/seed_<s> folders -> s."""
+    out = {}
+    for wd in d.glob("seed_*"):
+        try:
+            if wd.is_dir():
+                out[wd] = int(wd.name.split("_", 1)[1])
+        except ValueError:
+            continue
+    return out
+
+
+def _game_of_dir(name: str) -> str:
+    """A game folder's name (snake_case in a sweep, ALE CamelCase from launch.train --games)."""
+    try:
+        return grid.canonical_game(name)
+    except grid.GridError:
+        return name  # not one of the 26 (e.g. Catch): kept as written, never aggregated
+
+
+def _run_files(wd: Path) -> dict:
+    """config.json, else final.json of a run (the identity a run records), else {}."""
+    for name in (jobs.CONFIG, jobs.FINAL):
+        d = jobs._read_json(wd / name)  # pylint: disable=protected-access
+        if d:
+            return d
+    return {}
+
+
+def _is_run_dir(d: Path) -> bool:
+    return (d / jobs.CONFIG).is_file() or (d / jobs.FINAL).is_file()
+
+
+def _sweep_label(label_dir: Path, root_of_label: Path, label: str) -> tuple[dict, dict[Path, tuple[str, int]]]:
+    """A sweep's <label> folder: its manifest and every run asked for in it or present."""
+    man = grid.read_manifest(label_dir) or {}
+    wds: dict[Path, tuple[str, int]] = {}
+    for g in man.get("games", []):
+        for s in man.get("seeds", []):
+            wds[grid.run_dir(root_of_label, label, g, s)] = (g, int(s))
+    for game_dir in sorted(p for p in label_dir.iterdir() if p.is_dir()):
+        for wd, seed in _seed_dirs(game_dir).items():
+            wds.setdefault(wd, (_game_of_dir(game_dir.name), seed))
+    return man, wds
+
+
+def _multi_run_labels(root: Path, wds: Sequence[Path]) -> dict[Path, str]:
+    """Label of each run of a `launch.train --games/--seeds` root: the config_name its config.json
+    records (one label when the runs agree, the usual case); the root's folder name without one."""
+    names = {wd: str(_run_files(wd).get("config_name") or "") for wd in wds}
+    found = set(filter(None, names.values()))
+    if len(found) == 1:
+        name = found.pop()
+        return {wd: name for wd in wds}
+    return {wd: names[wd] or root.name for wd in wds}
+
+
+def find_runs(root: Path) -> list[tuple[str, dict, dict[Path, tuple[str, int]]]]:
+    """The runs of one root in any layout the report reads: [(label, manifest, {workdir: (game,
+    seed)})], labels unprefixed. Raises NoRunsError when there is none (saying what it looked for)."""
+    groups: list[tuple[str, dict, dict[Path, tuple[str, int]]]] = []
+    if (root / "sweep.json").is_file():  # one <label> folder of a sweep
+        man, wds = _sweep_label(root, root.parent, root.name)
+        groups.append((root.name, man, wds))
+    elif _is_run_dir(root):  # one run's workdir
+        ident = _run_files(root)
+        try:
+            seed = int(ident["seed"]) if ident.get("seed") is not None else int(root.name.split("_", 1)[1])
+        except (ValueError, IndexError):
+            seed = 0
+        game = _game_of_dir(str(ident.get("game") or root.parent.name))
+        groups.append((str(ident.get("config_name") or root.name), {}, {root: (game, seed)}))
+    else:
+        multi: dict[Path, tuple[str, int]] = {}
+        for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            seeds = _seed_dirs(child)
+            if seeds:  # ROOT/<game>/seed_<s>: launch.train --games/--seeds
+                for wd, seed in seeds.items():
+                    multi[wd] = (_game_of_dir(child.name), seed)
+                continue
+            man, wds = _sweep_label(child, root, child.name)  # ROOT/<label>/<game>/seed_<s>
+            if wds:
+                groups.append((child.name, man, wds))
+        labels = _multi_run_labels(root, list(multi))
+        for lab in dict.fromkeys(labels.values()):
+            groups.append((lab, {}, {wd: gs for wd, gs in multi.items() if labels[wd] == lab}))
+    if not any(wds for _, _, wds in groups):
+        raise NoRunsError(
+            f"no runs under {root}: looked for <root>/<label>/<game>/seed_<s>/ (launch.sweep), "
+            f"<root>/<game>/seed_<s>/ (launch.train --games/--seeds) and config.json or final.json "
+            f"in {root} itself (one run)")
+    return groups
+
+
 def collect(roots: Sequence[Path], table: dict) -> tuple[list[RunRecord], dict[str, dict]]:
-    """Every run under the roots (present or asked for in sweep.json) -> records, manifests."""
+    """Every run under the roots (present or asked for in sweep.json) -> records, manifests.
+    With several roots, labels are prefixed by the root's folder name (`root/label`)."""
     records: list[RunRecord] = []
     manifests: dict[str, dict] = {}
     for root in roots:
-        prefix = f"{root.name}/" if len(roots) > 1 else ""
-        for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            label = prefix + label_dir.name
-            man = grid.read_manifest(label_dir) or {}
+        for lab, man, wds in find_runs(root):
+            label = lab if len(roots) == 1 or lab == root.name else f"{root.name}/{lab}"
             manifests[label] = man
-            wds: dict[Path, tuple[str, int]] = {}
-            for g in man.get("games", []):
-                for s in man.get("seeds", []):
-                    wds[grid.run_dir(root, label_dir.name, g, s)] = (g, int(s))
-            for wd in label_dir.glob("*/seed_*"):
-                try:
-                    wds.setdefault(wd, (wd.parent.name, int(wd.name.split("_", 1)[1])))
-                except ValueError:
-                    continue
-            for wd, (game, seed) in sorted(wds.items(), key=lambda kv: (kv[1][0], kv[1][1])):
+            for wd, (game, seed) in sorted(wds.items(), key=lambda kv: (kv[1][0], kv[1][1], str(kv[0]))):
                 if game == grid.JOINT:
                     continue  # multi-game pretraining: no per-game score
                 records.append(read_run(label, game, seed, wd, table))
@@ -260,14 +356,75 @@ def build(roots: Sequence[Path | str], out: Path | str, opts: ReportOptions) -> 
     _write_csv(out / "runs.csv", [dataclasses.asdict(r) for r in records])
     _write_csv(out / "per_game.csv", per_game)
     _write_csv(out / "aggregates.csv", agg_rows)
-    figures = _plots(out, score_dict, aggregates, records, labels, all_games, opts) if opts.plots else []
+    not_100k = {lab for lab in labels if not summaries[lab].is_100k}
+    figures = (_plots(out, score_dict, aggregates, records, labels, all_games, agg_games, not_100k, opts)
+               if opts.plots else [])
     (out / "report.md").write_text(_markdown(roots, opts, labels, summaries, per_game, aggregates,
                                              runs_per_game, agg_games, all_games, table, figures))
     return {"aggregates": aggregates, "per_game": per_game, "summaries": summaries,
             "records": records, "agg_games": agg_games, "figures": figures}
 
 
-def _plots(out: Path, score_dict, aggregates, records, labels, all_games, opts) -> list[str]:
+def _plot_label(algo: str, not_100k: Collection[str], width: int = 24) -> str:
+    """A y-axis label: long names wrapped (not cut: two labels stay distinct), the mark below."""
+    text = "\n".join(textwrap.wrap(algo, width, break_on_hyphens=False)) or algo
+    return text + (f"\n({NOT_100K})" if algo in not_100k else "")
+
+
+def interval_figure(aggregates: dict[str, dict[str, tuple[float, float, float]]],
+                    not_100k: Collection[str] = (), num_games: int | None = None):
+    """The interval-estimate plot: per metric, each algorithm's point (tick) and 95% CI (bar).
+
+    Drawn here rather than by rliable's plot_interval_estimates, whose fixed row height lets
+    labels overlap and whose axes end at the data: each row gets the height its label needs,
+    every axis spans its intervals, points and 0 (a negative IQM shows left of the 0 line), and
+    configurations in `not_100k` are marked "(NOT 100k)" on their label (in red) and in a note.
+    Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    algos = list(aggregates)
+    labels = [_plot_label(a, not_100k) for a in algos]
+    lines = max(lab.count("\n") + 1 for lab in labels)
+    row_h = 0.16 * lines + 0.2  # inches per row: the tallest label fits with space between rows
+    fig, axes = plt.subplots(1, len(stats.METRICS), figsize=(2.6 * len(stats.METRICS) + 1.6,
+                                                             row_h * len(algos) + 1.3),
+                             sharey=True, layout="constrained")
+    colors = dict(zip(algos, plt.cm.tab10.colors * 3))
+    y = np.arange(len(algos))[::-1]  # first algorithm on top
+    for ax, m in zip(axes, stats.METRICS):
+        pts = np.array([aggregates[a][m][0] for a in algos])
+        lo = np.array([aggregates[a][m][1] for a in algos])
+        hi = np.array([aggregates[a][m][2] for a in algos])
+        ax.barh(y, hi - lo, left=lo, height=0.6, color=[colors[a] for a in algos], alpha=0.75)
+        ax.vlines(pts, y - 0.34, y + 0.34, color="k", lw=1.5)
+        one = np.isclose(lo, hi)  # published rows: one number per game, no interval to draw
+        ax.plot(pts[one], y[one], "D", color="k", ms=4)
+        xmin, xmax = min(lo.min(), pts.min(), 0.0), max(hi.max(), pts.max(), 0.0)
+        pad = 0.06 * (xmax - xmin or 1.0)
+        ax.set_xlim(xmin - pad, xmax + pad)
+        ax.axvline(0.0, color="0.5", lw=0.8, ls=":")
+        ax.set_title(m, fontsize=10)
+        ax.grid(True, axis="x", alpha=0.25)
+        ax.tick_params(labelsize=8)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].set_ylim(-0.6, len(algos) - 0.4)
+    for tick, a in zip(axes[0].get_yticklabels(), algos):
+        if a in not_100k:
+            tick.set_color("C3")
+    games = f" over {num_games} game(s)" if num_games else ""
+    fig.supxlabel(f"Human-normalised score{games} (bar: 95% stratified-bootstrap CI, tick: point "
+                  "estimate, diamond: one published number per game)", fontsize=8)
+    if not_100k:
+        fig.text(0.0, 0.0, f"({NOT_100K}): budget is not 100k env steps, NOT an Atari 100k result "
+                 "(not comparable with the published rows)", fontsize=8, color="C3", va="top")
+    return fig
+
+
+def _plots(out: Path, score_dict, aggregates, records, labels, all_games, agg_games, not_100k,
+           opts) -> list[str]:
     import matplotlib  # pylint: disable=import-outside-toplevel
 
     matplotlib.use("Agg")
@@ -277,11 +434,7 @@ def _plots(out: Path, score_dict, aggregates, records, labels, all_games, opts) 
     figures = []
     if aggregates:
         algos = list(aggregates)
-        points = {a: np.array([aggregates[a][m][0] for m in stats.METRICS]) for a in algos}
-        cis = {a: np.array([[aggregates[a][m][1] for m in stats.METRICS],
-                            [aggregates[a][m][2] for m in stats.METRICS]]) for a in algos}
-        fig, _ = plot_utils.plot_interval_estimates(points, cis, metric_names=list(stats.METRICS),
-                                                    algorithms=algos, xlabel="Human Normalized Score")
+        fig = interval_figure(aggregates, not_100k, len(agg_games))
         fig.savefig(out / "interval_estimates.png", bbox_inches="tight", dpi=120)
         plt.close(fig)
         figures.append("interval_estimates.png")
@@ -293,7 +446,8 @@ def _plots(out: Path, score_dict, aggregates, records, labels, all_games, opts) 
                                              colors=colors, xlabel=r"Human Normalized Score $(\tau)$")
         from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
 
-        ax.legend([Line2D([0], [0], color=colors[a], lw=2) for a in algos], algos,
+        ax.legend([Line2D([0], [0], color=colors[a], lw=2) for a in algos],
+                  [a + (f" ({NOT_100K})" if a in not_100k else "") for a in algos],
                   loc="upper right", fontsize=8)
         fig.savefig(out / "performance_profile.png", bbox_inches="tight", dpi=120)
         plt.close(fig)
@@ -314,7 +468,7 @@ def _plots(out: Path, score_dict, aggregates, records, labels, all_games, opts) 
             for lab in labels:
                 if g in curves.get(lab, {}):
                     steps, mean, lo, hi = curves[lab][g]
-                    ax.plot(steps, mean, label=lab)
+                    ax.plot(steps, mean, label=lab + (f" ({NOT_100K})" if lab in not_100k else ""))
                     ax.fill_between(steps, lo, hi, alpha=0.2)
             ax.set_title(g, fontsize=9)
             ax.tick_params(labelsize=7)
@@ -391,7 +545,7 @@ def _markdown(roots, opts, labels, summaries, per_game, aggregates, runs_per_gam
               "| algorithm | runs/game | " + " | ".join(stats.METRICS) + " |",
               "|---|---|" + "---|" * len(stats.METRICS)]
         for a, ms in aggregates.items():
-            flag = "" if a not in summaries or summaries[a].is_100k else " (NOT 100k)"
+            flag = "" if a not in summaries or summaries[a].is_100k else f" ({NOT_100K})"
             cells = [f"{ms[m][0]:.3f} [{ms[m][1]:.3f}, {ms[m][2]:.3f}]" for m in stats.METRICS]
             L.append(f"| {a}{flag} | {runs_per_game[a]} | " + " | ".join(cells) + " |")
     else:

@@ -32,6 +32,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "Run seed (network init, exploration, en
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (created; resumed if present).")
 _CONFIG = flags.DEFINE_string("config", "spr", f"Named configuration: {sorted(spr_config.CONFIGS)}.")
 _GAMES = flags.DEFINE_string("games", None, "Several games, comma-separated: multi-run mode.")
+_DONE_CHECKPOINTS = flags.DEFINE_enum(
+    "done_checkpoints", "last", ["last", "all", "none"],
+    "Checkpoints a finished run keeps: the last (what re-running its final evaluation needs), "
+    "all, or none (only its outputs: config.json, metrics.jsonl, eval.csv, final.json).")
 _SEEDS = flags.DEFINE_string("seeds", None, "Several seeds ('0-3', '0,2,5'): multi-run mode.")
 _ENV_WORKERS = flags.DEFINE_integer(
     "env_workers", -1, "Worker processes stepping the emulators: the evaluation envs, and in "
@@ -93,9 +97,21 @@ def main(argv):
     fail(io_error(e), code=IO_ERROR)
   except trainer.Preempted as e:
     stop(str(e), e.code)
+  _prune_done(_WORKDIR.value)
   print(f"{final['game']} seed {final['seed']}: mean score {final['mean_score']:.2f} over "
         f"{final['eval_episodes']} episodes, HNS {final['hns']:.3f} "
         f"({final['steps']} steps, {_WORKDIR.value}/final.json)")
+
+
+def _prune_done(workdir) -> None:
+  """A finished run's checkpoints, as --done_checkpoints says (a checkpoint holds the whole
+  replay: ~0.75 GB for spr, ~2 GB for bbf)."""
+  from pathlib import Path
+
+  from spr import checkpoint
+  keep = {"last": 1, "all": None, "none": 0}[_DONE_CHECKPOINTS.value]
+  if keep is not None:
+    checkpoint.prune(Path(workdir) / "checkpoints", keep)
 
 
 def _main_many(config) -> None:
@@ -130,6 +146,7 @@ def _main_many(config) -> None:
   except trainer.Preempted as e:
     stop(str(e), e.code)
   for spec, final in zip(specs, finals):
+    _prune_done(spec.workdir)
     print(f"{final['game']} seed {final['seed']}: mean score {final['mean_score']:.2f} over "
           f"{final['eval_episodes']} episodes, HNS {final['hns']:.3f} "
           f"({final['steps']} steps, {spec.workdir}/final.json)")

@@ -333,6 +333,18 @@ def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
   return sorted({int(m.group(1)) for m in map(_NAME.match, os.listdir(path)) if m})
 
 
+def prune(directory: str | os.PathLike, keep: int) -> None:
+  """Deletes all but the newest `keep` checkpoints of `directory` (`keep=0`: all of them and the
+  folder, when it holds nothing else)."""
+  path = Path(directory)
+  steps = checkpoint_steps(path)
+  for step in steps[:len(steps) - keep] if keep > 0 else steps:
+    for suffix in (SUFFIX, LEGACY_SUFFIX):
+      (path / f"ckpt_{step}{suffix}").unlink(missing_ok=True)
+  if keep == 0 and path.is_dir() and not any(path.iterdir()):
+    path.rmdir()
+
+
 def checkpoint_file(directory: str | os.PathLike, step: int) -> Path:
   """The file of the checkpoint at `step`: `ckpt_<step>.npz`, else a legacy `.pkl` if present."""
   npz = Path(directory) / f"ckpt_{int(step)}{SUFFIX}"

@@ -412,3 +412,16 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
   log.write({"step": 1})
   workdir.write_eval_csv(tmp_path, [(1.0, 10)])
   assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_prune_keeps_the_newest_or_nothing(tmp_path):
+  """What launch.train --done_checkpoints does to a finished run's checkpoints."""
+  from spr import checkpoint
+
+  ckpt = tmp_path / "checkpoints"
+  for step in (100, 200, 300):
+    checkpoint.save(ckpt, step, {"w": np.zeros(2)}, {"step": step}, keep=5)
+  checkpoint.prune(ckpt, 1)
+  assert checkpoint.checkpoint_steps(ckpt) == [300]
+  checkpoint.prune(ckpt, 0)
+  assert not ckpt.exists()

@@ -12,7 +12,9 @@ from agents.spr.multi_trainer import parse_seeds, run_workdir
 from spr import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--config=smoke", "--steps=200", "--eval_episodes=1", "--checkpoint_every=50"]
+# --done_checkpoints=all: the rerun test below resumes finished runs from step 150.
+FLAGS = ["--config=smoke", "--steps=200", "--eval_episodes=1", "--checkpoint_every=50",
+         "--done_checkpoints=all"]
 
 
 def run(cmd):

@@ -27,10 +27,14 @@ def write_table(path):
     return str(path)
 
 
-def write_run(root, label, game, seed, score, steps=100_000, budget=100_000, final=True, evals=()):
-    wd = grid.run_dir(root, label, game, seed)
+def write_run(root, label, game, seed, score, steps=100_000, budget=100_000, final=True, evals=(),
+              wd=None, config_name=None):
+    """One run's files; in a sweep's layout unless `wd` is given (config_name: label's default)."""
+    wd = wd or grid.run_dir(root, label, game, seed)
     wd.mkdir(parents=True)
-    (wd / "config.json").write_text(json.dumps({"config_name": label, "game": game, "seed": seed, "steps": budget}))
+    config_name = label if config_name is None else config_name
+    (wd / "config.json").write_text(json.dumps({"config_name": config_name, "game": game, "seed": seed,
+                                                "steps": budget}))
     with open(wd / "metrics.jsonl", "w") as f:
         for step, val in evals:
             f.write(json.dumps({"step": step, "time_s": 1.0, "eval_mean_score": val, "eval_episodes": 10}) + "\n")
@@ -39,7 +43,7 @@ def write_run(root, label, game, seed, score, steps=100_000, budget=100_000, fin
         eps = [score - 1.0, score + 1.0] * 50  # 100 episodes, mean = score
         (wd / "eval.csv").write_text("episode,score,length\n" + "".join(f"{i},{s},10\n" for i, s in enumerate(eps)))
         (wd / "final.json").write_text(json.dumps({
-            "game": grid.ale_name(game), "seed": seed, "config_name": label, "steps": steps,
+            "game": grid.ale_name(game), "seed": seed, "config_name": config_name, "steps": steps,
             "budget_steps": budget, "eval_episodes": 100, "mean_score": score, "hns": 0.0, "wall_time_s": 1.0}))
     return wd
 
@@ -193,3 +197,101 @@ def test_report_cli_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "launch.report", f"--root={tmp_path / 'nope'}",
                         f"--out={tmp_path / 'o'}"], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 2 and r.stderr.strip().endswith("does not exist")
+
+
+def write_multi_run(root, game, seed, score, config_name="bbf", **kw):
+    """A run as `launch.train --games/--seeds --workdir=ROOT` writes it: ROOT/<AleName>/seed_<s>."""
+    return write_run(root, None, game, seed, score, wd=root / grid.ale_name(game) / f"seed_{seed}",
+                     config_name=config_name, **kw)
+
+
+def test_report_reads_multi_run_roots(tmp_path):
+    table = write_table(tmp_path / "scores.csv")
+    multi = tmp_path / "batch"
+    for g, r0 in (("pong", -20.0), ("breakout", 10.0)):
+        for s in range(2):
+            write_multi_run(multi, g, s, r0 - 10.0 * (s + 1), steps=10_000, budget=10_000)  # HNS < 0
+    write_multi_run(multi, "alien", 0, 0.0, final=False, steps=2_000)  # interrupted, no final.json
+    res = report.build([multi], tmp_path / "out", report.ReportOptions(reps=200, profile_reps=50, seed=0,
+                                                                      scores_csv=table))
+    states = {(r.label, r.game, r.seed): r.state for r in res["records"]}
+    assert states == {("bbf", "alien", 0): "interrupted", ("bbf", "breakout", 0): "done",
+                      ("bbf", "breakout", 1): "done", ("bbf", "pong", 0): "done", ("bbf", "pong", 1): "done"}
+    s = res["summaries"]["bbf"]
+    assert s.seeds == {"pong": 2, "breakout": 2} and not s.is_100k and s.budgets == [10_000]
+    assert res["agg_games"] == ["breakout", "pong"]
+    iqm = res["aggregates"]["bbf"]["IQM"]
+    assert iqm[0] < 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| bbf | **NO** | 10000 | 2/3 |" in md and "bbf (NOT 100k)" in md
+    assert (tmp_path / "out" / "interval_estimates.png").stat().st_size > 1000
+
+    # the interval plot of these aggregates: the negative IQM inside the axis, the mark on the plot
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    matplotlib.use("Agg")
+    fig = report.interval_figure(res["aggregates"], {"bbf"}, len(res["agg_games"]))
+    iqm_ax = fig.axes[list(report.stats.METRICS).index("IQM")]
+    assert iqm_ax.get_title() == "IQM"
+    assert iqm_ax.get_xlim()[0] < min(iqm) and iqm_ax.get_xlim()[1] > 0
+    texts = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
+    assert "bbf\n(NOT 100k)" in texts  # the y label of the run
+    assert any(t.startswith("(NOT 100k): budget is not 100k env steps") for t in texts)
+    fig.canvas.draw()  # labels of the rows do not overlap
+    boxes = [t.get_window_extent() for t in fig.axes[0].get_yticklabels()]
+    assert len(boxes) == 4 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)
+
+    # no config_name in config.json: the root's folder name; with a sweep root beside it, both read
+    other = tmp_path / "named"
+    write_multi_run(other, "pong", 0, 5.0, config_name="")
+    sweep = tmp_path / "sweep"
+    write_manifest(sweep, "C", ["pong"], [0, 1])
+    write_run(sweep, "C", "pong", 0, 1.0)
+    res = report.build([other, sweep], tmp_path / "out2", report.ReportOptions(reps=50, scores_csv=table,
+                                                                              plots=False))
+    states = {(r.label, r.game, r.seed): r.state for r in res["records"]}
+    assert states == {("named", "pong", 0): "done", ("sweep/C", "pong", 0): "done",
+                      ("sweep/C", "pong", 1): "pending"}
+    # one <label> folder of a sweep, and one run's workdir, as roots
+    res = report.build([sweep / "C"], tmp_path / "out3", report.ReportOptions(reps=50, scores_csv=table,
+                                                                             plots=False))
+    assert {(r.label, r.game, r.seed, r.state) for r in res["records"]} == {
+        ("C", "pong", 0, "done"), ("C", "pong", 1, "pending")}
+    res = report.build([multi / "Pong" / "seed_1"], tmp_path / "out4",
+                       report.ReportOptions(reps=50, scores_csv=table, plots=False))
+    assert [(r.label, r.game, r.seed, r.state) for r in res["records"]] == [("bbf", "pong", 1, "done")]
+
+
+def test_interval_plot_long_labels_do_not_overlap():
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    matplotlib.use("Agg")
+    names = [f"sweep_{i}/spr_lr=3e-4,target_update_period=1,seed_set_{i}" for i in range(6)]
+    agg = {a: {m: (0.1 * i, 0.1 * i - 0.05, 0.1 * i + 0.05) for m in report.stats.METRICS}
+           for i, a in enumerate(names)}
+    fig = report.interval_figure(agg, set(names[:2]))
+    fig.canvas.draw()
+    ticks = fig.axes[0].get_yticklabels()
+    assert [t.get_text().replace("\n", "") for t in ticks] == [a + ("(NOT 100k)" if i < 2 else "")
+                                                              for i, a in enumerate(names)]
+    boxes = [t.get_window_extent() for t in ticks]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)
+
+
+def test_report_cli_root_without_runs(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "notes").mkdir(parents=True)  # a folder, but no run in any layout
+    (empty / "notes" / "x.txt").write_text("x")
+    with pytest.raises(report.NoRunsError, match="no runs under"):
+        report.build([empty], tmp_path / "o", report.ReportOptions(plots=False))
+    r = subprocess.run([sys.executable, "-m", "launch.report", f"--root={empty}", f"--out={tmp_path / 'o'}"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: no runs under {empty}: looked for "), err
+    assert "<root>/<label>/<game>/seed_<s>/" in err[0] and "<root>/<game>/seed_<s>/" in err[0]
+    assert not r.stdout

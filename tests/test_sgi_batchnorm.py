@@ -195,6 +195,14 @@ def test_finetuning_slices_a_full_action_set_transition_model():
   with pytest.raises(finetune.PretrainedMismatch, match="--full_action_set"):
     finetune.check_compatible(dict(payload, action_set=[0, 1, 3, 4, 11, 12], num_actions=6),
                               cfg, game)
+  # Another encoder: the message names the flag that fixes it.
+  sgi_payload = dict(payload, config=dict(payload["config"], encoder="sgi_m"))
+  with pytest.raises(finetune.PretrainedMismatch,
+                     match="encoder='sgi_m', this run has encoder='nature': use --config=sgi"):
+    finetune.check_compatible(sgi_payload, cfg, game)
+  with pytest.raises(finetune.PretrainedMismatch, match="pass --hidden=8"):
+    finetune.check_compatible(dict(payload, config=dict(payload["config"], hidden=8)),
+                              dataclasses.replace(cfg, hidden=16), game)
 
 
 def test_actions_map_to_ale_ids_for_the_full_set():

@@ -67,8 +67,8 @@ def test_smoke_run_writes_every_output_file(finished_run):
   assert final["steps"] == final["budget_steps"] == 400 and final["eval_episodes"] == 2
   # Pong: random -20.7, human 14.6.
   assert final["hns"] == pytest.approx((final["mean_score"] + 20.7) / (14.6 + 20.7))
-  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [
-      "ckpt_300.npz", "ckpt_400.npz"]
+  # A finished run keeps its last checkpoint only (--done_checkpoints=last).
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["ckpt_400.npz"]
   assert "mean score" in proc.stdout
 
 
@@ -274,3 +274,18 @@ def test_a_workdir_under_a_file_is_a_one_line_file_system_error(tmp_path):
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "file-system error" in errors[0] and str(blocker) in errors[0]
   assert "Traceback" not in proc.stderr and blocker.read_text() == "not a folder"
+
+
+def test_a_full_size_run_on_a_cpu_says_how_long_and_how_to_use_a_gpu(caplog):
+  import logging
+
+  from agents.spr import trainer
+  from agents.spr.config import make_config
+
+  with caplog.at_level(logging.INFO, logger="absl"):
+    trainer._announce_device(make_config("spr"))  # pylint: disable=protected-access
+    trainer._announce_device(make_config("smoke"))  # pylint: disable=protected-access
+  text = caplog.text
+  assert "running on CPU" in text
+  assert text.count('pip install -U "jax[cuda12]"') == 1  # spr only: smoke is tiny
+  assert "196000 gradient updates" in text

@@ -66,18 +66,21 @@ def main(argv):
   _, semi = cl.two_timescale_runs(keys, t_sym, d, u_sym, h, num_steps=steps, log_every=log)
   _, full = cl.two_timescale_runs(keys, t_sym, d, u_sym, h, num_steps=steps, log_every=log,
                                   full=True)
-  fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
-  ax[0].loglog(hs, drifts, "o-", label="measured max |G_t - G_0|")
-  ax[0].loglog(hs, 0.2 * np.array(hs), "k--", label="0.2 h")
-  ax[0].set(xlabel="step size h", ylabel="Gram drift (t = 100)", title="Euler drift is O(h)")
+  fig, ax = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
+  ax[0].loglog(hs, drifts, "o-", label=r"measured $\max_t |G_t - G_0|$, seed max")
+  ax[0].loglog(hs, 0.2 * np.array(hs), "k--", label="reference line 0.2 h")
+  ax[0].set(xlabel="Euler step size h", ylabel=r"Gram drift $\max_{t \leq 100} |G_t - G_0|$")
+  ax[0].set_title(r"Gram drift vs step size ($G = \Phi^\top\Phi$, semi-gradient)", fontsize=9)
   ax[0].legend(fontsize=8)
-  for name, lg, c in (("semi-gradient (sg)", semi, "C0"), ("full gradient", full, "C3")):
+  for name, lg, c in (("semi-gradient (stop-grad)", semi, "C0"), ("full gradient", full, "C3")):
     ax[1].plot(time_axis, np.asarray(lg["gram_eigs"][:, :, 0]).T, c, alpha=0.6)
     ax[1].plot([], [], c, label=name)
-  ax[1].set(xlabel="time t", ylabel="smallest eig of Phi^T Phi", title="non-collapse needs sg")
-  ax[1].legend(fontsize=8)
-  fig.suptitle("Tang et al. 2023 (claims 1-2): P = P*(Phi) conserves Phi^T Phi; " + sub,
-               fontsize=9)
+  ax[1].set(xlabel="time t", ylabel=r"smallest eigenvalue of $\Phi^\top\Phi$")
+  ax[1].set_title(r"Smallest eigenvalue of $\Phi^\top\Phi$, h = 0.02 (one line per seed)",
+                  fontsize=9)
+  ax[1].legend(fontsize=8, loc="center right")
+  fig.suptitle(r"Tang et al. 2023 (claims 1-2), predictor $P = P^*(\Phi)$: Gram drift and "
+               "smallest Gram eigenvalue; " + sub, fontsize=9)
   rows = [["drift_vs_h", hh, dr] for hh, dr in zip(hs, drifts)]
   rows += [["semi_min_eig_seed0", float(tt), float(v)]
            for tt, v in zip(time_axis, semi["gram_eigs"][0, :, 0])]
@@ -87,13 +90,15 @@ def main(argv):
   note("non_collapse")
 
   # 2. Overlap over training, symmetric case.
-  fig, ax = plt.subplots(figsize=(5, 3.4))
+  fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
   ov = np.asarray(semi["overlap"])
-  ax.plot(time_axis, ov.T)
-  ax.set(xlabel="time t", ylabel="overlap with top-k eigvecs of T", ylim=(0, 1.02),
-         title="Tang et al. 2023 (claim 4): symmetric T finds the top-k eigenspace\n"
-               "lazy noisy ring, " + sub)
-  ax.title.set_fontsize(8)
+  for i, y in enumerate(ov):
+    ax.plot(time_axis, y, f"C{i}", label=f"seed {i}")
+  ax.set(xlabel="time t", ylabel="overlap of span(" + r"$\Phi$" + ") with top-k eigvecs",
+         ylim=(0, 1.02))
+  ax.set_title("Overlap with the top-k eigenvectors of a symmetric T (1 = same span)\n"
+               "Tang et al. 2023 (claim 4); lazy noisy ring, " + sub, fontsize=8)
+  ax.legend(fontsize=7, loc="lower right")
   _save(fig, out, "symmetric_overlap", ["t"] + [f"seed{i}" for i in range(len(ov))],
         [[float(tt)] + list(map(float, ov[:, j])) for j, tt in enumerate(time_axis)], dpi)
   note("symmetric_overlap")
@@ -104,28 +109,33 @@ def main(argv):
   _, lg = cl.two_timescale_runs(cl._keys(0, 8), t_bip, d, jnp.asarray(ref["eig"]), h,  # pylint: disable=protected-access
                                 num_steps=steps, log_every=log)
   ov = np.asarray(lg["overlap"])
-  fig, ax = plt.subplots(figsize=(5, 3.4))
-  ax.plot(time_axis, ov.T)
-  ax.axhline(2 / 3, color="k", ls=":", lw=1)
-  ax.set(xlabel="time t", ylabel="overlap with top-k |lambda| eigvecs", ylim=(0, 1.02),
-         title="Tang et al. 2023 (claim 5): local maxima on a near-bipartite T\n"
-               f"eigs {np.round(ref['eigvals'][:4], 2).tolist()}, |X|=20, k=3, h=0.02, 8 seeds")
-  ax.title.set_fontsize(8)
+  fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
+  for i, y in enumerate(ov):
+    ax.plot(time_axis, y, f"C{i}", label=f"seed {i}")
+  ax.axhline(2 / 3, color="k", ls=":", lw=1, label="2/3: two of three directions")
+  ax.set(xlabel="time t", ylabel=r"overlap with top-k $|\lambda|$ eigvecs", ylim=(0, 1.02))
+  ax.set_title(r"Overlap with the top-k $|\lambda|$ eigenvectors of a near-bipartite T" "\n"
+               f"Tang et al. 2023 (claim 5); eigenvalues {np.round(ref['eigvals'][:4], 2).tolist()}"
+               ", |X|=20, k=3, h=0.02", fontsize=8)
+  ax.legend(fontsize=6, loc="lower right", ncol=3)
   _save(fig, out, "local_maxima", ["t"] + [f"seed{i}" for i in range(len(ov))],
         [[float(tt)] + list(map(float, ov[:, j])) for j, tt in enumerate(time_axis)], dpi)
   note("local_maxima")
 
   # 4. Predictor-speed phase diagram.
   s_end, pred, rs, p0s, lam = cl.phase_diagram(num_r=9, num_p=13, num_steps=10_000, h=0.02)
-  fig, ax = plt.subplots(figsize=(5, 3.6))
+  fig, ax = plt.subplots(figsize=(5, 3.8), layout="constrained")
   im = ax.pcolormesh(p0s, rs, s_end, shading="nearest", cmap="viridis")
   fig.colorbar(im, ax=ax, label="final squared norm s of the mode")
   pp = np.linspace(0, p0s.max(), 200)
-  ax.plot(pp, pp ** 2 - lam ** 2, "w--", label="p0^2 - lambda^2 = r s0 (analytic)")
-  ax.set(xlabel="initial predictor p0", ylabel="r = lr_P / lr_Phi", yscale="log",
+  ax.plot(pp, pp ** 2 - lam ** 2, "w--",
+          label=r"analytic boundary $p_0^2 - \lambda^2 = r s_0$")
+  ax.set(xlabel=r"initial predictor $p_0$",
+         ylabel=r"predictor speed $r = lr_P / lr_\Phi$", yscale="log",
          ylim=(rs.min(), rs.max()))
-  ax.set_title("Tang et al. 2023 (claim 3): a slow predictor initialised large collapses\n"
-               f"one mode, lambda={lam:.3f}, s0=1, joint GD h=0.02, 10k steps", fontsize=8)
+  ax.set_title("Final squared norm s of one mode vs predictor speed r and initial predictor\n"
+               rf"Tang et al. 2023 (claim 3); $\lambda$={lam:.3f}, $s_0$=1, joint GD h=0.02, "
+               "10k steps", fontsize=8)
   ax.legend(fontsize=7, loc="upper left")
   _save(fig, out, "phase_diagram", ["r", "p0", "s_end", "s_predicted"],
         [[float(r), float(p), float(s_end[i, j]), float(pred[i, j])]
@@ -139,18 +149,19 @@ def main(argv):
   _, bi = cl.bidirectional_runs(keys, t_nn, d, left, right, h, num_steps=steps)
   _, single = cl.two_timescale_runs(keys, t_nn, d, left, h, num_steps=steps, log_every=log)
   tb = np.arange(bi["phi_left"].shape[1]) * 1000 * h
-  fig, ax = plt.subplots(figsize=(5, 3.4))
+  fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
   ax.plot(tb, np.asarray(bi["phi_left"]).T, "C0", alpha=0.7)
   ax.plot(tb, np.asarray(bi["psi_right"]).T, "C2--", alpha=0.7)
   ax.plot(time_axis, np.asarray(single["overlap"]).T, "C3", alpha=0.7)
-  ax.plot([], [], "C0", label="bidirectional Phi vs left sing.")
-  ax.plot([], [], "C2--", label="bidirectional Psi vs right sing.")
-  ax.plot([], [], "C3", label="single Phi vs left sing.")
+  ax.plot([], [], "C0", label=r"bidirectional: $\Phi$ vs left singular span")
+  ax.plot([], [], "C2--", label=r"bidirectional: $\Psi$ vs right singular span")
+  ax.plot([], [], "C3", label=r"single $\Phi$ vs left singular span")
   between = float(np.sum((ref["left"].T @ ref["right"]) ** 2) / k)
   ax.axhline(between, color="k", ls=":", lw=1, label=f"left vs right spans ({between:.2f})")
   ax.set(xlabel="time t", ylabel="subspace overlap", ylim=(0, 1.02))
-  ax.set_title("Tang et al. 2023 (claim 7): bidirectional learning finds singular spans\n"
-               "Dirichlet(0.1) rows, Sinkhorn doubly-stochastic, " + sub, fontsize=8)
+  ax.set_title("Overlap with the top-k singular subspaces of a non-normal T (one line per seed)\n"
+               "Tang et al. 2023 (claim 7); Dirichlet(0.1) rows, Sinkhorn doubly-stochastic,\n"
+               + sub, fontsize=8)
   ax.legend(fontsize=7)
   rows = [["bi_phi_left_seed0", float(x), float(y)] for x, y in zip(tb, bi["phi_left"][0])]
   rows += [["bi_psi_right_seed0", float(x), float(y)] for x, y in zip(tb, bi["psi_right"][0])]
@@ -160,21 +171,29 @@ def main(argv):
   note("bidirectional")
 
   # 6. Closed-form predictors plugged into the ODE.
-  fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+  fig, ax = plt.subplots(1, 2, figsize=(9, 3.8), layout="constrained")
   rows = []
-  for i, name in enumerate(("lrp", "directpred", "directcopy", "ne", "ns")):
+  shown = {"lrp": "LRP", "directpred": "DirectPred", "directcopy": "DirectCopy", "ne": "NE",
+           "ns": "NS"}
+  styles = ("-", "--", "-.", ":", (0, (5, 1, 1, 1)))
+  for i, name in enumerate(shown):
     _, lg = cl.two_timescale_runs(keys, t_sym, d, u_sym, h, num_steps=steps, log_every=log,
                                   predictor=name)
     ovm = np.asarray(lg["overlap"]).mean(0)
     ge = np.asarray(lg["gram_eigs"][0])
-    ax[0].plot(time_axis, ovm, f"C{i}", label=name)
-    ax[1].plot(time_axis, ge, f"C{i}", alpha=0.8)
+    ax[0].plot(time_axis, ovm, color=f"C{i}", ls=styles[i], label=shown[name])
+    ax[1].plot(time_axis, ge, color=f"C{i}", ls=styles[i], alpha=0.8)
+    ax[1].plot([], [], color=f"C{i}", ls=styles[i], label=shown[name])
     rows += [[name, float(tt), float(o), *map(float, g)] for tt, o, g in zip(time_axis, ovm, ge)]
   ax[0].set(xlabel="time t", ylabel="mean overlap (5 seeds)", ylim=(0, 1.02))
-  ax[0].legend(fontsize=8)
-  ax[1].set(xlabel="time t", ylabel="eigs of Phi^T Phi (seed 0)")
-  fig.suptitle("Richemond et al. 2023 (sec. 3): closed-form predictors in the tabular ODE; "
-               "NE drifts to Gram = 2I, P = 0; " + sub, fontsize=8)
+  ax[0].set_title("Overlap with the top-k eigenvectors of T, mean over 5 seeds", fontsize=9)
+  ax[0].legend(fontsize=8, loc="lower right")
+  ax[1].set(xlabel="time t", ylabel=r"eigenvalues of $\Phi^\top\Phi$ (seed 0)")
+  ax[1].set_title(r"The k = 3 eigenvalues of $\Phi^\top\Phi$ (one line each), seed 0",
+                  fontsize=9)
+  ax[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  fig.suptitle("Richemond et al. 2023 (sec. 3): closed-form predictors in the tabular "
+               "two-timescale ODE; " + sub, fontsize=9)
   _save(fig, out, "closed_form_predictors", ["predictor", "t", "overlap", "g1", "g2", "g3"],
         rows, dpi)
   note("closed_form_predictors")
@@ -193,33 +212,46 @@ def main(argv):
     return dy.simulate(step, s0, sgd_steps, sgd_log, metrics)[1]
   sgd = jax.jit(jax.vmap(jax.vmap(sgd_run, (None, 0)), (0, None)))(jnp.asarray(emas), keys)
   ts = np.arange(sgd_steps // sgd_log + 1) * sgd_log
-  fig, ax = plt.subplots(1, 4, figsize=(13, 3.2))
+  fig, ax = plt.subplots(1, 4, figsize=(13, 3.6), layout="constrained")
   rows = []
+  shown = {"stable_rank": r"stable rank $\|P\|_F^2 / \|P\|_2^2$",
+           "trace": "trace of P",
+           "polar_distance": "distance of P to its polar factor",
+           "overlap": r"overlap of span($\Phi$) with top-k eigvecs"}
   for i, ema in enumerate(emas):
-    for j, m in enumerate(("stable_rank", "trace", "polar_distance", "overlap")):
+    for j, m in enumerate(shown):
       y = np.asarray(sgd[m][i]).mean(0)
-      ax[j].plot(ts[1:], y[1:], f"C{i}", label=f"EMA {ema}")
-      ax[j].set(xlabel="SGD step", title=m)
+      ax[j].plot(ts[1:], y[1:], f"C{i}",
+                 label="no EMA (rate 0)" if ema == 0 else f"EMA rate {ema}")
+      ax[j].set_xlabel("SGD step")
+      ax[j].set_title(shown[m], fontsize=9)
       rows += [[m, ema, int(x), float(v)] for x, v in zip(ts[1:], y[1:])]
-  ax[0].legend(fontsize=8)
-  fig.suptitle("Richemond et al. 2023: LRP predictor from EMA'd minibatch statistics "
-               "(batch 16) - stable rank, trace, distance to polar factor; " + sub, fontsize=8)
+  for a, loc in zip(ax, ("lower right", "lower right", "upper right", "lower right")):
+    a.legend(fontsize=7, loc=loc)
+  fig.suptitle("Richemond et al. 2023: LRP predictor P from EMA'd minibatch statistics "
+               "(batch 16), mean over seeds, at three EMA rates; " + sub, fontsize=9)
   _save(fig, out, "predictor_spectrum_ema", ["metric", "ema", "step", "mean_over_seeds"],
         rows, dpi)
   note("predictor_spectrum_ema")
 
   # 8. Ni et al. online / detached / EMA.
   res = ni_linear.run_seeds(jax.random.PRNGKey(0), 100, 500)
-  fig, ax = plt.subplots(figsize=(5, 3.4))
+  fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
   rows = []
+  shown = {"online": ("online target (gradient through it)", "-", 1.5),
+           "detached": ("detached target (stop-gradient)", "-", 3.0),
+           "ema": ("EMA target (tau 0.005)", "--", 1.5)}
   for i, name in enumerate(ni_linear.TARGETS):
     y = np.asarray(res[name]).mean(0)
-    ax.semilogy(np.arange(len(y)), np.maximum(y, 1e-12), f"C{i}", label=name)
+    label, ls, lw = shown[name]
+    ax.semilogy(np.arange(len(y)), np.maximum(y, 1e-12), color=f"C{i}", ls=ls, lw=lw,
+                label=label)
     rows += [[name, j, float(v)] for j, v in enumerate(y)]
-  ax.set(xlabel="SGD step", ylabel="mean |cos(w1, w2)| (100 seeds)")
-  ax.set_title("Ni et al. 2024 (sec. 4.2) linear illustration: stop-gradient prevents\n"
-               "dimensional collapse; random 20-state MDP, lr 1e-2, full batch", fontsize=8)
-  ax.legend(fontsize=8)
+  ax.set(xlabel="SGD step", ylabel=r"mean $|\cos(w_1, w_2)|$ (100 seeds)")
+  ax.set_title("Mean |cos| between the two encoder columns (higher = more collapsed)\n"
+               "Ni et al. 2024 (sec. 4.2) linear illustration; random 20-state MDP,\n"
+               "lr 1e-2, full batch (detached and EMA nearly coincide)", fontsize=8)
+  ax.legend(fontsize=7, loc="center right", bbox_to_anchor=(1.0, 0.66))
   _save(fig, out, "ni_online_detached_ema", ["target", "step", "mean_abs_cos"], rows, dpi)
   note("ni_online_detached_ema")
   print(f"wrote 8 figures to {out} in {time.time() - start:.0f}s")

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from spr import checkpoint
+from spr import checkpoint, param_roles
 from spr.networks import SGI_ENCODERS
 
 PRETRAINED = "pretrained.npz"
@@ -66,12 +66,12 @@ def load_pretrained(init_from: str | Path, allow_pickle: bool | None = None) -> 
 
 
 def _reused(module: str) -> list[str] | None:
-  """Parameter names of `module` that finetuning copies, or None if it starts fresh."""
-  if "/encoder" in module or "/transition" in module or module.endswith("predictor"):
-    return []  # all
-  if module.endswith(("value_hidden", "advantage_hidden")):
-    return ["w_mu", "b_mu"]
-  return None
+  """Parameter names of `module` that finetuning copies ([]: all), or None if it starts fresh
+  (`spr.param_roles.finetuning_reuses`)."""
+  reuse = param_roles.finetuning_reuses(param_roles.role(module))
+  if reuse is True:
+    return []
+  return list(reuse) if reuse else None
 
 
 def _action_set(payload: dict) -> list[int]:
@@ -115,8 +115,12 @@ def check_compatible(payload: dict, config: Any, game_actions: Sequence[int]) ->
     if isinstance(want, tuple):
       have = tuple(have or ())
     if want != have:
+      flag = ",".join(str(v) for v in have) if isinstance(have, tuple) else have
+      fix = f"pass --{name}={flag}"
+      if name == "encoder" and have in SGI_ENCODERS:
+        fix = f"use --config=sgi (the SGI-M encoder) or pass --encoder={have}"
       raise PretrainedMismatch(f"{where} was pretrained with {name}={have!r}, this run has "
-                               f"{name}={want!r}")
+                               f"{name}={want!r}: {fix}")
 
 
 def _copy_reused(fresh: Any, source: dict, where: str, rows: list[int]) -> tuple[dict, int]:

@@ -41,9 +41,9 @@ import jax.numpy as jnp
 import optax
 
 from agents.sgi.config import SGIConfig
-from agents.spr.learner import grouped_clip
 from spr import augmentation, losses
 from spr.networks import make_sgi_network
+from spr.param_roles import grouped_clip
 
 Params = Any
 

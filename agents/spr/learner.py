@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from agents.spr.config import SPRConfig
-from spr import augmentation, losses, predictors, replay
+from spr import augmentation, losses, param_roles, predictors, replay
 from spr.networks import make_spr_network
 
 Params = Any
@@ -58,44 +58,18 @@ class StepMetrics(NamedTuple):
 
 def clip_group_labels(params: Params) -> Params:
   """'transition' for the transition model; 'unclipped' for the predictor and SGI's inverse
-  dynamics model; 'stem' (encoder and every Q / goal head layer) otherwise."""
-
-  def label(module_name: str) -> str:
-    if "/transition" in module_name or module_name.startswith("transition"):
-      return "transition"
-    if module_name.endswith("predictor") or module_name.endswith(("inverse_hidden",
-                                                                  "inverse_out")):
-      return "unclipped"
-    return "stem"
-
-  return {m: {k: label(m) for k in leaves} for m, leaves in params.items()}
+  dynamics model; 'stem' (encoder and every Q / goal head layer) otherwise
+  (`spr.param_roles.clip_group`)."""
+  return param_roles.labels(params, param_roles.clip_group)
 
 
-def grouped_clip(max_norm: float) -> optax.GradientTransformation:
-  """Gradient-norm clipping as the SPR and SGI code (src/algos.py, optimize_agent): the stem
-  (encoder + heads) and the transition model are clipped SEPARATELY at `max_norm` (each its own
-  global norm); the predictor and the inverse model are not clipped."""
-  return optax.multi_transform(
-      {"stem": optax.clip_by_global_norm(max_norm),
-       "transition": optax.clip_by_global_norm(max_norm),
-       "unclipped": optax.identity()},
-      clip_group_labels)
+grouped_clip = param_roles.grouped_clip
 
 
 def lr_group_labels(params: Params) -> Params:
-  """SGI's learning-rate groups (mila-iqia/SGI src/models.py `list_params`): 'encoder' for the
-  encoder, 'head_first' for the first layer of both dueling streams (value_hidden /
-  advantage_hidden, SGI's q_l1), 'rest' for everything else (transition model included: SGI's
-  dynamics_model_lr defaults to the base learning rate)."""
-
-  def label(module_name: str) -> str:
-    if "/encoder" in module_name or module_name.startswith("encoder"):
-      return "encoder"
-    if module_name.endswith(("value_hidden", "advantage_hidden", "shared_hidden")):
-      return "head_first"
-    return "rest"
-
-  return {m: {k: label(m) for k in leaves} for m, leaves in params.items()}
+  """SGI's learning-rate groups: 'encoder', 'head_first' (the first layer of both dueling
+  streams, SGI's q_l1), 'rest' (`spr.param_roles.lr_group`)."""
+  return param_roles.labels(params, param_roles.lr_group)
 
 
 def _base_optimizer(config: SPRConfig, learning_rate: float) -> optax.GradientTransformation:
@@ -528,7 +502,7 @@ class SPRLearner:
 
 def _shrink_perturbed(module_name: str) -> bool:
   """Haiku modules BBF shrinks and perturbs at a reset (its "encoder,transition_model")."""
-  return "/encoder" in module_name or "/transition" in module_name
+  return param_roles.shrink_perturbed(param_roles.role(module_name))
 
 
 def bootstrap_offset(config: SPRConfig, n):

@@ -302,6 +302,8 @@ def _loop(groups: list[_Group], config: SPRConfig, term, pool: EnvPool, progress
   for g in groups:
     g.t_window, g.step_window = time.perf_counter(), g.step
   bar = single._progress_bar(config.steps, min(g.step for g in groups), progress)  # pylint: disable=protected-access
+  single._announce_device(config)  # pylint: disable=protected-access
+  compiled = set()
   while True:
     active = [g for g in groups if g.step < config.steps]
     if not active:
@@ -318,7 +320,13 @@ def _loop(groups: list[_Group], config: SPRConfig, term, pool: EnvPool, progress
       k += len(g.runs)
       done = g.step + 1
       num_updates = updates_at(config, done)
-      fn = batched_step(g.learner, num_updates, is_reset_step(config, done))
+      reset = is_reset_step(config, done)
+      if num_updates and (id(g), reset) not in compiled:  # a silent minute is not a hang
+        compiled.add((id(g), reset))
+        single._log(bar, "compiling the learner update of a batch of %d runs (%d actions)%s: "  # pylint: disable=protected-access
+                    "about a minute on a CPU", len(g.runs), g.learner.num_actions,
+                    ", with a reset" if reset else "")
+      fn = batched_step(g.learner, num_updates, reset)
       g.state, next_actions, m = fn(g.state, g.frames, g.actions, clip_reward(rewards[rows]),
                                     terminals[rows], stacks[rows])
       outputs.append((g, (frames[rows], infos[rows]), next_actions, m))
@@ -329,7 +337,7 @@ def _loop(groups: list[_Group], config: SPRConfig, term, pool: EnvPool, progress
       g.actions = np.asarray(next_actions, np.int32)
       g.frames = next_frames
       g.step += 1
-      _bookkeeping(g, step_infos, m, config, t_start)
+      _bookkeeping(g, step_infos, m, config, t_start, bar)
       if config.eval_every and g.step % config.eval_every == 0 and g.step < config.steps:
         _periodic_evaluation(g, config, time.perf_counter() - t_start, pool)
       if g.step % config.checkpoint_every == 0 or g.step == config.steps or preempted:
@@ -344,7 +352,8 @@ def _loop(groups: list[_Group], config: SPRConfig, term, pool: EnvPool, progress
     bar.close()
 
 
-def _bookkeeping(g: _Group, infos: list[dict], m, config: SPRConfig, t_start: float) -> None:
+def _bookkeeping(g: _Group, infos: list[dict], m, config: SPRConfig, t_start: float,
+                 bar=None) -> None:
   done = g.step
   for i, run in enumerate(g.runs):
     if run.failed:
@@ -384,9 +393,14 @@ def _bookkeeping(g: _Group, infos: list[dict], m, config: SPRConfig, t_start: fl
       run.metrics_log.write(record)
       losses.append(record["loss"])
       run.new_window()
-    logging.info("step %d/%d | %d runs (%d actions) | %.1f steps/s per run, %.0f total | "
-                 "mean loss %.4f", done, config.steps, len(g.runs), g.learner.num_actions, rate,
-                 rate * len(g.runs), float(np.mean(losses)) if losses else float("nan"))
+    if done > config.learn_start:
+      single._log(bar, "step %d/%d | %d runs (%d actions) | %.1f steps/s per run, %.0f total | "  # pylint: disable=protected-access
+                  "mean loss %.4f", done, config.steps, len(g.runs), g.learner.num_actions,
+                  rate, rate * len(g.runs), float(np.mean(losses)) if losses else float("nan"))
+    else:
+      single._log(bar, "step %d/%d | %d runs (%d actions) | %.1f steps/s per run | random "  # pylint: disable=protected-access
+                  "actions, no updates before step %d", done, config.steps, len(g.runs),
+                  g.learner.num_actions, rate, config.learn_start + 1)
     g.t_window, g.step_window = now, done
 
 

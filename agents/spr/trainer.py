@@ -166,6 +166,8 @@ def _train(game: str, seed: int, config: SPRConfig, workdir: str | Path, config_
     logging.info("new run: %s seed %d, config %s, %d parameters, workdir %s", game, seed,
                  config_name, host["params_count"], path)
 
+  if host["step"] < config.steps:
+    _announce_device(config)
   periodic = bool(config.eval_every) and host["step"] < config.steps
   workers = resolve_workers(env_workers, max(config.eval_episodes,
                                              config.eval_every_episodes if periodic else 0))
@@ -238,6 +240,31 @@ def _load_pretrained(learner: SPRLearner, state: TrainState, payload: dict,
   return state
 
 
+def _log(bar, message: str, *args) -> None:
+  """logging.info that keeps the progress bar on its own line (cleared, then redrawn)."""
+  if bar is not None:
+    bar.clear()
+  logging.info(message, *args)
+  if bar is not None:
+    bar.refresh()
+
+
+def _announce_device(config: SPRConfig) -> None:
+  """Where the run runs; on a CPU with a full-size config, how long that takes and how to use a
+  GPU instead."""
+  device = jax.devices()[0]
+  logging.info("running on %s (%s)", device.platform.upper(), getattr(device, "device_kind", ""))
+  updates = config.updates_per_step * max(config.steps - config.learn_start, 0)
+  full_size = config.encoder != "nature" or tuple(config.encoder_channels) == (32, 64, 64)
+  if device.platform == "cpu" and full_size and updates >= 50_000:
+    # ~0.12 s per SPR update on 2 CPU cores (docs/BENCHMARKS.md); BBF's networks cost far more.
+    hours = updates * 0.12 / 3600
+    logging.warning(
+        "%d gradient updates of a full-size network on a CPU: on the order of %.0f hours or "
+        "more (a day for SPR; BBF far longer). For a GPU: pip install -U \"jax[cuda12]\"",
+        updates, hours)
+
+
 def _restore(ckpt_dir: Path, learner: SPRLearner, env: AtariEnv, template: TrainState,
              identity: dict | None = None):
   if not checkpoint.checkpoint_steps(ckpt_dir):
@@ -264,11 +291,21 @@ def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dic
   t_window = time.perf_counter()
   step_window = host["step"]
   t_start = time.perf_counter() - host["elapsed"]
+  compiled = set()  # (updates, reset) variants of the step this process has compiled
   for step in range(host["step"], config.steps):
     next_frame, reward, terminal, info = env.step(action)
     num_updates = updates_at(config, step + 1)
     # BBF resets (static flag: only the reset steps compile/run the reset).
     reset = dict(reset=True) if is_reset_step(config, step + 1) else {}
+    if (num_updates, bool(reset)) not in compiled:  # a silent minute is not a hang
+      compiled.add((num_updates, bool(reset)))
+      if num_updates:
+        _log(bar, "compiling the learner update (%d per step%s): about a minute on a CPU, "
+             "seconds on a GPU", num_updates, ", with a reset" if reset else "")
+      if bar is not None and num_updates and not reset:
+        # The random phase ran much faster: estimate the time left from here on.
+        bar.reset(total=config.steps)
+        bar.update(step)
     state, next_action, m = learner.step(
         state, frame, np.int32(action), clip_reward(reward), np.bool_(terminal), env.stack,
         num_updates=num_updates, **reset)
@@ -302,9 +339,15 @@ def _train_loop(learner: SPRLearner, state: TrainState, env: AtariEnv, host: dic
           episodes=len(window["returns"]),
           train_return=(float(np.mean(window["returns"])) if window["returns"] else None))
       metrics_log.write(record)
-      logging.info("step %d/%d | %.0f steps/s | loss %.4f (rl %.4f, spr %.4f) | return %s",
-                   done, config.steps, record["steps_per_s"], record["loss"],
-                   record["rl_loss"], record["spr_loss"], record["train_return"])
+      ret = record["train_return"]
+      ret = "-" if ret is None else f"{ret:.1f}"
+      if window["updates"]:
+        _log(bar, "step %d/%d | %.0f steps/s | loss %.4f (rl %.4f, spr %.4f) | return %s",
+             done, config.steps, record["steps_per_s"], record["loss"], record["rl_loss"],
+             record["spr_loss"], ret)
+      else:
+        _log(bar, "step %d/%d | %.0f steps/s | random actions, no updates before step %d | "
+             "return %s", done, config.steps, record["steps_per_s"], config.learn_start + 1, ret)
       window = dict(loss=0.0, rl_loss=0.0, spr_loss=0.0, updates=0, returns=[])
       t_window, step_window = now, done
     if config.eval_every and done % config.eval_every == 0 and done < config.steps:
