@@ -326,6 +326,9 @@ def _loop(groups: list[_Group], config: SPRConfig, term, pool: EnvPool, progress
         single._log(bar, "compiling the learner update of a batch of %d runs (%d actions)%s: "  # pylint: disable=protected-access
                     "about a minute on a CPU", len(g.runs), g.learner.num_actions,
                     ", with a reset" if reset else "")
+        if bar is not None and not reset:  # the random phase ran faster: estimate from here
+          bar.reset(total=config.steps)
+          bar.update(min(x.step for x in groups))
       fn = batched_step(g.learner, num_updates, reset)
       g.state, next_actions, m = fn(g.state, g.frames, g.actions, clip_reward(rewards[rows]),
                                     terminals[rows], stacks[rows])
