@@ -35,6 +35,8 @@ import time
 
 from absl import app, flags
 
+from launch.common import parse_flags
+
 _CONFIG = flags.DEFINE_string("config", "spr", "Named configuration to benchmark (with --probes: "
                               "the network of the evaluation-act rows).")
 _GAME = flags.DEFINE_string("game", "Pong", "Game for the env rows (sets the action count).")
@@ -484,7 +486,7 @@ def _single_table():
 
 
 def run():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

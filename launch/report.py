@@ -34,6 +34,7 @@ import numpy as np
 from absl import app, flags
 
 from launch import grid, jobs, stats
+from launch.common import parse_flags
 
 PUBLISHED = ("DER", "SPR", "BBF")
 NOT_100K = "NOT 100k"  # the mark of a configuration whose budget is not Atari 100k's
@@ -629,4 +630,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -21,6 +21,7 @@ from pathlib import Path
 from absl import app, flags
 
 from launch import grid, jobs
+from launch.common import parse_flags
 
 FLAGS = flags.FLAGS
 
@@ -212,4 +213,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
