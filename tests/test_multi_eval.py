@@ -113,7 +113,8 @@ def test_final_evaluation_groups_merge_by_action_count_and_skip_failed_runs(fres
 FINETUNE = ["--config=smoke", "--encoder=nature", "--encoder_lr=1e-6", "--head_first_lr=3e-5",
             "--grad_clip=0", "--target_tau=0.01", "--steps=40", "--learn_start=30",
             "--eval_every=10", "--eval_every_episodes=1", "--eval_episodes=2",
-            "--checkpoint_every=20", "--log_every=20"]
+            "--checkpoint_every=20", "--log_every=20",
+            "--done_checkpoints=all"]  # the tests below read the step-20 checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,8 @@ def chain(tmp_path_factory):
                   "--games=Pong", f"--workdir={pre}"])
   finetune = run(["launch.train", "--config=smoke", *SMALL, "--game=Pong", f"--workdir={fine}",
                   f"--init_from={pre}", "--encoder_lr=1e-6", "--head_first_lr=3e-5",
-                  "--grad_clip=0", "--target_tau=0.01", "--steps=200", "--eval_episodes=1"])
+                  "--grad_clip=0", "--target_tau=0.01", "--steps=200", "--eval_episodes=1",
+                  "--done_checkpoints=all"])  # a test below reads the first checkpoint
   return dict(data=data, pre=pre, fine=fine, collect=collect, pretrain=pretrain,
               finetune=finetune)
 
