@@ -235,10 +235,11 @@ def test_bbf_update_bootstraps_from_the_state_n_minus_1_ahead(anneal):
     extra = dict(n=n, gamma=gamma)
     assert 2 <= int(n) < cfg.n_step
   by_offset = {}
+  loss_fn = jax.jit(learner.loss)  # one compilation for both bootstrap states
   for offset in (int(n) - 1, int(n)):
     nxt = replay.replay_gather(state.replay, indices, offset, 0).next_observations
-    by_offset[offset], _ = learner.loss(state.params, state.target_params,
-                                        batch.replace(next_observations=nxt), w, loss_key, **extra)
+    by_offset[offset], _ = loss_fn(state.params, state.target_params,
+                                   batch.replace(next_observations=nxt), w, loss_key, **extra)
   np.testing.assert_allclose(m.loss, by_offset[int(n) - 1], rtol=1e-5)
   assert abs(float(by_offset[int(n)]) - float(by_offset[int(n) - 1])) > 1e-6
 
