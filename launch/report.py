@@ -460,8 +460,8 @@ def _plots(out: Path, score_dict, aggregates, records, labels, all_games, agg_ga
     if not curves:
         curve_key = "train_return"
         curves = _learning_curves(records, labels, curve_key)
-    if curves:
-        games = [g for g in all_games if any(g in curves[lab] for lab in curves)]
+    games = [g for g in all_games if any(g in curves[lab] for lab in curves)] if curves else []
+    if games:  # none when every run with a curve is outside the game table (e.g. Catch)
         ncol = min(6, len(games))
         nrow = -(-len(games) // ncol)
         fig, axes = plt.subplots(nrow, ncol, figsize=(3 * ncol, 2.4 * nrow), squeeze=False)

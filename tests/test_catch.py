@@ -305,3 +305,16 @@ def test_train_cli_on_catch_end_to_end(tmp_path):
     assert [l["step"] for l in evals] == [60] and evals[0]["eval_episodes"] == 2
     assert all(l["train_return"] in (None,) or -1 <= l["train_return"] <= 1
                for l in lines if "train_return" in l)
+
+
+def test_multi_run_cli_on_catch(tmp_path):
+    """`--seeds` (agents/spr/multi_trainer.py) builds its envs through the same factory."""
+    cmd = [sys.executable, "-m", "launch.train", "--config=smoke", "--game=catch", "--seeds=0,1",
+           f"--workdir={tmp_path}", "--steps=40", "--learn_start=20", "--eval_episodes=2",
+           "--log_every=20", "--checkpoint_every=40"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for seed in (0, 1):
+        final = json.loads((tmp_path / "Catch" / f"seed_{seed}" / "final.json").read_text())
+        assert final["game"] == "Catch" and final["seed"] == seed and final["steps"] == 40
+        assert math.isnan(final["hns"]) and final["train_episodes"] == 4
