@@ -506,9 +506,9 @@ def _periodic_evaluation(g: _Group, config: SPRConfig, elapsed: float, pool: Env
     record = single.eval_record(g.step, elapsed, episodes)
     run.metrics_log.write(record)
     scores.append(record["eval_mean_score"])
-  logging.info("step %d: evaluation of %d runs (%d actions) over %d episodes each: mean "
-               "scores %s", g.step, len(runs), g.learner.num_actions,
-               config.eval_every_episodes, ", ".join(f"{v:.2f}" for v in scores))
+  single._log(None, "step %d: evaluation of %d runs (%d actions) over %d episodes each: mean "  # pylint: disable=protected-access
+              "scores %s", g.step, len(runs), g.learner.num_actions,
+              config.eval_every_episodes, ", ".join(f"{v:.2f}" for v in scores))
 
 
 def _final_groups(groups: list[_Group]) -> list[tuple[SPRLearner, list[_Run], Any]]:

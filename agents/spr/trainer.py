@@ -100,8 +100,13 @@ def _progress_bar(total: int, initial: int, enabled: bool | None):
   except ImportError:  # pragma: no cover - tqdm is a dependency
     return None
   # disable=None: shown on a terminal, silent when stderr is a log file.
-  return tqdm(total=total, initial=initial, disable=None if enabled is None else not enabled,
-              unit="step", dynamic_ncols=True, file=sys.stderr)
+  bar = tqdm(total=total, initial=initial, disable=None if enabled is None else not enabled,
+             unit="step", dynamic_ncols=True, file=sys.stderr)
+  _ACTIVE_BAR[0] = bar  # `_log` keeps log lines off it
+  return bar
+
+
+_ACTIVE_BAR = [None]  # the progress bar of the loop running in this process, if any
 
 
 def make_eval_act_fn(learner: SPRLearner, params, batch: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -241,7 +246,11 @@ def _load_pretrained(learner: SPRLearner, state: TrainState, payload: dict,
 
 
 def _log(bar, message: str, *args) -> None:
-  """logging.info that keeps the progress bar on its own line (cleared, then redrawn)."""
+  """logging.info that keeps the progress bar (`bar`, or the loop's) on its own line (cleared,
+  then redrawn)."""
+  bar = bar if bar is not None else _ACTIVE_BAR[0]
+  if bar is not None and getattr(bar, "disable", False):
+    bar = None
   if bar is not None:
     bar.clear()
   logging.info(message, *args)
@@ -396,8 +405,8 @@ def _periodic_evaluation(learner: SPRLearner, state: TrainState, game: str, seed
                       protocol=config.env_protocol)
   record = eval_record(step, elapsed, episodes)
   metrics_log.write(record)
-  logging.info("step %d: evaluation over %d episodes: mean score %.2f", step,
-               record["eval_episodes"], record["eval_mean_score"])
+  _log(None, "step %d: evaluation over %d episodes: mean score %.2f", step,
+       record["eval_episodes"], record["eval_mean_score"])
 
 
 def _final_evaluation(learner: SPRLearner, state: TrainState, host: dict, game: str, seed: int,
