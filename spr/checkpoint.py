@@ -455,17 +455,10 @@ def check_config(recorded: dict, current: dict, legacy: dict | None = None,
   """Raises spr.workdir.WorkdirError naming each setting where `recorded` (what a checkpoint
   was written with) differs from `current`. As in `spr.workdir.prepare`, a key of `current`
   missing from `recorded` reads as its `legacy` value (or `legacy[key](recorded)`)."""
-  from spr.workdir import WorkdirError
+  from spr.workdir import WorkdirError, settings_diff
 
-  recorded = json.loads(json.dumps(recorded))
-  current = json.loads(json.dumps(current))  # tuples -> lists, as recorded
-  for key, value in (legacy or {}).items():
-    if key in current and key not in recorded:
-      value = value(recorded) if callable(value) else value
-      recorded[key] = json.loads(json.dumps(value))
-  keys = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
-  if keys:
-    diffs = ", ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in keys)
+  diffs = settings_diff(recorded, current, legacy)
+  if diffs:
     raise WorkdirError(f"{where} was written by a run with a different config ({diffs}); "
                        "resume with its settings or use another --workdir")
 

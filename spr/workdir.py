@@ -96,6 +96,21 @@ def release_lock(workdir: str | os.PathLike) -> None:
     os.close(fd)
 
 
+def settings_diff(stored: dict[str, Any], current: dict[str, Any],
+                  legacy: dict[str, Any] | None = None) -> str:
+  """"k: old -> new, ..." for every setting where `stored` (a run's recorded config) differs from
+  `current`; "" when they agree. A key of `current` missing from `stored` (added to the code after
+  the run was written) reads as its `legacy` value, or `legacy[key](stored)`."""
+  stored = json.loads(json.dumps(stored))  # tuples -> lists, as stored
+  current = json.loads(json.dumps(current))
+  for key, value in (legacy or {}).items():
+    if key in current and key not in stored:
+      value = value(stored) if callable(value) else value
+      stored[key] = json.loads(json.dumps(value))
+  keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+  return ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in keys)
+
+
 def prepare(workdir: str | os.PathLike, config: dict[str, Any],
             legacy: dict[str, Any] | None = None) -> Path:
   """Creates `workdir` and its config.json, or checks that an existing run used `config`.
@@ -122,13 +137,8 @@ def prepare(workdir: str | os.PathLike, config: dict[str, Any],
       raise WorkdirError(f"{config_file} is not valid JSON ({e})") from None
     if not isinstance(stored, dict):
       raise WorkdirError(f"{config_file} does not hold a JSON object")
-    for key, value in (legacy or {}).items():
-      if key in normalised and key not in stored:
-        value = value(stored) if callable(value) else value
-        stored[key] = json.loads(json.dumps(value))
-    if stored != normalised:
-      keys = sorted(k for k in set(stored) | set(normalised) if stored.get(k) != normalised.get(k))
-      diffs = ", ".join(f"{k}: {stored.get(k)!r} -> {normalised.get(k)!r}" for k in keys)
+    diffs = settings_diff(stored, normalised, legacy)
+    if diffs:
       raise WorkdirError(
           f"{path} holds a run with a different config ({diffs}); use another --workdir")
   else:
