@@ -21,6 +21,7 @@ from envs.atari import MAX_FRAMES_PER_EPISODE, NOOP_MAX, SPR_HORIZON, AtariEnv
 from envs.evaluation import episode_seed, evaluate
 from envs.pool import EnvPool
 from spr_reference_env import ReferenceAtariEnv  # tests/spr_reference_env.py
+from state_asserts import assert_same_state  # tests/state_asserts.py
 
 gym.register_envs(ale_py)
 
@@ -229,19 +230,6 @@ def test_dopamine_protocol_is_a_plain_gymnasium_loop_in_lockstep(game, steps, ma
 
 
 # ----------------------------------------------------------------------- state, arguments
-def _assert_same(a, b, path="state"):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            _assert_same(a[key], b[key], f"{path}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, b, err_msg=path)
-    else:
-        assert a == b, path
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -272,13 +260,13 @@ def test_spr_get_state_set_state_is_bit_identical(training):
     assert sum(o[3]["life_lost"] for o in expected) >= 1
     fresh = AtariEnv("Breakout", 999, **kwargs)
     fresh.set_state(state)
-    _assert_same(fresh.get_state(), state)
+    assert_same_state(fresh.get_state(), state)
     got, got_end_state = run(fresh)
     for (f1, r1, t1, i1, s1), (f2, r2, t2, i2, s2) in zip(expected, got):
         np.testing.assert_array_equal(f1, f2)
         np.testing.assert_array_equal(s1, s2)
         assert (r1, t1, i1) == (r2, t2, i2)
-    _assert_same(got_end_state, end_state)
+    assert_same_state(got_end_state, end_state)
 
 
 def test_states_do_not_cross_protocols():

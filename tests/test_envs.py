@@ -6,6 +6,7 @@ import pytest
 
 from envs import (GAMES, AtariEnv, FrameStacker, clip_reward, episode_seed, evaluate, get_game,
                   human_normalized_score, published_score)
+from state_asserts import assert_same_state  # tests/state_asserts.py
 
 
 def _random_actions(n, num_actions, seed=0):
@@ -211,20 +212,6 @@ def test_reset_stack_is_zero_except_newest():
 
 
 # ---------------------------------------------------------------------------- save/restore
-def _assert_same(a, b, path="state"):
-    """Recursive equality of get_state() dicts (arrays, bytes, numbers, nested dicts/lists)."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for key in a:
-            _assert_same(a[key], b[key], f"{path}[{key!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{path}[{i}]")
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, b, err_msg=path)
-    else:
-        assert a == b, path
 
 
 @pytest.mark.parametrize("sticky", [0.0, 0.25])
@@ -255,13 +242,13 @@ def test_get_state_set_state_is_bit_identical(sticky):
     assert sum(o[3]["game_over"] for o in expected) >= 1  # a game reset within the M steps
     fresh = AtariEnv("Breakout", 999, **kwargs)
     fresh.set_state(state)
-    _assert_same(fresh.get_state(), state)  # nothing is left out of the restore
+    assert_same_state(fresh.get_state(), state)  # nothing is left out of the restore
     got, got_end_state = run(fresh)
     for (f1, r1, t1, i1, s1), (f2, r2, t2, i2, s2) in zip(expected, got):
         np.testing.assert_array_equal(f1, f2)
         np.testing.assert_array_equal(s1, s2)
         assert (r1, t1, i1) == (r2, t2, i2)
-    _assert_same(got_end_state, end_state)
+    assert_same_state(got_end_state, end_state)
 
 
 def test_set_state_rejects_other_game():
