@@ -7,25 +7,29 @@ Every default is the value the SPR reference code (mila-iqia/spr) ran for the pu
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from spr import configs, replay
-from spr.networks import NetworkConfig
 from spr.predictors import PREDICTORS
 
 PREDICTOR_NAMES = ("linear",) + tuple(sorted(PREDICTORS))
 
 
 @dataclasses.dataclass(frozen=True)
-class SPRConfig:
-  """All hyperparameters of one SPR run. Names are the command-line override names."""
+class SPRConfig(configs.AgentConfig):
+  """All hyperparameters of one SPR run. Names are the command-line override names.
+
+  The fields every agent shares (steps, batch_size, the encoder and head sizes, spr_steps,
+  spr_weight, gamma, target_tau, the optimiser, log and checkpoint cadence) are declared with
+  their defaults and checks in spr.configs.AgentConfig; here `steps`, `log_every` and
+  `checkpoint_every` count agent (env) steps, 100k steps = 400k frames.
+  """
   # Budget and schedule.
-  steps: int = 100_000  # agent (env) steps = 400k frames
   # a_0..a_learn_start uniformly random; the first updates run once learn_start + 1 transitions
   # are stored (rlpyt's min_itr_learn, Dopamine's add_count > min_replay_history).
   learn_start: int = 2000
   updates_per_step: int = 2  # gradient updates per env step (the code's replay ratio 64 / batch 32)
-  batch_size: int = 32
   eval_episodes: int = 100  # final evaluation: full games, epsilon 0.001, noise off
   eval_epsilon: float = 0.001
   eval_every: int = 0  # env steps between periodic evaluations (0: only the final one)
@@ -33,81 +37,50 @@ class SPRConfig:
   # Env: "spr" = the SPR/SGI code's own ALE env (mila-iqia/spr src/rlpyt_atari_env.py);
   # "dopamine" = Dopamine's / gymnasium's AtariPreprocessing, which BBF runs. envs/atari.py.
   env_protocol: str = "spr"
-  # Network.
-  encoder: str = "nature"
-  encoder_channels: tuple[int, ...] = (32, 64, 64)
+  # Network (with the shared encoder and head sizes); see spr.networks.NetworkConfig.
   encoder_chunk: int = -1  # no-gradient encoder passes in chunks of this size; -1 auto, 0 none
   impala_width: int = 4
-  resnet_norm: str = "batch"  # sgi_* encoders: "batch" (running statistics, SGI) | "layer" | "none"
-  hidden: int = 256
-  num_atoms: int = 51
-  v_min: float = -10.0
-  v_max: float = 10.0
   noisy: bool = True
   noisy_std: float = 0.5
-  transition_hidden: int = 64
-  # BBF network (bbf/spr_networks.py RainbowDQNNetwork); see spr.networks.NetworkConfig.
   head: str = "dueling"  # "dueling" (SPR) | "shared" (BBF: one 2*hidden layer = projection)
   transition_norm: bool = True  # BatchNorm in the transition model (BBF's ConvTMCell: none)
   init: str = "torch"  # "torch" | "xavier" (BBF: xavier_uniform weights, zero biases)
   renorm_eps: float = 0.0  # latent min-max renormalisation: 0 SPR's guard, BBF 1e-5
   # Losses.
-  gamma: float = 0.99
   n_step: int = 10
-  spr_steps: int = 5  # K
-  spr_weight: float = 5.0  # times the mean over k = 1..K
-  augmentation: bool = True  # random shift (pad 4) + intensity, online and target inputs
-  target_tau: float = 1.0  # weight of the ONLINE params in the target update; 1 = copy
-  # EMA towards the online params as they were BEFORE this update, or after it (BBF). The SPR and
-  # SGI code move their target encoder and projection at the END of the forward pass, after the
-  # SPR targets were computed and before the optimiser step (mila-iqia/spr src/models.py,
-  # SPRCatDqnModel.forward -> update_state_dict): with tau = 1 the SPR targets of update t come
-  # from the online parameters of update t - 1. With tau = 1 and False the target IS the online
-  # network and is not stored (see `has_target`).
+  # Move the EMA target towards the online params as they were BEFORE this update (the SPR and SGI
+  # code move it inside the forward pass, so with tau 1 the SPR targets lag one update behind) or
+  # after it (BBF). With tau 1 and False the target IS the online network and is not stored
+  # (`has_target`). docs/FIDELITY.md, table (b).
   target_ema_before_update: bool = True
   double_dqn: bool = True
-  # n-step target. "textbook" (rlpyt / SPR): sum_{j<n} gamma^j r_{t+j} up to the first terminal
-  # among d_t..d_{t+n-1}, bootstrap gamma^n Z(s_{t+n}) unless one of them is terminal. "bbf" (BBF's
-  # subsequence_replay_buffer.py sample_transition_batch, as its published numbers ran): the same
-  # sum, but the bootstrap is gamma^n Z(s_{t+n-1}) and only d_t..d_{t+n-2} stop it.
+  # n-step target. "textbook" (rlpyt / SPR): bootstrap gamma^n Z(s_{t+n}) unless one of
+  # d_t..d_{t+n-1} is terminal. "bbf" (BBF's replay, as its published numbers ran): gamma^n
+  # Z(s_{t+n-1}), and only d_t..d_{t+n-2} stop it. Both sum the rewards up to the first terminal.
   n_step_convention: str = "textbook"
   # Augmentation of the next state s_{t+n}: an independent draw for the bootstrap network and for
   # the double-DQN selector ("independent", the SPR code's separate forwards) or one draw that
-  # both see ("shared", BBF's spr_agent.py, one augmented next state for both).
+  # both see ("shared", BBF's spr_agent.py).
   next_state_augmentation: str = "independent"
-  # Optimiser.
-  learning_rate: float = 1e-4
-  adam_eps: float = 1.5e-4
-  grad_clip: float = 10.0  # global-norm clip; 0 disables
   # Replay.
   replay_capacity: int = 100_000
   priority_alpha: float = 0.5
   priority_beta_start: float = 0.4
   priority_beta_end: float = 1.0  # annealed linearly over learn_start..steps (rlpyt's clock)
-  # Stored priority: "kl" (the SPR code's clamped KL(target || prediction)) or "ce" (BBF: the
-  # C51 cross-entropy + 1e-10; with priority_alpha 0.5 sampling is proportional to
-  # sqrt(CE + 1e-10), BBF's stored priority, which its sum tree samples proportionally).
+  # Stored priority: "kl" (the SPR code's clamped KL(target || prediction)) or "ce" (BBF: the C51
+  # cross-entropy + 1e-10, sampled with alpha 0.5 as its sqrt(CE + 1e-10)).
   priority_kind: str = "kl"
-  # Whose replay to reproduce (spr.replay.PROTOCOLS): "rlpyt" (the SPR / SGI code: new transitions
-  # at priority 1, the newest 1 + n + K + 1 and the oldest 3 indices not sampleable, plain
-  # proportional draws, IS weights (1 / (p^alpha + 1e-5))^beta), "bbf" (BBF: running-max new
-  # priority, its subsequence buffer's valid indices, stratified draws) or "horizon" (this
-  # codebase's earlier rule, matching neither).
+  # Whose replay to reproduce (spr.replay.PROTOCOLS): "rlpyt" (the SPR / SGI code), "bbf" (BBF) or
+  # "horizon" (this codebase's earlier rule, which older runs resume with).
   replay_protocol: str = "rlpyt"
-  # Bookkeeping.
-  log_every: int = 1000  # env steps between metrics.jsonl lines
-  checkpoint_every: int = 10_000  # env steps between checkpoints
-  checkpoint_keep: int = 2
-  # BBF (Schwarzer et al., ICML 2023). The defaults keep SPR's behaviour; see the `bbf` config
-  # and agents/spr/learner.py ("BBF") for what each does and the reference code's values.
+  # BBF (Schwarzer et al., ICML 2023). The defaults keep SPR's behaviour; see the `bbf` config.
   optimizer: str = "adam"  # "adam" | "adamw" (decoupled weight decay, biases not decayed)
   weight_decay: float = 0.0  # AdamW weight decay (BBF 0.1; optax multiplies it by the lr)
   n_step_final: int = 0  # n annealed exponentially from n_step down to this (0: fixed n_step)
   gamma_start: float = 0.0  # gamma annealed from this up to `gamma` (0: fixed gamma)
   anneal_updates: int = 0  # gradient updates of the annealing after the start and each reset
-  # Shrink-and-perturb resets every `reset_every_updates` gradient updates (BBF: 40k, i.e.
-  # BBF.gin's 20k env steps at replay ratio 2 "change if you change the replay ratio", SR_SPR.gin's
-  # 5k at ratio 8), or every `reset_every` env steps; 0 and 0: never. See `reset_interval`.
+  # Shrink-and-perturb resets every `reset_every_updates` gradient updates (BBF: 40k, its 20k env
+  # steps at replay ratio 2), or every `reset_every` env steps; 0 and 0: never (`reset_interval`).
   reset_every: int = 0
   reset_every_updates: int = 0
   reset_until: int = 0  # no reset at step s unless s + interval <= reset_until (env steps)
@@ -117,9 +90,8 @@ class SPRConfig:
   epsilon_decay_steps: int = 0  # linear 1 -> epsilon_train over this many steps after
   #                               learn_start (0: random through a_learn_start, then epsilon_train)
   act_with_target: bool = False  # act (training and evaluation) with the target params
-  # C51 bootstrap from the target (True: BBF) or from the online params (False: the SPR code's
-  # target network is re-synced after every optimiser step, tau 1 - src/algos.py
-  # optimize_agent -> agent.update_target - so it is the current network).
+  # C51 bootstrap from the target (True: BBF) or from the online params (False: the SPR code
+  # re-syncs its target network after every optimiser step, so it is the current network).
   bootstrap_with_target: bool = False
   # SPR predictor: "linear" (learned, the SPR default) or a closed-form one of spr.predictors
   # (lrp, ne, visser, ns, ns2, stiefel, directpred, directcopy) from EMA batch statistics.
@@ -145,54 +117,30 @@ class SPRConfig:
     that lags one update behind (tau = 1 moved before the update, as the SPR code)."""
     return self.target_tau < 1.0 or self.target_ema_before_update
 
-  def network(self) -> NetworkConfig:
-    return NetworkConfig(
-        encoder=self.encoder, encoder_channels=tuple(self.encoder_channels),
-        impala_width=self.impala_width, resnet_norm=self.resnet_norm, hidden=self.hidden,
-        num_atoms=self.num_atoms,
-        noisy=self.noisy, noisy_std=self.noisy_std, transition_hidden=self.transition_hidden,
-        head=self.head, transition_norm=self.transition_norm, init=self.init,
-        renorm_eps=self.renorm_eps)
-
-  def validate(self) -> "SPRConfig":
-    """Raises ValueError on settings that cannot run."""
-    checks = [
-        (self.steps > 0, "steps must be > 0"),
+  def checks(self) -> list[tuple[bool, str]]:
+    return super().checks() + [
         (0 <= self.learn_start < self.steps, "learn_start must be in [0, steps)"),
         (self.replay_protocol in replay.PROTOCOLS,
          f"replay_protocol must be one of {', '.join(replay.PROTOCOLS)}"),
-        (self.batch_size > 0, "batch_size must be > 0"),
         (self.updates_per_step >= 0, "updates_per_step must be >= 0"),
         (self.eval_episodes >= 0, "eval_episodes must be >= 0"),
         (self.n_step >= 1, "n_step must be >= 1"),
-        (0.0 < self.gamma <= 1.0, "gamma must be in (0, 1]"),
         (0.0 <= self.gamma_start < 1.0, "gamma_start must be in [0, 1)"),
-        (self.learning_rate > 0 and self.adam_eps > 0, "learning_rate and adam_eps must be > 0"),
-        (self.encoder_lr >= 0 and self.head_first_lr >= 0 and self.weight_decay >= 0
-         and self.grad_clip >= 0, "encoder_lr, head_first_lr, weight_decay and grad_clip must be >= 0"),
-        (self.spr_weight >= 0 and self.noisy_std >= 0, "spr_weight and noisy_std must be >= 0"),
+        (self.encoder_lr >= 0 and self.head_first_lr >= 0 and self.weight_decay >= 0,
+         "encoder_lr, head_first_lr and weight_decay must be >= 0"),
+        (self.noisy_std >= 0, "noisy_std must be >= 0"),
         (self.priority_alpha >= 0 and 0 <= self.priority_beta_start <= 1
          and 0 <= self.priority_beta_end <= 1,
          "priority_alpha must be >= 0, priority_beta_start/end in [0, 1]"),
         (0.0 <= self.eval_epsilon <= 1.0, "eval_epsilon must be in [0, 1]"),
         (self.spr_steps >= 0, "spr_steps must be >= 0"),
-        (self.num_atoms >= 2, "num_atoms must be >= 2"),
-        (self.v_min < self.v_max, "v_min must be < v_max"),
-        (0.0 < self.target_tau <= 1.0, "target_tau must be in (0, 1]"),
-        (self.resnet_norm in ("batch", "layer", "none"),
-         "resnet_norm must be 'batch', 'layer' or 'none'"),
         (self.predictor in PREDICTOR_NAMES,
          f"predictor must be one of {', '.join(PREDICTOR_NAMES)}"),
         (0.0 <= self.predictor_ema < 1.0, "predictor_ema must be in [0, 1)"),
         (self.encoder in ("nature", "impala", "sgi_m", "sgi_ml"),
          "encoder must be 'nature', 'impala', 'sgi_m' or 'sgi_ml'"),
-        (self.encoder_lr >= 0 and self.head_first_lr >= 0,
-         "encoder_lr and head_first_lr must be >= 0"),
         (self.replay_capacity > max(self.n_step, self.spr_steps) + 4,
          "replay_capacity too small for n_step / spr_steps"),
-        (self.checkpoint_every > 0 and self.log_every > 0,
-         "checkpoint_every and log_every must be > 0"),
-        (self.checkpoint_keep >= 1, "checkpoint_keep must be >= 1"),
         (self.optimizer in ("adam", "adamw"), "optimizer must be 'adam' or 'adamw'"),
         (self.head in ("dueling", "shared"), "head must be 'dueling' or 'shared'"),
         (self.init in ("torch", "xavier"), "init must be 'torch' or 'xavier'"),
@@ -217,10 +165,11 @@ class SPRConfig:
         (not self.act_with_target or self.has_target,
          "act_with_target needs a stored target (target_tau < 1 or target_ema_before_update)"),
     ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(message)
-    # The first update (once learn_start + 1 transitions are stored) needs a sampleable index.
+
+  def validate(self) -> SPRConfig:
+    super().validate()
+    # The first update (once learn_start + 1 transitions are stored) needs a sampleable index;
+    # checked last, as it reads the replay protocol and the horizons checked above.
     rule = replay.PROTOCOLS[self.replay_protocol]["rule"]
     first = replay.first_sampleable_count(rule, self.n_step, self.spr_steps)
     if self.learn_start + 1 < first:
@@ -229,9 +178,6 @@ class SPRConfig:
           f"{self.spr_steps} and replay_protocol={self.replay_protocol}: replay has nothing to "
           "sample before")
     return self
-
-  def to_json(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
 
 
 # Settings added after runs were already being written, with the value that reproduces what the
@@ -260,26 +206,8 @@ _SMOKE = dict(
 )
 
 # BBF as google-research/bigger_better_faster runs it (bbf/configs/BBF.gin, agents/spr_agent.py,
-# replay_memory/subsequence_replay_buffer.py): Impala x4, no noisy nets, AdamW (wd 0.1, no
-# clipping), EMA target tau 0.005 for bootstrapping, SPR targets and acting, n 10 -> 3 and gamma
-# 0.97 -> 0.997 over 10k updates after each reset. Shrink-and-perturb (0.5/0.5) of encoder +
-# transition model and fresh head/projection/predictor every 40k gradient updates
-# (reset_every_updates; BBF.gin: 20k env steps at its replay ratio 2, "change if you change the
-# replay ratio"), while step + interval <= 100k: every 20k env steps here (20k, 40k, 60k, 80k, as
-# BBF's 2023 code) and every 5k in `bbf` (ratio 8: 5k .. 95k). BBF's n-step target
-# (n_step_convention "bbf"): gamma^n Z(s_{t+n-1}), as its replay builds it. One augmentation of the
-# bootstrap state for the target net and the double-DQN selector (next_state_augmentation
-# "shared"). Epsilon 1 through a_1999, linear to 0 at a_4000 (Dopamine's linearly_decaying_epsilon
-# on its step counter, one ahead of ours). Fixed PER exponent 0.5 for the importance weights.
-# Replay 200k with BBF's new-transition priority (the running max), valid indices and draw
-# (replay_protocol "bbf"). Env: gymnasium's AtariPreprocessing (env_protocol "dopamine"), close to
-# the Dopamine env BBF runs but not equal: docs/FIDELITY.md lists the differences, and what of
-# BBF's replay is not reproduced (its grouped, prefetched 64-sample draws and priority writes).
-# Network as bbf/spr_networks.py RainbowDQNNetwork (hidden_dim 2048): one shared
-# Dense(flat -> 2048) = projection (ReLU'd for the head; hidden=1024 -> 2 * 1024), no head
-# gradient scaling, ConvTMCell without BatchNorm, xavier_uniform kernels / zero biases,
-# renormalise with +1e-5; priorities sqrt(CE + 1e-10) sampled proportionally
-# (_training_step_update), here written per sample.
+# replay_memory/subsequence_replay_buffer.py, spr_networks.py). docs/FIDELITY.md table (d) gives
+# each setting's reference line and test, and what of BBF's env and replay is not reproduced.
 _BBF_RR2 = dict(
     encoder="impala", impala_width=4, hidden=1024, transition_hidden=128, noisy=False,
     head="shared", transition_norm=False, init="xavier", renorm_eps=1e-5, priority_kind="ce",
@@ -306,26 +234,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "bbf": dict(_BBF_RR2, updates_per_step=8),  # replay ratio 8 (the paper's headline BBF)
     "bbf_rr2": _BBF_RR2,  # replay ratio 2, as the shipped BBF.gin (replay_ratio 64 / batch 32)
     "bbf_smoke": _BBF_SMOKE,
-    # SGI finetuning (mila-iqia/SGI scripts/experiments/sgim_finetune.sh + config.yaml): SGI-M
-    # encoder, 512-unit head, per-group lrs, no clipping, EMA target 0.01 (momentum_tau). Pass
-    # --init_from=<pretraining workdir>. The C51 bootstrap uses the online net (SGI's
-    # target_update_tau 1); the EMA target only gives the SPR targets, moved inside the forward
-    # pass as SGI's code does (before the update).
+    # SGI finetuning (mila-iqia/SGI scripts/experiments/sgim_finetune.sh + config.yaml); pass
+    # --init_from=<pretraining workdir>. The EMA target (SGI's momentum_tau 0.01) gives only the
+    # SPR targets; the C51 bootstrap uses the online net (SGI's target_update_tau 1).
     "sgi": dict(encoder="sgi_m", hidden=512, encoder_lr=1e-6, head_first_lr=3e-5,
                 grad_clip=0.0, target_tau=0.01, target_ema_before_update=True,
                 bootstrap_with_target=False),
 }
 
-
-def parse_value(name: str, text: str) -> Any:
-  """Parses a command-line override for field `name` (ValueError naming the flag if malformed)."""
-  return configs.parse_override(SPRConfig, name, text)
-
-
-def make_config(name: str, overrides: dict[str, Any] | None = None) -> SPRConfig:
-  """The named configuration with `overrides` applied (already typed), validated."""
-  return configs.make_named(SPRConfig, CONFIGS, name, overrides)
-
-
-def config_from_json(data: dict[str, Any]) -> SPRConfig:
-  return configs.from_json(SPRConfig, data)
+# The generic parse / make / load of spr.configs, bound to this agent's class and named configs.
+parse_value = functools.partial(configs.parse_override, SPRConfig)
+make_config = functools.partial(configs.make_named, SPRConfig, CONFIGS)
+config_from_json = functools.partial(configs.from_json, SPRConfig)
