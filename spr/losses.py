@@ -291,7 +291,7 @@ def batched_n_step_return(rewards: Array, terminals: Array, gamma: Numeric,
 # SPR self-predictive loss.
 # ---------------------------------------------------------------------------
 
-def _l2_normalize(x: Array, eps: float) -> Array:
+def l2_normalize(x: Array, eps: float) -> Array:
   """x / max(||x||_2, eps) over the last axis (torch F.normalize semantics).
 
   Written as sqrt(max(sum x^2, eps^2)) so the gradient is finite at x = 0.
@@ -327,8 +327,8 @@ def self_predictive_loss(
   chex.assert_equal_shape([predictions, targets])
   chex.assert_equal_shape_prefix([predictions, mask], 1)
   targets = jax.lax.stop_gradient(targets)
-  p = _l2_normalize(predictions, eps)
-  t = _l2_normalize(targets, eps)
+  p = l2_normalize(predictions, eps)
+  t = l2_normalize(targets, eps)
   per_step = jnp.sum(jnp.square(p - t), axis=-1)
   return per_step * mask.astype(per_step.dtype)
 
@@ -393,6 +393,11 @@ def spr_sequence_mask(terminals: Array, convention: str = 'spr_code') -> Array:
   raise ValueError(f'Unknown convention {convention!r}.')
 
 
+def batched_spr_sequence_mask(terminals: Array, convention: str = 'spr_code') -> Array:
+  """vmap of `spr_sequence_mask`: done flags [B, K+1] -> masks [B, K]."""
+  return jax.vmap(functools.partial(spr_sequence_mask, convention=convention))(terminals)
+
+
 def spr_loss_weighting(per_step: Array, weight: Numeric = 5.0) -> Array:
   """Combines the per-step SPR losses as the SPR code does.
 
@@ -446,8 +451,8 @@ def latent_goal_distance(latent: Array, goal: Array,
     d in [0, 1 - exp(-4 * scale)], shape latent.shape[:-1].
   """
   chex.assert_rank(latent, goal.ndim)
-  x = _l2_normalize(latent, eps)
-  g = _l2_normalize(goal, eps)
+  x = l2_normalize(latent, eps)
+  g = l2_normalize(goal, eps)
   return 1.0 - jnp.exp(-scale * jnp.sum(jnp.square(x - g), axis=-1))
 
 
@@ -510,9 +515,9 @@ def hindsight_goals(rng: chex.PRNGKey, goal_latents: Array,
   b = goal_latents.shape[0]
   k_noise, k_w, k_perm, k_mask = jax.random.split(rng, 4)
   goals = jax.lax.stop_gradient(goal_latents)
-  noise = _l2_normalize(jax.random.normal(k_noise, goals.shape, goals.dtype), eps)
+  noise = l2_normalize(jax.random.normal(k_noise, goals.shape, goals.dtype), eps)
   w = jax.random.uniform(k_w, (b, 1), goals.dtype) * noise_weight
-  goals = _l2_normalize(w * noise + (1.0 - w) * goals, eps)
+  goals = l2_normalize(w * noise + (1.0 - w) * goals, eps)
   if permute_prob > 0:
     other = jax.random.randint(k_perm, (b,), 0, b)
     swap = jax.random.uniform(k_mask, (b,)) < permute_prob

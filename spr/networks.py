@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import haiku as hk
 import jax
@@ -488,20 +488,45 @@ class SPRNetwork(hk.Module):
     return self._predictor(projection)
 
 
+class SPRApply(NamedTuple):
+  """The pure functions of an SPR network, each called as `fn(params, norm_state, *args)`.
+
+  `norm_state` may be None for a network without BatchNorm running statistics. A NamedTuple, so
+  positional unpacking (`encode, transition, q_logits, project, predict = net.apply`) still works.
+  """
+  encode: Callable  # (params, norm_state, obs [B, C, 84, 84]) -> latent, evaluation mode
+  transition: Callable  # (params, norm_state, latent, action [B]) -> next latent
+  q_logits: Callable  # (params, norm_state, latent, noise_rng | None) -> [B, A, N]
+  project: Callable  # (params, norm_state, latent) -> projection [B, P]
+  predict: Callable  # (params, norm_state, projection) -> prediction [B, P]
+
+
+class SGIApply(NamedTuple):
+  """`SPRApply` plus SGI's pretraining heads (same calling convention)."""
+  encode: Callable
+  transition: Callable
+  q_logits: Callable
+  project: Callable
+  predict: Callable
+  goal_q_logits: Callable  # (params, norm_state, latent, goals [B, D]) -> [B, A, N]
+  inverse: Callable  # (params, norm_state, projection, next_projection) -> action logits [B, A]
+
+
 class NetworkFunctions:
   """The pure functions of a network, with its BatchNorm running statistics kept apart.
 
   * `init(rng, observations)` -> parameters; `init_with_norm_state(rng, observations)` ->
     (parameters, running statistics), the statistics `{}` for a network without BatchNorm running
     statistics (every network but the SGI ResNet with resnet_norm="batch").
-  * `apply`: a tuple of functions called as `fn(params, norm_state, *args)`; `norm_state` may be
-    None for a network without running statistics. `apply[0]` is `encode` in evaluation mode
-    (running statistics); the others never touch the statistics.
+  * `apply`: an `SPRApply` (or `SGIApply`) of functions called as `fn(params, norm_state,
+    *args)`; `norm_state` may be None for a network without running statistics. `apply.encode`
+    runs in evaluation mode (running statistics); the others never touch the statistics.
   * `encode_train(params, norm_state, observations)` -> (latent, new norm_state): training-mode
     encoding (batch statistics, running statistics moved as torch's BatchNorm does).
   """
 
-  def __init__(self, transformed: hk.MultiTransformedWithState, has_norm_state: bool):
+  def __init__(self, transformed: hk.MultiTransformedWithState, has_norm_state: bool,
+               apply_type: type = SPRApply):
     self._t = transformed
     self.has_norm_state = has_norm_state
     # Jitted: one compilation of the whole initialisation (cached across processes) instead of
@@ -512,9 +537,10 @@ class NetworkFunctions:
       return lambda params, norm_state, *args: fn(params, {}, None, *args)[0]
 
     encode, *rest = transformed.apply
-    self.apply = (lambda params, norm_state, obs: encode(params, self._state(norm_state), None,
-                                                         obs, False)[0],
-                  *(wrap(f) for f in rest))
+    self.apply = apply_type(
+        lambda params, norm_state, obs: encode(params, self._state(norm_state), None, obs,
+                                               False)[0],
+        *(wrap(f) for f in rest))
     self._encode = encode
 
   def _state(self, norm_state):
@@ -543,7 +569,7 @@ def has_running_stats(config: NetworkConfig) -> bool:
 def make_spr_network(config: NetworkConfig, num_actions: int) -> NetworkFunctions:
   """Builds the pure functions of an SPR network.
 
-  `init(rng, observations)` creates every parameter; `apply` is the tuple
+  `init(rng, observations)` creates every parameter; `apply` is the `SPRApply`
   `(encode, transition, q_logits, project, predict)`, each called as `fn(params, norm_state,
   *args)` (`norm_state` None for networks without BatchNorm running statistics; randomness is
   passed explicitly as noise keys). See `NetworkFunctions`.
@@ -560,7 +586,8 @@ def make_spr_network(config: NetworkConfig, num_actions: int) -> NetworkFunction
 
     return init, (net.encode, net.transition, net.q_logits, net.project, net.predict)
 
-  return NetworkFunctions(hk.multi_transform_with_state(functions), has_running_stats(config))
+  return NetworkFunctions(hk.multi_transform_with_state(functions), has_running_stats(config),
+                          SPRApply)
 
 
 class SGINetwork(SPRNetwork):
@@ -613,7 +640,7 @@ class SGINetwork(SPRNetwork):
 
 
 def make_sgi_network(config: NetworkConfig, num_actions: int) -> NetworkFunctions:
-  """Pure functions of an SGI pretraining network: `apply` is the tuple
+  """Pure functions of an SGI pretraining network: `apply` is the `SGIApply`
   `(encode, transition, q_logits, project, predict, goal_q_logits, inverse)`."""
 
   def functions():
@@ -632,4 +659,5 @@ def make_sgi_network(config: NetworkConfig, num_actions: int) -> NetworkFunction
     return init, (net.encode, net.transition, net.q_logits, net.project, net.predict,
                   net.goal_q_logits, net.inverse)
 
-  return NetworkFunctions(hk.multi_transform_with_state(functions), has_running_stats(config))
+  return NetworkFunctions(hk.multi_transform_with_state(functions), has_running_stats(config),
+                          SGIApply)

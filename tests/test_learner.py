@@ -8,7 +8,7 @@ import pytest
 
 from agents.spr.config import make_config
 from agents.spr.learner import SPRLearner, q_values
-from spr import losses, replay
+from spr import losses, objectives, replay
 
 NUM_ACTIONS = 3
 
@@ -270,3 +270,23 @@ def test_closed_form_predictor_plugs_in_with_ema_statistics(name):
 def test_unknown_predictor_is_a_config_error():
   with pytest.raises(ValueError, match="predictor must be one of linear, directcopy"):
     smoke(predictor="nope")
+
+
+def test_variants_are_pieces_chosen_when_the_learner_is_built():
+  spr = SPRLearner(smoke(), NUM_ACTIONS)
+  assert spr.target == objectives.EmaTarget(1.0, before_update=True)  # lags one update
+  assert spr.latents == objectives.PerSampleLatents((("target", (0,)), ("fixed", (1, 2))))
+  assert spr.selector is objectives.online_selector and spr.priority is objectives.kl_priorities
+  bbf = SPRLearner(make_config("bbf_smoke"), NUM_ACTIONS)
+  assert bbf.target == objectives.EmaTarget(0.005, before_update=False)
+  assert bbf.latents == objectives.PerSampleLatents((("target", (0, 1)), ("fixed", (2,))))
+  assert bbf.priority is objectives.ce_priorities
+  plain = SPRLearner(smoke(target_ema_before_update=False, double_dqn=False), NUM_ACTIONS)
+  assert plain.target == objectives.OnlineTarget()
+  assert plain.latents == objectives.PerSampleLatents((("target", (0, 1, 2)),))
+  assert plain.selector is objectives.bootstrap_selector
+  # No stored target: () in the state, and the online network is the target's view.
+  state = plain.init(jax.random.PRNGKey(0))
+  assert state.target_params == () and state.target_norm_state == ()
+  params, norm = plain.target_view(state)
+  assert params is state.params and norm is state.norm_state

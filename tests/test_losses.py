@@ -302,6 +302,15 @@ class SprMaskAndWeightingTest(chex.TestCase):
     np.testing.assert_array_equal(
         self.variant(losses.nonterminal_prefix_mask)(d), [1, 1, 0, 0, 0])
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_batched_masks(self):
+    d = jnp.array([[0, 0, 1, 0], [0, 0, 0, 1]], jnp.uint8)
+    np.testing.assert_array_equal(
+        self.variant(losses.batched_spr_sequence_mask)(d), [[1, 0, 0], [1, 1, 0]])
+    excl = self.variant(functools.partial(losses.batched_spr_sequence_mask,
+                                          convention='exclusive'))
+    np.testing.assert_array_equal(excl(d), [[1, 1, 0], [1, 1, 1]])
+
   def test_bad_convention(self):
     with self.assertRaises(ValueError):
       losses.spr_sequence_mask(jnp.zeros(6), convention='nope')

@@ -87,6 +87,19 @@ def test_spr_network_shape_contracts(small_net):
   assert predict(params, None, proj).shape == (4, 2 * cfg.hidden)
 
 
+def test_apply_is_a_named_structure_that_still_unpacks(small_net):
+  _, net, params, obs = small_net
+  assert isinstance(net.apply, networks.SPRApply)
+  assert net.apply._fields == ("encode", "transition", "q_logits", "project", "predict")
+  encode, *_ = net.apply
+  assert encode is net.apply.encode is net.apply[0]
+  np.testing.assert_array_equal(net.apply.encode(params, None, obs[:1]), encode(params, None,
+                                                                                obs[:1]))
+  sgi = networks.make_sgi_network(networks.NetworkConfig(encoder_channels=(8, 8, 8), hidden=16,
+                                                         num_atoms=5, noisy=False), 3)
+  assert sgi.apply._fields == networks.SPRApply._fields + ("goal_q_logits", "inverse")
+
+
 def test_projection_is_the_heads_first_layer_with_mean_weights(small_net):
   _, net, params, obs = small_net
   encode, _, _, project, _ = net.apply

@@ -174,17 +174,22 @@ def load_into_state(learner: Any, state: Any, payload: dict, game_actions: Seque
   where = payload.get("path", "pretrained checkpoint")
   params = apply_pretrained(jax.device_get(state.params), payload, config, game_actions)
   norm_state = _load_norm_state(state.norm_state, payload.get("norm_state"), where)
-  target, target_norm = (), ()
-  if config.has_target:
-    if payload.get("target_params"):
-      target, _ = _copy_reused(params, payload["target_params"], where,
-                               _rows(payload, game_actions))
-      target_norm = _load_norm_state(state.target_norm_state,
-                                     payload.get("target_norm_state"), where)
-    else:
-      target, target_norm = params, norm_state
-    target = jax.tree.map(jnp.array, target)
-    target_norm = jax.tree.map(jnp.array, target_norm)
+  pretrained_target = bool(payload.get("target_params"))
+
+  def target_params(_):  # the pretrained EMA target, else a copy of the loaded online network
+    if not pretrained_target:
+      return jax.tree.map(jnp.array, params)
+    target, _ = _copy_reused(params, payload["target_params"], where, _rows(payload, game_actions))
+    return jax.tree.map(jnp.array, target)
+
+  def target_norm_state(fresh):
+    if not pretrained_target:
+      return jax.tree.map(jnp.array, norm_state)
+    return jax.tree.map(jnp.array, _load_norm_state(fresh, payload.get("target_norm_state"), where))
+
+  # Without a stored target (the learner's `target` rule is OnlineTarget) both stay ().
+  target = learner.target.map(target_params, state.target_params)
+  target_norm = learner.target.map(target_norm_state, state.target_norm_state)
   return state._replace(params=jax.device_put(params), target_params=jax.device_put(target),
                         norm_state=jax.device_put(norm_state),
                         target_norm_state=jax.device_put(target_norm))

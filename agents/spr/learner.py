@@ -19,13 +19,12 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import optax
 
 from agents.spr.config import SPRConfig
-from spr import augmentation, losses, param_roles, predictors, replay
+from spr import losses, objectives, param_roles, predictors, replay
 from spr.networks import make_spr_network
 
 Params = Any
@@ -102,16 +101,18 @@ def make_optimizer(config: SPRConfig) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
-def q_values(logits: jax.Array, support: jax.Array) -> jax.Array:
-  """Expected values `[..., A]` of C51 logits `[..., A, N]` on `support` `[N]`."""
-  return jnp.sum(jax.nn.softmax(logits, axis=-1) * support, axis=-1)
+q_values = objectives.q_values
 
 
 class SPRLearner:
-  """Builds the pure functions of one SPR agent for a given config and action count."""
+  """Builds the pure functions of one SPR agent for a given config and action count.
+
+  The variant (BBF, SGI finetuning, a closed-form predictor, BatchNorm) is a choice of
+  `spr.objectives` pieces made here, once: the target rule, the encoder-call plan, the
+  double-DQN selector, the priorities and the predictor."""
 
   def __init__(self, config: SPRConfig, num_actions: int):
-    self.config = config
+    cfg = self.config = config
     self.num_actions = num_actions
     self.network = make_spr_network(config.network(), num_actions)
     self.optimizer = make_optimizer(config)
@@ -119,6 +120,18 @@ class SPRLearner:
     # -1 = auto: chunks of 16 on CPU (cache-friendly), one batch on accelerators.
     self.encoder_chunk = config.encoder_chunk if config.encoder_chunk >= 0 else (
         16 if jax.default_backend() == "cpu" else 0)
+    self.encoder = objectives.Encoder(self.network, self.encoder_chunk)
+    self.target = objectives.target_rule(cfg.has_target, cfg.target_tau,
+                                         cfg.target_ema_before_update)
+    self.prepare = objectives.input_preparation(cfg.augmentation)
+    self.latents = objectives.latent_plan(self.network.has_norm_state, cfg.has_target,
+                                          cfg.bootstrap_with_target, cfg.double_dqn)
+    self.selector = (objectives.online_selector if cfg.double_dqn
+                     else objectives.bootstrap_selector)
+    self.priority = objectives.PRIORITIES[cfg.priority_kind]
+    self.predictor = (objectives.learned_predictor(self.network.apply.predict)
+                      if cfg.predictor == "linear" else objectives.closed_form_predictor(
+                          cfg.predictor, cfg.predictor_ema, cfg.predictor_ridge))
     # One compiled step per number of updates (0 during the random phase, then the config's).
     self.step = jax.jit(self._step, static_argnames=("num_updates", "reset"), donate_argnums=0)
     self.greedy_actions = jax.jit(self._greedy_actions)
@@ -131,46 +144,21 @@ class SPRLearner:
     return self._init_jit(rng)
 
   def _init(self, rng: jax.Array) -> TrainState:
-    init_rng, rng = jax.random.split(rng)
-    dummy = jnp.zeros((1, 4, 84, 84), jnp.float32)
-    params, norm_state = self.network.init_with_norm_state(init_rng, dummy)
-    norm_state = norm_state if self.network.has_norm_state else ()
-    has_target = self.config.has_target
-    target = jax.tree.map(jnp.copy, params) if has_target else ()
-    target_norm = jax.tree.map(jnp.copy, norm_state) if has_target else ()
+    params, norm_state, rng = objectives.init_network(self.network, rng)
     return TrainState(
-        params=params, target_params=target, opt_state=self.optimizer.init(params),
+        params=params, target_params=self.target.init(params),
+        opt_state=self.optimizer.init(params),
         replay=replay.replay_init(self.config.replay_capacity), rng=rng,
         env_step=jnp.zeros((), jnp.int32), update_step=jnp.zeros((), jnp.int32),
         predictor_state=(() if self.config.predictor == "linear"
                          else predictors.init_state(2 * self.config.hidden)),
-        norm_state=norm_state, target_norm_state=target_norm)
+        norm_state=norm_state, target_norm_state=self.target.init(norm_state))
 
-  def _target(self, state_params: Params, target_params: Params) -> Params:
-    return target_params if self.config.has_target else state_params
-
-  def _encode_chunked(self, params: Params, images: jax.Array, norm_state: Any = ()) -> jax.Array:
-    """`encode` (evaluation mode) over `images` in chunks of `encoder_chunk` (an unrolled loop;
-    same values: every sample is encoded on its own).
-
-    On XLA:CPU a convolution over 192 images took 85 ms at once and 31-34 ms in chunks of 16-32
-    (the working set stays in cache); on a GPU one large batch is best (no chunking).
-    """
-    encode = self.network.apply[0]
-    chunk = self.encoder_chunk
-    n = images.shape[0]
-    if chunk <= 0 or n <= chunk:
-      return encode(params, norm_state, images)
-    return jnp.concatenate([encode(params, norm_state, images[i:i + chunk])
-                            for i in range(0, n, chunk)])
-
-  def _encode_train(self, params: Params, norm_state: Any, images: jax.Array):
-    """Training-mode encoding -> (latent, new norm_state). With BatchNorm running statistics
-    this is ONE call with the batch statistics of `images` (as one torch forward); without,
-    it is `_encode_chunked` and the (empty) statistics pass through."""
-    if self.network.has_norm_state:
-      return self.network.encode_train(params, norm_state, images)
-    return self._encode_chunked(params, images), norm_state
+  def target_view(self, state: TrainState) -> tuple[Params, Any]:
+    """(params, BatchNorm running statistics) of the network that acts as the target: the
+    stored EMA target, or the online network when none is stored."""
+    return (self.target.view(state.params, state.target_params),
+            self.target.view(state.norm_state, state.target_norm_state))
 
   # ---------------------------------------------------------------- loss
   def loss(self, params: Params, target_params: Params, batch: dict, is_weights: jax.Array,
@@ -180,7 +168,7 @@ class SPRLearner:
 
     Args:
       params: online parameters (differentiated).
-      target_params: target parameters (held fixed; the online ones when tau = 1).
+      target_params: the stored target (held fixed), or () without one (`TrainState`).
       batch: replay batch; `observations` uint8 `[B, K+1, 4, 84, 84]`, `next_observations` uint8
         `[B, 4, 84, 84]`, `actions` int `[B, K+1]`, `rewards` and `terminals` `[B, H+1]` with
         index 0 the transition from s_i.
@@ -188,7 +176,7 @@ class SPRLearner:
       rng: key for augmentation and noisy-layer noise.
       n, gamma: traced n-step and discount (BBF annealing); None: the config's fixed values.
       predictor_state: EMA statistics of a closed-form predictor (config.predictor != "linear").
-      norm_state, target_norm_state: BatchNorm running statistics of the online / target
+      norm_state, target_norm_state: BatchNorm running statistics of the online / stored target
         encoder (() without them).
     Returns:
       (scalar loss, aux dict with per-sample `priorities` [B], the loss parts, the new
@@ -196,130 +184,37 @@ class SPRLearner:
       `norm_state_main` after the pass on s_i only and `target_norm_state` after the target's
       pass, before the EMA - see `update`).
     """
-    cfg = self.config
-    encode, transition, q_logits, project, predict = self.network.apply
-    obs = batch["observations"]
-    chex.assert_rank(obs, 5)
-    b, k_plus_1 = obs.shape[:2]
-    k_steps = k_plus_1 - 1
+    cfg, net = self.config, self.network.apply
+    # The order of the calls that read `params` sets the order in which their gradients are
+    # summed: keep it, or the results stop being bitwise those of earlier runs.
     keys = jax.random.split(rng, 7)
-    if cfg.augmentation:
-      # Shift on uint8 (cheaper), then /255 and intensity: the SPR code's order.
-      prep = augmentation.augment
-    else:
-      prep = lambda key, x: x.astype(jnp.float32) / 255.0
-
-    current = prep(keys[0], obs[:, 0])
-    # Independent augmentations for every network input, as the SPR code draws them.
-    future = (prep(keys[1], obs[:, 1:].reshape((b * k_steps,) + obs.shape[2:])) if k_steps
-              else jnp.zeros((0,) + obs.shape[2:], jnp.float32))
-    nxt_target = prep(keys[2], batch["next_observations"])
-    # BBF augments the next state once for the bootstrap network and the selector.
-    nxt_select = (nxt_target if cfg.next_state_augmentation == "shared"
-                  else prep(keys[3], batch["next_observations"]))
-
-    # ---- no-gradient passes: SPR targets, bootstrap distribution, double-DQN selector.
-    target = jax.lax.stop_gradient(self._target(params, target_params))
-    online_fixed = jax.lax.stop_gradient(params)
-    # The C51 bootstrap uses the target network, or the online one (SGI finetuning bootstraps
-    # from the online net while its SPR targets come from the EMA encoder).
-    rl_target = target if cfg.bootstrap_with_target else online_fixed
-    if self.network.has_norm_state:
-      # BatchNorm in training mode normalises with each call's batch statistics, so the calls
-      # are the SPR/SGI code's own forwards, in its order: online on s_i (with gradient, below),
-      # the target encoder on s_i..s_{i+K} (frame 0 too: it shapes the batch statistics), the
-      # bootstrap network on s_{i+n}, the online network on s_{i+n} (double-DQN selector).
-      # Running statistics move on the online and EMA-target encoders; the bootstrap
-      # network's pass changes none we keep (torch's copy of the online net, re-synced).
-      latent, norm_main = self._encode_train(params, norm_state, current)
-      seq = prep(keys[1], obs.reshape((b * k_plus_1,) + obs.shape[2:]))
-      t_norm = target_norm_state if cfg.has_target else norm_state
-      seq_latent, target_norm_state = self._encode_train(target, t_norm, seq)
-      fut_latent = seq_latent.reshape((b, k_plus_1) + seq_latent.shape[1:])[:, 1:].reshape(
-          (b * k_steps,) + seq_latent.shape[1:])
-      if not cfg.has_target:
-        target_norm_state = ()
-      nxt_t_latent, _ = self._encode_train(rl_target, norm_main, nxt_target)
-      if cfg.double_dqn:
-        nxt_s_latent, norm_state = self._encode_train(online_fixed, norm_main, nxt_select)
-      else:  # no selector forward (its statistics would move in torch only if it ran)
-        nxt_s_latent, norm_state = nxt_t_latent, norm_main
-    elif not cfg.has_target:
-      # Same parameters: one encoder call over every no-gradient input.
-      latents = self._encode_chunked(target, jnp.concatenate([future, nxt_target, nxt_select]))
-      fut_latent = latents[:b * k_steps]
-      nxt_t_latent = latents[b * k_steps:b * k_steps + b]
-      nxt_s_latent = latents[b * k_steps + b:]
-    elif cfg.bootstrap_with_target:
-      latents = self._encode_chunked(target, jnp.concatenate([future, nxt_target]))
-      fut_latent, nxt_t_latent = latents[:b * k_steps], latents[b * k_steps:]
-      nxt_s_latent = self._encode_chunked(online_fixed, nxt_select)
-    else:
-      fut_latent = self._encode_chunked(target, future)
-      latents = self._encode_chunked(online_fixed, jnp.concatenate([nxt_target, nxt_select]))
-      nxt_t_latent, nxt_s_latent = latents[:b], latents[b:]
-    next_logits_target = q_logits(rl_target, None, nxt_t_latent, keys[4])
-    if cfg.double_dqn:
-      # The same noise sample as the online head (the SPR code resets noise once per loss).
-      selector = q_values(q_logits(online_fixed, None, nxt_s_latent, keys[6]), self.support)
-    else:
-      selector = q_values(next_logits_target, self.support)
-
-    # ---- distributional RL loss on s_i.
-    if not self.network.has_norm_state:
-      latent = self._encode_chunked(params, current)
-      norm_main = norm_state
-    logits = q_logits(params, None, latent, keys[6])
+    inputs = objectives.latent_inputs(
+        self.prepare, keys, batch["observations"], batch["next_observations"],
+        self.latents.first_frame, cfg.next_state_augmentation == "shared")
+    views = objectives.net_views(params, self.target.view(params, target_params),
+                                 cfg.bootstrap_with_target)
+    lat = self.latents(self.encoder, views, inputs, norm_state,
+                       self.target.view(norm_state, target_norm_state))
+    next_logits = net.q_logits(views.bootstrap, None, lat.bootstrap, keys[4])
+    selector = self.selector(net.q_logits, views.fixed, lat.selector, next_logits, keys[6],
+                             self.support)
+    logits = net.q_logits(params, None, lat.online, keys[6])
     # With n / gamma given (BBF's annealing, traced) steps >= n are masked inside n_step_return.
     # `next_observations` must be the matching bootstrap state (see `bootstrap_offset`).
     returns, discounts = losses.batched_n_step_return(
         batch["rewards"][:, :cfg.n_step], batch["terminals"][:, :cfg.n_step],
         cfg.gamma if gamma is None else gamma, n, convention=cfg.n_step_convention)
-    rl_args = (logits, batch["actions"][:, 0], returns, discounts, next_logits_target, selector)
-    rl_loss = losses.batched_categorical_double_q_loss(*rl_args, self.support)
-    if cfg.priority_kind == "ce":
-      # BBF stores sqrt(CE + 1e-10) and samples proportionally to it: we store CE + 1e-10 and
-      # sample p^alpha with alpha 0.5 (the BBF configs), the same distribution.
-      priorities = jax.lax.stop_gradient(rl_loss) + 1e-10
-    else:
-      # The SPR code prioritises by KL(target || prediction), not by the cross-entropy.
-      priorities = losses.batched_categorical_kl_priority(
-          *jax.lax.stop_gradient(rl_args), self.support)
-
-    # ---- SPR: roll the transition model K steps with the replayed actions.
-    if k_steps:
-      rolled = []
-      z = latent
-      for k in range(k_steps):  # unrolled: on XLA:CPU a scanned backward pass is ~14x slower
-        z = transition(params, None, z, batch["actions"][:, k])
-        rolled.append(z)
-      # Project and predict all K steps in one matmul each ([K*B, ...], k-major): the same
-      # values as per step, and one large GEMM is much cheaper than K small ones.
-      rolled = jnp.concatenate(rolled)
-      targets = project(target, None, fut_latent).reshape(b, k_steps, -1)
-      projections = project(params, None, rolled)  # [K*B, D], k-major
-      if cfg.predictor == "linear":
-        predictions = predict(params, None, projections)
-      else:
-        # A closed-form predictor (Richemond et al. 2023; Tian et al. 2021) from the EMA
-        # statistics of (online projection, target projection) pairs; no gradient through W.
-        pairs_target = targets.transpose(1, 0, 2).reshape(k_steps * b, -1)
-        weights, predictor_state = predictors.PREDICTORS[cfg.predictor](
-            jax.lax.stop_gradient(projections), pairs_target, predictor_state,
-            ema=cfg.predictor_ema, ridge=cfg.predictor_ridge)
-        predictions = projections @ jax.lax.stop_gradient(weights)
-      predictions = predictions.reshape(k_steps, b, -1).transpose(1, 0, 2)  # [B, K, D]
-      mask = jax.vmap(losses.spr_sequence_mask)(batch["terminals"][:, :k_steps + 1])
-      per_step = jax.vmap(losses.self_predictive_loss)(predictions, targets, mask)  # [B, K]
-      spr_loss = cfg.spr_weight * jnp.mean(per_step, axis=1)
-    else:
-      spr_loss = jnp.zeros_like(rl_loss)
-
+    rl_loss, priorities = objectives.categorical_double_q_objective(
+        logits, batch["actions"][:, 0], returns, discounts, next_logits, selector, self.support,
+        self.priority)
+    spr_loss, predictor_state = objectives.spr_rollout_loss(
+        net.transition, net.project, self.predictor, params, views.target, lat.online,
+        lat.future, batch["actions"], batch["terminals"], predictor_state, cfg.spr_weight)
     total = jnp.mean(is_weights * (rl_loss + spr_loss))
     aux = dict(priorities=priorities, rl_loss=jnp.mean(rl_loss),
                spr_loss=jnp.mean(spr_loss), predictor_state=predictor_state,
-               norm_state=norm_state, norm_state_main=norm_main,
-               target_norm_state=target_norm_state)
+               norm_state=lat.norm_state, norm_state_main=lat.norm_main,
+               target_norm_state=lat.target_norm_state)
     return total, aux
 
   # ---------------------------------------------------------------- update
@@ -358,33 +253,23 @@ class SPRLearner:
     elif bootstrap_offset(cfg, cfg.n_step) != cfg.n_step:
       batch = batch.replace(next_observations=replay.replay_gather(
           state.replay, indices, bootstrap_offset(cfg, cfg.n_step), 0).next_observations)
-    (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(
-        state.params, state.target_params, batch, is_weights, loss_key, **anneal,
+    step = objectives.gradient_update(
+        self.loss, self.optimizer, self.target, state.params, state.target_params,
+        state.opt_state, batch, is_weights, loss_key, **anneal,
         predictor_state=state.predictor_state, norm_state=state.norm_state,
         target_norm_state=state.target_norm_state)
-    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    if not cfg.has_target:
-      target_params, target_norm = (), ()
-    else:
-      # The SPR / SGI code moves its target encoder at the end of the forward pass, i.e. towards
-      # the parameters BEFORE this update (target_ema_before_update); BBF after it.
-      source = state.params if cfg.target_ema_before_update else params
-      target_params = optax.incremental_update(source, state.target_params, cfg.target_tau)
-      # Running statistics are EMA'd with the online ones as they were after its pass on s_i
-      # (torch's update_state_dict copies buffers too, inside that forward).
-      target_norm = optax.incremental_update(aux["norm_state_main"], aux["target_norm_state"],
-                                             cfg.target_tau)
     new_replay = replay.replay_update_priorities(
-        state.replay, indices, aux["priorities"],
+        state.replay, indices, step.aux["priorities"],
         **replay.protocol_options(cfg.replay_protocol)["update"])
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-    metrics = StepMetrics(loss=loss, rl_loss=aux["rl_loss"], spr_loss=aux["spr_loss"],
-                          updates=jnp.ones((), jnp.int32), finite=finite)
-    return state._replace(params=params, target_params=target_params, opt_state=opt_state,
-                          replay=new_replay, rng=rng, update_step=state.update_step + 1,
-                          predictor_state=aux["predictor_state"], norm_state=aux["norm_state"],
-                          target_norm_state=target_norm), metrics
+    metrics = StepMetrics(loss=step.loss, rl_loss=step.aux["rl_loss"],
+                          spr_loss=step.aux["spr_loss"], updates=jnp.ones((), jnp.int32),
+                          finite=step.finite)
+    return state._replace(params=step.params, target_params=step.target_params,
+                          opt_state=step.opt_state, replay=new_replay, rng=rng,
+                          update_step=state.update_step + 1,
+                          predictor_state=step.aux["predictor_state"],
+                          norm_state=step.aux["norm_state"],
+                          target_norm_state=step.target_norm_state), metrics
 
   # ---------------------------------------------------------------- acting
   def _greedy_actions(self, acting: tuple[Params, Any], stacks: jax.Array,
@@ -392,10 +277,10 @@ class SPRLearner:
     """Greedy actions `[N]` for uint8 stacks `[N, 4, 84, 84]` with `acting` = (params, norm
     state) from `acting_params`: no augmentation, BatchNorm with its running statistics; noisy
     layers sample noise only when `noise_rng` is given (training), mean weights otherwise."""
-    _, _, q_logits, _, _ = self.network.apply
     params, norm_state = acting
-    latent = self._encode_chunked(params, stacks.astype(jnp.float32) / 255.0, norm_state)
-    return jnp.argmax(q_values(q_logits(params, None, latent, noise_rng), self.support), axis=-1)
+    latent = self.encoder(params, objectives.scale_frames(stacks), norm_state)
+    logits = self.network.apply.q_logits(params, None, latent, noise_rng)
+    return jnp.argmax(q_values(logits, self.support), axis=-1)
 
   # ---------------------------------------------------------------- BBF
   def annealed_n_gamma(self, cycle: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -426,7 +311,7 @@ class SPRLearner:
               for m, mod in old.items()}
 
     params = mix(state.params, k_online)
-    target = mix(state.target_params, k_target) if cfg.has_target else ()
+    target = self.target.map(lambda t: mix(t, k_target), state.target_params)
     return state._replace(params=params, target_params=target,
                           opt_state=self.optimizer.init(params), rng=rng)
 
@@ -450,7 +335,7 @@ class SPRLearner:
     """What acts (training and evaluation), as the pair (params, BatchNorm running statistics)
     that `greedy_actions` takes: the online network, or BBF's EMA target."""
     if self.config.act_with_target:
-      return state.target_params, state.target_norm_state
+      return self.target_view(state)
     return state.params, state.norm_state
 
   def _step(self, state: TrainState, frame: jax.Array, action: jax.Array, reward: jax.Array,
