@@ -127,7 +127,7 @@ def test_bootstrap_stacks_at_a_traced_n():
 
 
 def test_bbf_smoke_runs_in_a_batch_as_alone():
-  """The vmapped multi-run step (multi_trainer.batched_step) against the single-run step, in
+  """The vmapped multi-run step (engine.batched_step) against the single-run step, in
   process, on synthetic experience: run 1 of a batch of two seeds (run 0 gets other data) through
   epsilon-greedy acting with the EMA target, then 4 updates with annealed n (4 -> 3 -> 2) and
   gamma, AdamW and the EMA target. Integers (replay, actions, counters, RNG) must match exactly at
@@ -136,7 +136,7 @@ def test_bbf_smoke_runs_in_a_batch_as_alone():
   bitwise and on the loss to ~4e-7, but BBF's dynamics amplify float noise chaotically (a 1-ulp
   perturbation of one lone run grows to ~1e-3 in the parameters over ~50 updates, as batch vs
   alone does), so only the first updates are compared, and parameters to a few Adam steps (lr)."""
-  from agents.spr.multi_trainer import batched_step, stack_states
+  from agents.spr.engine import batched_step, stack_states
   cfg = make_config("bbf_smoke", dict(learn_start=10, anneal_updates=4, epsilon_decay_steps=4))
   learner = SPRLearner(cfg, 6)
   steps = cfg.learn_start + 4  # 4 updates

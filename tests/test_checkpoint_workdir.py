@@ -323,7 +323,7 @@ SMALL = dict(steps=20, learn_start=19, checkpoint_every=10, log_every=10, eval_e
 def spr_run(tmp_path_factory):
   """A smoke run's workdir with real checkpoints at steps 10 and 20 (the env and learner state
   of a new run; the train loop itself is tested end to end in test_train_cli.py)."""
-  from agents.spr import trainer
+  from agents.spr import engine, trainer
   from agents.spr.config import LEGACY_VALUES, make_config
   from agents.spr.learner import SPRLearner
   from envs.atari import AtariEnv
@@ -339,7 +339,8 @@ def spr_run(tmp_path_factory):
   assert not resumed
   for step in (10, 20):
     host["step"] = step
-    trainer._save(path / "checkpoints", state, env, host, config.checkpoint_keep)
+    engine.save_checkpoint(path / "checkpoints", state, dict(host, env=env.get_state()),
+                           config.checkpoint_keep)
   return dict(path=path, identity=identity, learner=learner, env=env)
 
 

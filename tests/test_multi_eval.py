@@ -60,15 +60,15 @@ def fresh_pong():
 
 
 def test_batched_act_function_gives_each_run_its_own_network(fresh_pong):
-  from agents.spr import multi_trainer, trainer
+  from agents.spr import engine, evaluation
   learner, states = fresh_pong
-  acting = learner.acting_params(multi_trainer.stack_states(states))
+  acting = learner.acting_params(engine.stack_states(states))
   stacks = np.random.default_rng(0).integers(0, 255, (3, 8, 4, 84, 84), np.uint8)
   for n in (5, 8):  # padded to the evaluation batch (8), and already full
-    together = multi_trainer.make_runs_eval_act_fn(learner, acting, 8)(stacks[:, :n])
+    together = evaluation.make_runs_eval_act_fn(learner, acting, 8)(stacks[:, :n])
     assert together.shape == (3, n)
     for r, state in enumerate(states):
-      alone = trainer.make_eval_act_fn(learner, learner.acting_params(state), 8)(stacks[r, :n])
+      alone = evaluation.make_eval_act_fn(learner, learner.acting_params(state), 8)(stacks[r, :n])
       np.testing.assert_array_equal(together[r], alone)
     assert len({tuple(a) for a in together}) == 3  # the check can fail: the runs act apart
 
@@ -76,15 +76,15 @@ def test_batched_act_function_gives_each_run_its_own_network(fresh_pong):
 def test_batched_evaluation_in_chunks_equals_each_run_alone(fresh_pong, monkeypatch):
   """Three runs with room for 2 envs: chunks of 2 runs and 1 run, every run's episode the one of
   its single-run evaluation (seeded from the run's seed: three other episodes)."""
-  from agents.spr import multi_trainer, trainer
+  from agents.spr import engine, evaluation
   learner, states = fresh_pong
-  monkeypatch.setattr(multi_trainer, "MAX_EVAL_ENVS", 2)
-  acting = learner.acting_params(multi_trainer.stack_states(states))
-  seeds = [("Pong", trainer.final_eval_seed(s)) for s in (0, 1, 2)]
-  together = multi_trainer.evaluate_stacked(learner, acting, seeds, 1, 0.001)
+  monkeypatch.setattr(evaluation, "MAX_EVAL_ENVS", 2)
+  acting = learner.acting_params(engine.stack_states(states))
+  seeds = [("Pong", evaluation.final_eval_seed(s)) for s in (0, 1, 2)]
+  together = evaluation.evaluate_policies(learner, acting, seeds, 1, 0.001)
   for seed, state, episodes in zip((0, 1, 2), states, together):
-    act = trainer.make_eval_act_fn(learner, learner.acting_params(state), 1)
-    assert episodes == evaluate(act, "Pong", num_episodes=1, seed=trainer.final_eval_seed(seed),
+    act = evaluation.make_eval_act_fn(learner, learner.acting_params(state), 1)
+    assert episodes == evaluate(act, "Pong", num_episodes=1, seed=evaluation.final_eval_seed(seed),
                                 epsilon=0.001)
   assert len({tuple(e) for e in together}) == 3
 
@@ -93,17 +93,15 @@ def test_final_evaluation_groups_merge_by_action_count_and_skip_failed_runs(fres
   """After a resume, runs of one action count can sit in groups of other steps: the final
   evaluation takes them as one group, without the runs whose loss became non-finite."""
   import jax
-  from agents.spr import multi_trainer
+  from agents.spr import engine
   learner, states = fresh_pong
-  runs = [multi_trainer._Run(multi_trainer.RunSpec("Pong", s, f"w{s}"), Path(f"w{s}"), None, {},
-                             None) for s in (0, 1, 2)]
+  runs = [engine.Run(engine.RunSpec("Pong", s, f"w{s}"), Path(f"w{s}"), None, {}, None)
+          for s in (0, 1, 2)]
   runs[1].failed = "non-finite loss"
-  groups = [multi_trainer._Group(learner, runs[:2], multi_trainer.stack_states(states[:2]), 200,
-                                 None, None),
-            multi_trainer._Group(learner, runs[2:], multi_trainer.stack_states(states[2:]), 200,
-                                 None, None)]
-  [(got_learner, got_runs, acting)] = multi_trainer._final_groups(groups)
-  assert got_learner is learner and got_runs == [runs[0], runs[2]]
+  groups = [engine.Group(learner, runs[:2], engine.stack_states(states[:2]), 200, None, None),
+            engine.Group(learner, runs[2:], states[2], 200, None, None)]  # a group of one
+  [(got_learner, got_runs, acting, stacked)] = engine._final_groups(groups)
+  assert got_learner is learner and got_runs == [runs[0], runs[2]] and stacked
   for row, state in enumerate((states[0], states[2])):
     for x, y in zip(jax.tree.leaves(acting), jax.tree.leaves(learner.acting_params(state))):
       np.testing.assert_array_equal(x[row], y)
@@ -139,7 +137,7 @@ def test_final_evaluation_in_a_batch_equals_the_run_alone(finetuned, tmp_path):
   """Each run's eval.csv / final.json, written by the batched final evaluation, are exactly what
   the single-run trainer's final evaluation writes for the same (final, checkpointed) state."""
   import jax
-  from agents.spr import config as spr_config, trainer
+  from agents.spr import config as spr_config, engine
   from agents.spr.learner import learner_for
   from spr import checkpoint
   assert "final evaluation of 2 runs (6 actions) together" in finetuned["batch_proc"].stderr
@@ -152,8 +150,8 @@ def test_final_evaluation_in_a_batch_equals_the_run_alone(finetuned, tmp_path):
     assert host["step"] == 40
     alone = tmp_path / f"alone_{seed}"
     alone.mkdir()
-    trainer._final_evaluation(learner, jax.device_put(tree), host, "Pong", seed, config, "smoke",
-                              alone)
+    engine.final_evaluation(learner, jax.device_put(tree), host, "Pong", seed, config, "smoke",
+                            alone)
     assert (alone / "eval.csv").read_text() == (path / "eval.csv").read_text()
     a, b = (json.loads((d / "final.json").read_text()) for d in (alone, path))
     assert a.pop("wall_time_s") > 0 and b.pop("wall_time_s") > 0

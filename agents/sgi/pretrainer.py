@@ -9,8 +9,8 @@ is done.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -21,14 +21,13 @@ from absl import logging
 from agents.sgi.config import SGIConfig
 from agents.sgi.learner import SGILearner
 from envs import games as games_lib
-from spr import checkpoint, dqn_replay, workdir as wd
+from spr import checkpoint, dqn_replay, runtime, workdir as wd
 
 PRETRAINED = "pretrained.npz"
 EXPORT_VERSION = 2  # 2: action_set, target_params, norm_state, target_norm_state
 
 
-class NonFiniteLossError(RuntimeError):
-  pass
+NonFiniteLossError = runtime.NonFiniteLossError  # what launch.pretrain maps to exit code 3
 
 
 def action_sets_of(games: list[str]) -> dict[str, list[int]]:
@@ -140,55 +139,50 @@ def _pretrain(data_dir, games, config, workdir, config_name, seed, runs, checkpo
                  "workdir %s", games, sampler.num_transitions, sampler.num_sequences,
                  num_actions, path)
 
-  bar = None
-  try:
-    from tqdm import tqdm
-    bar = tqdm(total=config.steps, initial=step, unit="step", file=sys.stderr,
-               disable=None if progress is None else not progress, dynamic_ncols=True)
-  except ImportError:  # pragma: no cover
-    pass
+  def save(step: int, elapsed: float) -> None:
+    checkpoint.save(ckpt_dir, step, state, dict(step=step, rng=rng.bit_generator.state,
+                                                elapsed=elapsed, data_dir=str(data_dir)),
+                    keep=config.checkpoint_keep, config=identity)
+    export_pretrained(path / PRETRAINED, state, config, games, action_set, step)
+
+  bar = runtime.progress_bar(config.steps, step, progress)
   t_start = time.perf_counter() - elapsed
-  t_window, s_window = time.perf_counter(), step
-  sums = None
+  window = runtime.MetricsWindow(step)
   sample_time = 0.0
-  while step < config.steps:
-    t0 = time.perf_counter()
-    batch = sampler.sample(rng, config.batch_size)
-    sample_time += time.perf_counter() - t0
-    state, m = learner.update(state, batch)
-    m = jax.device_get(m)
-    step += 1
-    if not m.finite:
-      last = checkpoint.checkpoint_steps(ckpt_dir)
-      raise NonFiniteLossError(
-          f"non-finite loss at pretraining step {step}; last good checkpoint: "
-          f"{'step ' + str(last[-1]) if last else 'none'} in {ckpt_dir}")
-    values = {k: float(v) for k, v in m._asdict().items() if k != "finite"}
-    sums = values if sums is None else {k: sums[k] + values[k] for k in sums}
-    if bar is not None:
-      bar.update(1)
-    if step % config.log_every == 0 or step == config.steps:
-      now = time.perf_counter()
-      n = step - s_window
-      record = dict(step=step, time_s=round(now - t_start, 3),
-                    samples_per_s=round(n * config.batch_size / max(now - t_window, 1e-9), 2),
-                    sample_time_frac=round(sample_time / max(now - t_window, 1e-9), 3),
-                    **{k: v / n for k, v in sums.items()})
-      metrics_log.write(record)
-      logging.info("step %d/%d | %.0f samples/s | loss %.4f (spr %.4f, goal %.4f, inv %.4f)",
-                   step, config.steps, record["samples_per_s"], record["loss"],
-                   record["spr_loss"], record["goal_loss"], record["inverse_loss"])
-      sums, sample_time, t_window, s_window = None, 0.0, now, step
-    if step % config.checkpoint_every == 0 or step == config.steps:
-      elapsed = time.perf_counter() - t_start
-      checkpoint.save(ckpt_dir, step, state, dict(step=step, rng=rng.bit_generator.state,
-                                                  elapsed=elapsed, data_dir=str(data_dir)),
-                      keep=config.checkpoint_keep, config=identity)
-      export_pretrained(path / PRETRAINED, state, config, games, action_set, step)
-  if bar is not None:
-    bar.close()
+  with runtime.TermFlag() as term:
+    while step < config.steps:
+      t0 = time.perf_counter()
+      batch = sampler.sample(rng, config.batch_size)
+      sample_time += time.perf_counter() - t0
+      state, m = learner.update(state, batch)
+      m = jax.device_get(m)
+      step += 1
+      if not m.finite:
+        raise NonFiniteLossError(f"non-finite loss at pretraining step {step}; "
+                                 f"{runtime.last_good_checkpoint(ckpt_dir)}")
+      window.add({k: v for k, v in m._asdict().items() if k != "finite"})
+      if bar is not None:
+        bar.update(1)
+      if step % config.log_every == 0 or step == config.steps:
+        now = time.perf_counter()
+        seconds = max(now - window.time, 1e-9)
+        record = dict(step=step, time_s=round(now - t_start, 3),
+                      samples_per_s=round(window.rate(step, now) * config.batch_size, 2),
+                      sample_time_frac=round(sample_time / seconds, 3),
+                      **window.means(window.sums))
+        metrics_log.write(record)
+        runtime.log(bar, "step %d/%d | %.0f samples/s | loss %.4f (spr %.4f, goal %.4f, inv "
+                    "%.4f)", step, config.steps, record["samples_per_s"], record["loss"],
+                    record["spr_loss"], record["goal_loss"], record["inverse_loss"])
+        window.reset(step, now)
+        sample_time = 0.0
+      if step % config.checkpoint_every == 0 or step == config.steps or term.set:
+        save(step, time.perf_counter() - t_start)
+      if term.set and step < config.steps:
+        raise term.preempted(f"at step {step} in {ckpt_dir}")
+  runtime.close_bar(bar)
   lines = [l for l in (path / wd.METRICS).read_text().splitlines() if l.strip()]
-  rates = [__import__("json").loads(l).get("samples_per_s", math.nan) for l in lines]
+  rates = [json.loads(l).get("samples_per_s", math.nan) for l in lines]
   final = dict(steps=int(step), budget_steps=int(config.steps), config_name=config_name,
                games=games, seed=int(seed), wall_time_s=round(time.perf_counter() - t_start, 2),
                samples_per_s=rates[-1] if rates else math.nan, num_actions=num_actions,
