@@ -2,7 +2,8 @@
 
 Names: each game has an ALE name (``MsPacman``, as in ``ALE/MsPacman-v5``) and a ROM id
 (``ms_pacman``, what ale-py's ROM loader takes). :func:`get_game` accepts either, in any case,
-with or without underscores (``ms_pacman``, ``mspacman``, ``MsPacman``, ``MSPACMAN``).
+with or without underscores (``ms_pacman``, ``mspacman``, ``MsPacman``, ``MSPACMAN``), and the
+gymnasium id (``ALE/MsPacman-v5``).
 
 Scores come from ``scores.csv`` (package data, a copy of the project's reference table):
 random and human scores (for normalisation) and the published DER, SPR and BBF per-game means.
@@ -12,8 +13,12 @@ sanity task: :mod:`envs.catch`) are known to :func:`canonical_name` and :func:`m
 trainers and the evaluation run them (``--game=catch``), but they are not in :data:`GAMES` nor
 in the score tables: :func:`get_game`, the scores and :func:`human_normalized_score` refuse
 them (ValueError), and :func:`is_atari` tells them apart. A run's final.json has ``hns`` NaN
-for them, and ``launch.report`` / ``launch.grid`` (which know only the 26 games) never mix them
-into per-game tables or aggregates.
+for them, and sweeps (``launch.grid``) and reports (``launch.report``), which know only the 26
+games, refuse them or never mix them into per-game tables or aggregates.
+
+This module is the project's one game table: folders, flags and final.json name a game by
+:func:`canonical_name`; the score tables (and a report's per-game rows) by its ROM id, the
+``game`` column of ``scores.csv`` (:func:`read_scores` reads that file or another in its format).
 
 One factory builds every env a trainer or an evaluation plays: :func:`make_env` (an
 ``envs.catch.CatchEnv`` for a non-Atari game, else an ``envs.atari.AtariEnv``).
@@ -24,6 +29,7 @@ import csv
 import dataclasses
 import functools
 import pathlib
+import re
 
 _SCORES_CSV = pathlib.Path(__file__).with_name("scores.csv")
 
@@ -43,30 +49,45 @@ class Game:
 
 
 def _normalise_key(name: str) -> str:
-    """Lookup key: case and underscores/dashes/spaces do not matter."""
-    return "".join(ch for ch in name.lower() if ch.isalnum())
+    """Lookup key: case and underscores/dashes/spaces do not matter, and a gymnasium id
+    (``ALE/MsPacman-v5``) is its game."""
+    base = re.sub(r"-v\d+$", "", name.strip().split("/")[-1])
+    return "".join(ch for ch in base.lower() if ch.isalnum())
+
+
+def read_scores(path: str | pathlib.Path | None = None) -> tuple[Game, ...]:
+    """The games of a score table in ``scores.csv``'s format (columns game, ale_id, random, human,
+    DER, SPR, BBF), in file order; by default the project's table.
+
+    Raises:
+        OSError: the file cannot be read.
+        ValueError: a row misses a column or holds a score that is not a number.
+    """
+    games = []
+    with open(path or _SCORES_CSV, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                ale_id = row["ale_id"]
+                games.append(Game(
+                    # "ALE/MsPacman-v5" -> "MsPacman"
+                    name=ale_id.split("/")[-1].rsplit("-v", 1)[0],
+                    rom=row["game"].strip(),
+                    ale_id=ale_id,
+                    random=float(row["random"]),
+                    human=float(row["human"]),
+                    der=float(row["DER"]),
+                    spr=float(row["SPR"]),
+                    bbf=float(row["BBF"]),
+                ))
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path or _SCORES_CSV}: bad row {row} ({e!r})") from None
+    return tuple(games)
 
 
 @functools.cache
 def _load_games() -> dict[str, Game]:
     """Reads scores.csv once; returns {normalised key: Game}, in table order."""
-    games: dict[str, Game] = {}
-    with open(_SCORES_CSV, newline="") as f:
-        for row in csv.DictReader(f):
-            ale_id = row["ale_id"]
-            name = ale_id.split("/", 1)[1].rsplit("-v", 1)[0]  # "ALE/MsPacman-v5" -> "MsPacman"
-            game = Game(
-                name=name,
-                rom=row["game"],
-                ale_id=ale_id,
-                random=float(row["random"]),
-                human=float(row["human"]),
-                der=float(row["DER"]),
-                spr=float(row["SPR"]),
-                bbf=float(row["BBF"]),
-            )
-            games[_normalise_key(name)] = game
-    return games
+    return {_normalise_key(game.name): game for game in read_scores()}
 
 
 GAMES: tuple[str, ...] = tuple(g.name for g in _load_games().values())

@@ -50,7 +50,7 @@ class EnvWorkerError(RuntimeError):
   """An env worker died, or raised an exception that could not be sent back."""
 
 
-CORES_ENV = "SPR_CORES"  # cores this process may use (set by launch/jobs.py per local slot)
+CORES_ENV = "SPR_CORES"  # cores this process may use (set by launch/backends.py per local slot)
 
 
 def available_cores() -> int:

@@ -9,7 +9,7 @@ step of the learner (replay add + `updates_per_step` updates + next action: what
 env step), acting latency (one greedy action), and env steps/s of the training env. The update
 time is also printed alone as `update_ms: <value>` for scripts.
 
-Then the multi-run table (agents/spr/multi_trainer.py): for N concurrent runs (`--runs`, default
+Then the multi-run table (agents/spr/engine.py): for N concurrent runs (`--runs`, default
 1,2,4; on a GPU use --runs=1,4,16,26), one vmapped fused step (replay add + updates + next action
 for all N runs, replay filled with `--fill` transitions), and N emulators stepped in this process
 and by env worker processes (envs.pool.EnvPool, what training uses). Columns: learner updates/s and env steps/s (all runs together), the env's own
@@ -33,9 +33,9 @@ import os
 import platform
 import time
 
-from absl import app, flags
+from absl import flags
 
-from launch.common import parse_flags
+from launch import common
 
 _CONFIG = flags.DEFINE_string("config", "spr", "Named configuration to benchmark (with --probes: "
                               "the network of the evaluation-act rows).")
@@ -116,7 +116,7 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
   import jax.numpy as jnp
   import numpy as np
 
-  from agents.spr import multi_trainer
+  from agents.spr import engine
   from agents.spr.config import make_config
   from agents.spr.learner import learner_for
   from envs.atari import AtariEnv
@@ -153,9 +153,9 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
         st = st._replace(replay=add(st.replay, jax.random.PRNGKey(100 + i)),
                          env_step=jnp.asarray(max(config.learn_start, fill), jnp.int32))
         states.append(st)
-      state = multi_trainer.stack_states(states)
+      state = engine.stack_states(states)
       del states
-      fn = multi_trainer.batched_step(learner, config.updates_per_step)
+      fn = engine.batched_step(learner, config.updates_per_step)
       frames = np.zeros((n, 84, 84), np.uint8)
       actions = np.zeros((n,), np.int32)
       rewards = np.zeros((n,), np.float32)
@@ -296,12 +296,12 @@ def _pool_rates(n: int, steps: int, workers: int, game: str = "Breakout",
 
 
 def print_probes(config_name: str = "spr") -> None:
-  """Measurements behind three design choices (agents/spr/multi_trainer.py, learner.init); the
+  """Measurements behind three design choices (agents/spr/engine.py, learner.init); the
   evaluation-act rows use the network of `config_name`."""
   import jax
   import numpy as np
 
-  from agents.spr import multi_trainer
+  from agents.spr import engine, evaluation
   from agents.spr.config import make_config
   from agents.spr.learner import SPRLearner
   from envs.atari import AtariEnv
@@ -331,14 +331,14 @@ def print_probes(config_name: str = "spr") -> None:
   learner = SPRLearner(make_config(config_name), 6)
   net = "SPR net" if config_name == "spr" else f"{config_name} net"
   states = [learner.init(jax.random.PRNGKey(i)) for i in range(2)]
-  acting = multi_trainer.stack_states([learner.acting_params(s) for s in states])
+  acting = engine.stack_states([learner.acting_params(s) for s in states])
   stacks = np.random.default_rng(0).integers(0, 255, (2, 100, 4, 84, 84), dtype=np.uint8)
   greedy = learner._greedy_actions  # pylint: disable=protected-access
   vmapped = jax.jit(jax.vmap(greedy))
   mapped = jax.jit(lambda a, s: jax.lax.map(lambda x: greedy(*x), (a, s)))
   separate = lambda: [learner.greedy_actions(learner.acting_params(s), stacks[i])
                       for i, s in enumerate(states)]
-  batched = multi_trainer.batched_greedy(learner)  # what training uses on this backend
+  batched = evaluation.batched_greedy(learner)  # what training uses on this backend
   one = np.ascontiguousarray(stacks[:, :1])
   for name, fn in (("vmap", lambda: vmapped(acting, stacks)),
                    ("lax.map", lambda: mapped(acting, stacks)), ("separate calls", separate),
@@ -374,8 +374,7 @@ def _print_rows(header: str, rows: list[tuple[str, str]]) -> None:
     print(f"| {name.ljust(width)} | {value} |")
 
 
-def main(argv):
-  del argv
+def main():
   import jax
   if _PROBES.value:
     print_probes(_CONFIG.value)
@@ -486,7 +485,7 @@ def _single_table():
 
 
 def run():
-  app.run(main, flags_parser=parse_flags)
+  common.run(main)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,16 @@ previous action is repeated, a new uniform action is drawn with probability --ep
 longer, more varied episodes than uniform noise); `checkpoint` an agent trained by launch.train
 (its workdir's last checkpoint), greedy with noise off, uniformly random with probability
 --epsilon (dopamine's DQN collected with training epsilon 0.01).
+
+Exit codes (launch/common.py): 0 done, 2 bad input, 74 a file-system error.
 """
 from __future__ import annotations
 
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from launch.common import fail, parse_flags
+from launch import common
 
 _GAME = flags.DEFINE_string("game", "Pong", "Atari game.")
 _POLICY = flags.DEFINE_enum("policy", "random", ["random", "epsilon", "checkpoint"], "Behaviour.")
@@ -75,26 +77,21 @@ def _checkpoint_policy(workdir: str, game: str, num_actions: int):
   return act
 
 
-def main(argv):
-  if len(argv) > 1:
-    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
   import numpy as np
 
   from envs import games
   from envs.atari import AtariEnv, clip_reward
-  from launch.common import configure_jax_cache
   from spr.dqn_replay import CheckpointWriter
 
   if not _OUT.value:
-    fail("--out is required")
+    common.fail("--out is required")
   if _STEPS.value <= 0 or _SIZE.value <= 0:
-    fail("--steps and --checkpoint_size must be > 0")
+    common.fail("--steps and --checkpoint_size must be > 0")
   if not 0.0 <= _STICKY.value <= 1.0 or not 0.0 <= _EPSILON.value <= 1.0:
-    fail("--sticky and --epsilon must be in [0, 1]")
-  try:
+    common.fail("--sticky and --epsilon must be in [0, 1]")
+  with common.bad_input():
     game = games.canonical_name(_GAME.value)
-  except ValueError as e:
-    fail(str(e))
   # Dopamine's env: the DQN Replay data was collected with it (sticky actions included).
   env = AtariEnv(game, seed=_SEED.value, training=False, sticky=_STICKY.value,
                  protocol="dopamine")
@@ -102,12 +99,10 @@ def main(argv):
   greedy = None
   if _POLICY.value == "checkpoint":
     if not _WORKDIR.value:
-      fail("--policy=checkpoint needs --workdir")
-    configure_jax_cache()
-    try:
+      common.fail("--policy=checkpoint needs --workdir")
+    common.configure_jax_cache()
+    with common.bad_input():  # not a launch.train run of this game, or no usable checkpoint
       greedy = _checkpoint_policy(_WORKDIR.value, game, env.num_actions)
-    except ValueError as e:
-      fail(str(e))
   from pathlib import Path
   run_dir = Path(_OUT.value) / game / _RUN.value
   writer = CheckpointWriter(run_dir, _SIZE.value, first_index=_FIRST.value)
@@ -140,8 +135,7 @@ def main(argv):
 
 
 def run():
-  logging.set_verbosity(logging.INFO)
-  app.run(main, flags_parser=parse_flags)
+  common.run(main, verbose=True)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ The training stretches' workdirs and the compilation cache live in `--work_dir` 
 temporary folder, removed at the end).
 `--bundle=PATH.tgz` keeps a tar.gz of the whole output folder, rewritten after every step: one
 file to bring back from a machine that returns only a few.
-Exit code: 0 when every selected step ended `ok`, 1 otherwise.
+Exit codes (launch/common.py): 0 when every selected step ended `ok`, 1 otherwise, 2 bad flags,
+130 stopped by SIGTERM or Ctrl-C (what was finished is kept).
 """
 from __future__ import annotations
 
@@ -71,7 +72,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from absl import app, flags
+from absl import flags
+
+from launch import common, runstate
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("environment", "single", "multi", "train", "probes")
@@ -233,18 +236,6 @@ def run_command(command: list[str], log_path: Path, budget_s: float, env: dict[s
     finally:
       _kill_group(proc)
   return dict(outcome=outcome, rc=proc.returncode, seconds=time.monotonic() - t0)
-
-
-def _log_reason(log_path: Path) -> str:
-  """The last meaningful line of a log (an `error:` line or the exception of a traceback)."""
-  try:
-    lines = [l.strip() for l in log_path.read_text(errors="replace").splitlines() if l.strip()]
-  except OSError:
-    return ""
-  for line in reversed(lines):
-    if line.startswith("error:") or re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line):
-      return line[:300]
-  return lines[-1][:300] if lines else ""
 
 
 def _cap_log(path: Path, limit: int = 1_000_000) -> None:
@@ -644,9 +635,9 @@ class Suite:
           f"steps/*.json):", flush=True)
     print(self._summary_md(), flush=True)
     if interrupted:
-      return 130
-    return 0 if all(r["status"] == "ok" or r.get("reason") == "not selected (--only)"
-                    for r in self.results) else 1
+      return 128 + signal.SIGINT
+    return common.OK if all(r["status"] == "ok" or r.get("reason") == "not selected (--only)"
+                            for r in self.results) else common.FAILED
 
   def _skipped(self, index: int, name: str, reason: str) -> dict:
     return dict(step=name, index=index, status="skipped", reason=reason, seconds=0.0,
@@ -677,7 +668,7 @@ class Suite:
                 "timed_out": "timed_out"}[ran["outcome"]]
       reason = ""
       if status == "failed":
-        reason = f"exit code {ran['rc']}: {_log_reason(log)}"
+        reason = f"exit code {ran['rc']}: {runstate.cause_in_log(log)[:300]}"
       elif status == "timed_out":
         reason = f"killed after its budget of {share:.0f} s"
       record.update(status=status, seconds=ran["seconds"], rc=ran["rc"], outcome=ran["outcome"],
@@ -974,16 +965,11 @@ class Suite:
       os.replace(tmp, self.bundle)
 
 
-def main(argv):
-  from launch.common import fail
-  if len(argv) > 1:
-    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
   if not _OUT.value:
-    fail("--out is required")
-  try:
+    common.fail("--out is required")
+  with common.bad_input():
     settings = resolve_settings()
-  except ValueError as e:
-    fail(str(e))
   out = Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
   work = Path(_WORK_DIR.value) if _WORK_DIR.value else Path(tempfile.mkdtemp(prefix="gpu-suite-"))
@@ -996,18 +982,17 @@ def main(argv):
   bundle = Path(_BUNDLE.value) if _BUNDLE.value else None
   if bundle is not None:
     if bundle.resolve().is_relative_to(out.resolve()):
-      fail("--bundle must be outside --out (it archives --out)")
+      common.fail("--bundle must be outside --out (it archives --out)")
     bundle.parent.mkdir(parents=True, exist_ok=True)
   try:
-    code = Suite(settings, out, work, bundle).run()
+    return Suite(settings, out, work, bundle).run()
   finally:
     if not _WORK_DIR.value:  # the suite's own temporary folder
       shutil.rmtree(work, ignore_errors=True)
-  sys.exit(code)
 
 
 def run():
-  app.run(main)
+  common.run(main)
 
 
 if __name__ == "__main__":

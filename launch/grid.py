@@ -2,25 +2,26 @@
 
 Layout of a sweep root (one workdir per run, see docs/CONTRACTS.md):
 
-    ROOT/<label>/<game>/seed_<seed>/      config.json, metrics.jsonl, eval.csv, final.json, ...
+    ROOT/<label>/<Game>/seed_<seed>/      config.json, metrics.jsonl, eval.csv, final.json, ...
     ROOT/<label>/sweep.json               what was asked: config, overrides, games, seeds
     ROOT/<label>/joint/seed_<seed>/       multi-game pretraining (one run over all games)
 
 `label` is the configuration name plus its overrides (`spr`, `spr+lr=0.0003+steps=10000`):
 runs with different overrides never share a workdir, so a smoke test cannot be mistaken for
-(or skipped in place of) a full run.
+(or skipped in place of) a full run. `<Game>` is the game's canonical name (`MsPacman`, as
+`launch.train --games=... --workdir=ROOT/<label>` writes it); workdirs of older sweeps, named
+by ROM id (`ms_pacman`), are still found (`run_dir`).
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
-import functools
 import itertools
 import json
-import os
 import re
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from envs import games
 
 BUDGET_100K = 100_000  # agent steps of the Atari 100k benchmark
 JOINT = "joint"  # game directory of a multi-game (joint) pretraining run
@@ -32,100 +33,74 @@ class GridError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# Games. The one place that knows where the 26 names come from: switch it to `envs.games` here.
+# Games (envs.games is the table) and seeds
 # --------------------------------------------------------------------------------------------
-def scores_csv_path() -> Path:
-    """envs/scores.csv (random, human, DER, SPR, BBF per game); $SPR_SCORES_CSV overrides it."""
-    env = os.environ.get("SPR_SCORES_CSV")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "envs" / "scores.csv"
-
-
-@functools.lru_cache(maxsize=4)
-def read_scores_table(path: str | None = None) -> dict[str, dict[str, object]]:
-    """snake_case game -> {ale_id, random, human, DER, SPR, BBF} (floats), file order."""
-    p = Path(path) if path else scores_csv_path()
-    if not p.exists():
-        raise GridError(f"scores table not found: {p} (set $SPR_SCORES_CSV)")
-    table: dict[str, dict[str, object]] = {}
-    with open(p, newline="") as f:
-        for row in csv.DictReader(f):
-            game = row.pop("game").strip()
-            table[game] = {k: (v if k == "ale_id" else float(v)) for k, v in row.items()}
-    return table
-
-
-def atari100k_games() -> list[str]:
-    """The 26 Atari 100k games, snake_case (`ms_pacman`), in the benchmark's usual order."""
-    try:  # the env package, once it exists, is the source of truth
-        from envs import games as _games  # pylint: disable=import-outside-toplevel
-
-        return [_games.get_game(n).rom for n in _games.GAMES]  # ROM ids are scores.csv's keys
-    except (ImportError, AttributeError):
+def atari_game(name: str) -> str:
+    """The canonical name (`envs.games.canonical_name`: `ms_pacman` -> `MsPacman`) of one of the
+    26 Atari 100k games, in any spelling; GridError for another name (Catch included: sweeps and
+    reports are Atari 100k results)."""
+    try:
+        if games.is_atari(name):
+            return games.canonical_name(name)
+    except ValueError:
         pass
-    return list(read_scores_table())
+    raise GridError(f"unknown game {name!r} (expected one of the 26 Atari 100k games)")
 
 
-def snake_case(name: str) -> str:
-    """`MsPacman`, `ms_pacman`, `ALE/MsPacman-v5`, `mspacman` -> the key used in scores.csv."""
-    base = name.split("/")[-1]
-    base = re.sub(r"-v\d+$", "", base)
-    base = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", base).lower().replace("-", "_")
-    return base
+def game_name(name: str) -> str:
+    """A game folder or a sweep.json entry as the game's canonical name; another name (`joint`,
+    a non-Atari game) as written. Older sweeps wrote folders by ROM id (`ms_pacman`)."""
+    try:
+        return atari_game(name)
+    except GridError:
+        return name
 
 
-def _squash(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def canonical_game(name: str) -> str:
-    """Case/underscore-insensitive lookup of one of the 26 games; GridError if unknown."""
-    known = {_squash(g): g for g in atari100k_games()}
-    key = _squash(snake_case(name))
-    if key not in known:
-        raise GridError(f"unknown game {name!r} (expected one of the 26 Atari 100k games)")
-    return known[key]
-
-
-def ale_name(game: str) -> str:
-    """snake_case game -> ALE CamelCase (`ms_pacman` -> `MsPacman`), as launch.train takes it."""
-    table = read_scores_table()
-    ale_id = str(table.get(game, {}).get("ale_id", ""))
-    if ale_id:
-        return ale_id.split("/")[-1].rsplit("-v", 1)[0]
-    return "".join(part.capitalize() for part in game.split("_"))
+def rom_id(name: str) -> str:
+    """An Atari game's ROM id (`ms_pacman`): its folder name in sweeps written before folders
+    used the canonical name. Another name as written."""
+    try:
+        return games.get_game(name).rom
+    except ValueError:
+        return name
 
 
 def parse_games(spec: str) -> list[str]:
-    """`all` or a comma list of names (any case) -> canonical snake_case names, no duplicates."""
+    """`all` or a comma list of names (any spelling) -> canonical names, no duplicates."""
     spec = spec.strip()
     if spec.lower() == "all":
-        return atari100k_games()
+        return list(games.GAMES)
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise GridError("no games given (use --games=all or a comma list)")
-    out: list[str] = []
-    for n in names:
-        g = canonical_game(n)
-        if g not in out:
-            out.append(g)
-    return out
+    return list(dict.fromkeys(atari_game(n) for n in names))
 
 
 def parse_seeds(spec: str) -> list[int]:
-    """`0-9`, `3`, `0,2,5-7` -> sorted distinct non-negative ints; GridError if malformed."""
-    seeds: set[int] = set()
+    """`0-9`, `3`, `0,2,5-7` (spaces and empty items ignored) -> the seeds in the order given.
+
+    Raises:
+        GridError: a malformed item, a range that ends before it starts, a seed given twice (two
+            runs would share a workdir), or no seed at all.
+    """
+    seeds: list[int] = []
     for part in str(spec).split(","):
         part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
         if not m:
-            raise GridError(f"bad seed range {spec!r} (expected e.g. 0-9 or 0,2,5-7)")
+            raise GridError(f"bad seed range {part!r} in {spec!r} (expected e.g. 0-9 or 0,2,5-7)")
         lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
         if hi < lo:
             raise GridError(f"bad seed range {part!r}: end before start")
-        seeds.update(range(lo, hi + 1))
-    return sorted(seeds)
+        seeds.extend(range(lo, hi + 1))
+    if not seeds:
+        raise GridError(f"no seeds in {spec!r} (expected e.g. 0-9 or 0,2,5-7)")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise GridError(f"seed(s) {', '.join(map(str, twice))} given twice in {spec!r}")
+    return seeds
 
 
 def parse_overrides(items: Iterable[str]) -> list[tuple[str, str]]:
@@ -158,7 +133,12 @@ def make_label(config: str, overrides: Sequence[tuple[str, str]]) -> str:
 
 
 def run_dir(root: Path | str, label: str, game: str, seed: int) -> Path:
-    return Path(root) / label / game / f"seed_{seed}"
+    """ROOT/<label>/<Game>/seed_<seed>, the game by its canonical name as `launch.train --games`
+    writes it. A workdir an older sweep wrote under the game's ROM id (`ms_pacman`) is returned
+    when only that one exists, so the run is resumed, skipped or reported, not started again."""
+    path = Path(root) / label / game_name(game) / f"seed_{seed}"
+    older = Path(root) / label / rom_id(game) / path.name
+    return older if older.is_dir() and not path.exists() else path
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +150,7 @@ class GridPoint:
 
     label: str
     config: str
-    game: str  # snake_case, or JOINT for a multi-game pretraining run
+    game: str  # canonical name (`MsPacman`), or JOINT for a multi-game pretraining run
     seed: int
     overrides: tuple[tuple[str, str], ...] = ()
     games: tuple[str, ...] = ()  # the games of a JOINT run
@@ -187,7 +167,7 @@ class SweepDef:
     grid: list[str] = dataclasses.field(default_factory=list)  # --grid axes
     entry: str = "train"  # train | pretrain
     joint: bool = False  # pretrain: one run over all games per seed
-    init_from: str = ""  # finetuning: template with {label} {config} {game} {ale_game} {seed}
+    init_from: str = ""  # finetuning: template with {label} {config} {game} {seed}
     name: str = ""  # explicit label (only with one config and no grid)
     data_dir: str = ""  # pretrain: launch.pretrain --data_dir (a path, not part of the label)
 
@@ -197,14 +177,15 @@ class SweepDef:
         grid_points = expand_grid_overrides(self.grid)
         if self.name and (len(self.configs) > 1 or len(grid_points) > 1):
             raise GridError("--name needs a single configuration and no --grid")
+        names = [game_name(g) for g in self.games]
         pts = []
         for config, swept in itertools.product(self.configs, grid_points):
             overrides = tuple(list(self.fixed) + list(swept))
             label = self.name or make_label(config, overrides)
             if self.joint:
-                pts += [GridPoint(label, config, JOINT, s, overrides, tuple(self.games)) for s in self.seeds]
+                pts += [GridPoint(label, config, JOINT, s, overrides, tuple(names)) for s in self.seeds]
             else:
-                pts += [GridPoint(label, config, g, s, overrides) for g in self.games for s in self.seeds]
+                pts += [GridPoint(label, config, g, s, overrides) for g in names for s in self.seeds]
         return pts
 
 
@@ -214,7 +195,8 @@ def write_manifest(root: Path, label: str, sweep: SweepDef, points: Sequence[Gri
     path.parent.mkdir(parents=True, exist_ok=True)
     old = read_manifest(path.parent) or {}
     mine = [p for p in points if p.label == label]
-    games = list(dict.fromkeys(list(old.get("games", [])) + [p.game for p in mine]))
+    earlier = [game_name(g) for g in old.get("games", [])]  # older sweeps: ROM ids
+    asked = list(dict.fromkeys(earlier + [p.game for p in mine]))
     seeds = sorted(set(old.get("seeds", [])) | {p.seed for p in mine})
     data = {
         "label": label,
@@ -224,7 +206,7 @@ def write_manifest(root: Path, label: str, sweep: SweepDef, points: Sequence[Gri
         "joint": sweep.joint,
         "init_from": sweep.init_from,
         "data_dir": sweep.data_dir,
-        "games": games,
+        "games": asked,
         "seeds": seeds,
         **extra,
     }

@@ -25,16 +25,16 @@ import dataclasses
 import datetime
 import json
 import math
-import sys
 import textwrap
 from pathlib import Path
 from typing import Collection, Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from launch import grid, jobs, stats
-from launch.common import parse_flags
+from envs import games
+from launch import common, grid, runstate, stats
+from spr import workdir as run_files
 
 PUBLISHED = ("DER", "SPR", "BBF")
 NOT_100K = "NOT 100k"  # the mark of a configuration whose budget is not Atari 100k's
@@ -47,7 +47,7 @@ class NoRunsError(FileNotFoundError):
 @dataclasses.dataclass
 class RunRecord:
     label: str
-    game: str  # snake_case
+    game: str  # the score tables' key: ROM id (`ms_pacman`); a game not in them as written
     seed: int
     workdir: str
     state: str  # done | partial | pending | running | failed | interrupted
@@ -95,24 +95,25 @@ def _read_eval_csv(path: Path) -> list[float] | None:
 
 def read_run(label: str, game: str, seed: int, wd: Path, table: dict) -> RunRecord:
     rec = RunRecord(label, game, seed, str(wd), "pending")
-    final = jobs._read_json(wd / jobs.FINAL)  # pylint: disable=protected-access
+    final = run_files.read_final(wd)
     if final is None:
-        st = jobs.read_state(wd)
+        st = runstate.read_state(wd)
         rec.state, rec.steps, rec.budget, rec.note = st.state, st.step, st.budget, st.error
-        if (wd / jobs.FINAL).exists():
+        if run_files.final_is_broken(wd):
             rec.state, rec.note = "failed", ("final.json does not parse; rerun the run to redo "
                                              "its final evaluation")
         return rec
     if final.get("game"):
-        try:
-            rec.game = grid.canonical_game(str(final["game"]))
-        except grid.GridError:
+        key = _table_key(str(final["game"]))
+        if key is None:
             rec.note = f"unknown game {final['game']!r} in final.json"
+        else:
+            rec.game = key
     rec.steps = int(final["steps"]) if final.get("steps") is not None else None
     rec.budget = int(final["budget_steps"]) if final.get("budget_steps") is not None else rec.steps
     rec.eval_episodes = final.get("eval_episodes")
     rec.score = float(final["mean_score"]) if final.get("mean_score") is not None else None
-    episodes = _read_eval_csv(wd / "eval.csv")
+    episodes = _read_eval_csv(wd / run_files.EVAL)
     if episodes:
         rec.eval_episodes = len(episodes)
         m = float(np.mean(episodes))
@@ -120,7 +121,7 @@ def read_run(label: str, game: str, seed: int, wd: Path, table: dict) -> RunReco
             rec.score = m
         elif not math.isclose(m, rec.score, rel_tol=1e-6, abs_tol=1e-6):
             rec.note = f"final.json mean_score {rec.score:g} != eval.csv mean {m:g}"
-    elif (wd / "eval.csv").exists():
+    elif (wd / run_files.EVAL).exists():
         rec.note = "eval.csv unreadable"
     if rec.score is None:
         rec.state, rec.note = "failed", "final.json without mean_score and no eval.csv"
@@ -147,25 +148,42 @@ def _seed_dirs(d: Path) -> dict[Path, int]:
     return out
 
 
-def _game_of_dir(name: str) -> str:
-    """A game folder's name (snake_case in a sweep, ALE CamelCase from launch.train --games)."""
+def score_table(path: str = "") -> dict[str, dict[str, float]]:
+    """The reference columns of each game of a score table (envs.games.read_scores; default the
+    project's): ROM id -> {random, human, DER, SPR, BBF}, in file order."""
     try:
-        return grid.canonical_game(name)
+        rows = games.read_scores(path or None)
+    except ValueError as e:
+        raise grid.GridError(str(e)) from None
+    return {g.rom: {"random": g.random, "human": g.human, "DER": g.der, "SPR": g.spr, "BBF": g.bbf}
+            for g in rows}
+
+
+def _table_key(name: str) -> str | None:
+    """The score tables' key (ROM id) of an Atari 100k game in any spelling; None otherwise."""
+    try:
+        return grid.rom_id(grid.atari_game(name))
     except grid.GridError:
-        return name  # not one of the 26 (e.g. Catch): kept as written, never aggregated
+        return None
+
+
+def _game_of_dir(name: str) -> str:
+    """A game folder's or a sweep.json entry's game as the tables' key (folders and manifests
+    name games canonically, `MsPacman`; older sweeps by ROM id)."""
+    return _table_key(name) or name  # not one of the 26 (e.g. Catch): never aggregated
 
 
 def _run_files(wd: Path) -> dict:
     """config.json, else final.json of a run (the identity a run records), else {}."""
-    for name in (jobs.CONFIG, jobs.FINAL):
-        d = jobs._read_json(wd / name)  # pylint: disable=protected-access
+    for name in (run_files.CONFIG, run_files.FINAL):
+        d = runstate.read_json_object(wd / name)
         if d:
             return d
     return {}
 
 
 def _is_run_dir(d: Path) -> bool:
-    return (d / jobs.CONFIG).is_file() or (d / jobs.FINAL).is_file()
+    return (d / run_files.CONFIG).is_file() or (d / run_files.FINAL).is_file()
 
 
 def _sweep_label(label_dir: Path, root_of_label: Path, label: str) -> tuple[dict, dict[Path, tuple[str, int]]]:
@@ -174,7 +192,7 @@ def _sweep_label(label_dir: Path, root_of_label: Path, label: str) -> tuple[dict
     wds: dict[Path, tuple[str, int]] = {}
     for g in man.get("games", []):
         for s in man.get("seeds", []):
-            wds[grid.run_dir(root_of_label, label, g, s)] = (g, int(s))
+            wds[grid.run_dir(root_of_label, label, g, s)] = (_game_of_dir(g), int(s))
     for game_dir in sorted(p for p in label_dir.iterdir() if p.is_dir()):
         for wd, seed in _seed_dirs(game_dir).items():
             wds.setdefault(wd, (_game_of_dir(game_dir.name), seed))
@@ -251,7 +269,8 @@ def summarise(label: str, recs: list[RunRecord], man: dict, opts: ReportOptions,
     seeds: dict[str, int] = {}
     for r in done:
         seeds[r.game] = seeds.get(r.game, 0) + 1
-    asked_games = list(man.get("games") or dict.fromkeys(r.game for r in recs))
+    asked_games = list(dict.fromkeys(_game_of_dir(g) for g in man.get("games") or [])
+                       or dict.fromkeys(r.game for r in recs))
     asked_seeds = opts.expected_seeds or len(man.get("seeds", [])) or max(seeds.values(), default=0)
     games = [g for g in all_games if g in seeds]
     budgets = sorted({r.budget for r in done if r.budget is not None})
@@ -311,7 +330,7 @@ def build(roots: Sequence[Path | str], out: Path | str, opts: ReportOptions) -> 
             raise FileNotFoundError(f"root {r} does not exist")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = grid.read_scores_table(opts.scores_csv or None)
+    table = score_table(opts.scores_csv)
     all_games = list(table)
     records, manifests = collect(roots, table)
     labels = list(dict.fromkeys(r.label for r in records))
@@ -497,7 +516,7 @@ def _learning_curves(records, labels, key: str = "eval_mean_score") -> dict:
                     continue
                 pts = {}
                 try:
-                    with open(Path(r.workdir) / jobs.METRICS) as f:
+                    with open(Path(r.workdir) / run_files.METRICS) as f:
                         for line in f:
                             try:
                                 d = json.loads(line)
@@ -595,39 +614,31 @@ def define_flags() -> None:
     flags.DEFINE_bool("plots", True, "Write the PNG figures.")
 
 
-def main(argv):
-    def fail(msg):
-        print(f"error: {msg}", file=sys.stderr)
-        sys.exit(2)
-
-    if len(argv) > 1:
-        fail(f"unexpected arguments {argv[1:]}")
+def main():
     roots = [r for item in FLAGS.root for r in item.split(",") if r.strip()]
     if not roots:
-        fail("--root is required")
+        common.fail("--root is required")
     if not FLAGS.out:
-        fail("--out is required")
+        common.fail("--out is required")
     published = [] if FLAGS.published.lower() in ("", "none") else [p.strip() for p in FLAGS.published.split(",")]
     bad = [p for p in published if p not in PUBLISHED]
     if bad:
-        fail(f"unknown published column(s) {bad} (choose from {', '.join(PUBLISHED)})")
+        common.fail(f"unknown published column(s) {bad} (choose from {', '.join(PUBLISHED)})")
     if FLAGS.reps < 1:
-        fail("--reps must be positive")
+        common.fail("--reps must be positive")
     opts = ReportOptions(reps=FLAGS.reps, profile_reps=FLAGS.profile_reps, seed=FLAGS.seed,
                          published=published, expected_seeds=FLAGS.expected_seeds,
                          scores_csv=FLAGS.scores_csv, plots=FLAGS.plots)
-    try:
+    with common.bad_input(FileNotFoundError, grid.GridError):  # a root without runs, a bad table
         res = build(roots, FLAGS.out, opts)
-    except (FileNotFoundError, grid.GridError) as e:
-        fail(str(e))
     n_done = sum(r.state == "done" for r in res["records"])
     print(f"{n_done}/{len(res['records'])} runs finished; report in {Path(FLAGS.out) / 'report.md'}")
     for lab, s in res["summaries"].items():
         for w in s.warnings:
             print(f"warning: {lab}: {w}")
-    return 0
+    return common.OK
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=parse_flags)
+    common.run(main)

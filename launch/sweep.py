@@ -12,16 +12,16 @@ r"""Launch (or resume) a sweep of runs, locally or on SLURM, or print its status
 
 Finished runs are skipped, runs alive elsewhere are skipped, everything else (new, failed,
 interrupted) is (re)started and resumes from its own checkpoints. See launch/SWEEPS.md.
+Exit codes (launch/common.py): 0 done (or submitted), 1 some run did not finish, 2 bad input.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
-from launch import grid, jobs
-from launch.common import parse_flags
+from launch import backends, common, grid, jobspec, runstate
+from spr import workdir as run_files
 
 FLAGS = flags.FLAGS
 
@@ -59,11 +59,6 @@ def define_flags() -> None:
     flags.DEFINE_integer("mem_gb", 0, "slurm: memory per job in GB (0: partition default).")
     flags.DEFINE_multi_string("slurm_setup", [], "slurm: shell line run before each job (module load ...).")
     flags.DEFINE_multi_string("slurm_extra", [], "slurm: extra sbatch key=value (account=..., qos=...).")
-
-
-def _fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
 
 
 def sweep_from_flags() -> grid.SweepDef:
@@ -104,28 +99,29 @@ def validate_points(points, entry: str) -> None:
 
 
 def discovered_runs(root: Path) -> list[tuple[str, str, int, Path]]:
-    """(label, game, seed, workdir) of every run asked for in ROOT/*/sweep.json or present."""
+    """(label, game, seed, workdir) of every run asked for in ROOT/*/sweep.json or present
+    (games by canonical name, also those of older sweeps' workdirs and manifests)."""
     runs: dict[Path, tuple[str, str, int, Path]] = {}
     for label_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         man = grid.read_manifest(label_dir) or {}
         for game in man.get("games", []):
             for seed in man.get("seeds", []):
                 wd = grid.run_dir(root, label_dir.name, game, seed)
-                runs[wd] = (label_dir.name, game, int(seed), wd)
+                runs[wd] = (label_dir.name, grid.game_name(game), int(seed), wd)
         for wd in sorted(label_dir.glob("*/seed_*")):
             try:
                 seed = int(wd.name.split("_", 1)[1])
             except ValueError:
                 continue
-            runs.setdefault(wd, (label_dir.name, wd.parent.name, seed, wd))
+            runs.setdefault(wd, (label_dir.name, grid.game_name(wd.parent.name), seed, wd))
     return sorted(runs.values(), key=lambda r: (r[0], r[1], r[2]))
 
 
 def format_status(rows: list[tuple[str, str, int, Path]]) -> str:
     table = [("config", "game", "seed", "state", "step", "detail")]
-    counts: dict[str, int] = {s: 0 for s in jobs.STATES}
+    counts: dict[str, int] = {s: 0 for s in runstate.STATES}
     for label, game, seed, wd in rows:
-        st = jobs.read_state(wd)
+        st = runstate.read_state(wd)
         counts[st.state] += 1
         step = "-" if st.step is None else str(st.step)
         if st.budget:
@@ -139,16 +135,14 @@ def format_status(rows: list[tuple[str, str, int, Path]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]} (overrides go in --set=key=value)")
+def main():
     if not FLAGS.root:
-        _fail("--root is required")
+        common.fail("--root is required")
     root = Path(FLAGS.root).expanduser().resolve()
-    try:
+    with common.bad_input(grid.GridError):
         if FLAGS.status:
             if not root.is_dir():
-                _fail(f"root {root} does not exist")
+                common.fail(f"root {root} does not exist")
             if FLAGS.config:
                 sweep = sweep_from_flags()
                 rows = [(p.label, p.game, p.seed, grid.run_dir(root, p.label, p.game, p.seed))
@@ -156,61 +150,56 @@ def main(argv):
             else:
                 rows = discovered_runs(root)
             print(format_status(rows))
-            return 0
+            return common.OK
         if not FLAGS.config:
-            _fail("--config is required")
+            common.fail("--config is required")
         sweep = sweep_from_flags()
         if sweep.data_dir and sweep.entry != "pretrain":
-            _fail("--data_dir is for --entry=pretrain")
+            common.fail("--data_dir is for --entry=pretrain")
         if sweep.entry == "pretrain" and not sweep.data_dir and not any(
                 k == "data_dir" for k, _ in sweep.fixed):
-            _fail("--entry=pretrain needs --data_dir=DIR (the logged data, see launch.pretrain)")
+            common.fail("--entry=pretrain needs --data_dir=DIR (the logged data, see launch.pretrain)")
         points = sweep.points()
         validate_points(points, sweep.entry)
         env = dict(grid.parse_overrides(FLAGS.env))
-        specs = [jobs.build_spec(p, root, sweep, FLAGS.module, env) for p in points]
-    except grid.GridError as e:
-        _fail(str(e))
+        specs = [jobspec.build_spec(p, root, sweep, FLAGS.module, env) for p in points]
     if sweep.init_from and not FLAGS.allow_unfinished_init:
-        missing = [jobs.init_from_path(sweep.init_from, p) for p in points
-                   if not (Path(jobs.init_from_path(sweep.init_from, p)) / jobs.FINAL).exists()]
+        missing = [path for path in (jobspec.init_from_path(sweep.init_from, p) for p in points)
+                   if not run_files.is_finished(path)]
         if missing:
-            _fail(f"{len(missing)} runs have an unfinished --init_from (e.g. {missing[0]}); "
-                  "finish pretraining first or pass --allow_unfinished_init")
+            common.fail(f"{len(missing)} runs have an unfinished --init_from (e.g. {missing[0]}); "
+                        "finish pretraining first or pass --allow_unfinished_init")
     if FLAGS.dry_run:
         for s in specs:
             print(" ".join(["python", "-m", s.module, *s.args]))
-        return 0
+        return common.OK
     root.mkdir(parents=True, exist_ok=True)
     extra = {"backend": FLAGS.backend, "module": specs[0].module if specs else ""}
     for label in dict.fromkeys(p.label for p in points):
         grid.write_manifest(root, label, sweep, points, extra)
     folder = root / ".submitit" / "%j"
-    try:
+    with common.bad_input(ValueError, RuntimeError):  # options SLURM refuses, a locked workdir
         if FLAGS.backend == "local":
-            opts = jobs.LocalOptions(
-                max_parallel=max(1, FLAGS.max_parallel), gpus=jobs.detect_gpus(FLAGS.gpus),
-                timeout_min=FLAGS.time_min or jobs.LocalOptions.timeout_min,
+            opts = backends.LocalOptions(
+                max_parallel=max(1, FLAGS.max_parallel), gpus=backends.detect_gpus(FLAGS.gpus),
+                timeout_min=FLAGS.time_min or backends.LocalOptions.timeout_min,
                 max_requeues=FLAGS.max_requeues, signal_delay_s=FLAGS.signal_delay_s, grace_s=FLAGS.grace_s)
-            states = jobs.run_local(specs, folder, opts)
+            states = backends.run_local(specs, folder, opts)
             bad = sorted(wd for wd, st in states.items() if st.state != "done")
             print(f"{len(states) - len(bad)}/{len(states)} runs done")
             if bad:
                 print(f"{len(bad)} not done; see `python -m launch.sweep --root={root} --status`")
-            return 1 if bad else 0
-        opts = jobs.SlurmOptions(
+            return common.FAILED if bad else common.OK
+        opts = backends.SlurmOptions(
             partition=FLAGS.partition, time_min=FLAGS.time_min or 24 * 60,
             gpus_per_job=FLAGS.gpus_per_job, cpus_per_job=FLAGS.cpus_per_job, mem_gb=FLAGS.mem_gb,
             array_parallelism=FLAGS.max_parallel or 256, max_requeues=FLAGS.max_requeues,
             signal_delay_s=FLAGS.signal_delay_s, grace_s=FLAGS.grace_s, setup=list(FLAGS.slurm_setup),
             additional=dict(grid.parse_overrides(FLAGS.slurm_extra)))
-        jobs.submit_slurm(specs, folder, opts)
-        return 0
-    except (ValueError, RuntimeError) as e:
-        _fail(str(e))
-    return 0
+        backends.submit_slurm(specs, folder, opts)
+    return common.OK
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=parse_flags)
+    common.run(main, args_hint=" (overrides go in --set=key=value)")

@@ -6,26 +6,27 @@
     python -m launch.train --games=Pong,Breakout --seeds=0-3 --workdir=runs/spr   # 8 runs, 1 process
 
 With --games and/or --seeds (lists) every (game, seed) pair is its own run, trained together in
-one process (agents/spr/multi_trainer.py: one vmapped jitted step per batch of runs with the same
-action count), each in `<workdir>/<game>/seed_<seed>` with the files a single run writes
-(launch/jobs.py's layout is ROOT/<label>/<game>/seed_<s>: pass --workdir=ROOT/<label>). Periodic
-(--eval_every) and final evaluations of a batch run together, and --init_from loads the
+one process (agents/spr/engine.py: one vmapped jitted step per batch of runs with the same
+action count), each in `<workdir>/<Game>/seed_<seed>` with the files a single run writes (a
+sweep's layout is ROOT/<label>/<Game>/seed_<s>: pass --workdir=ROOT/<label> to share it).
+Periodic (--eval_every) and final evaluations of a batch run together, and --init_from loads the
 pretrained network into every new run, as for a single run.
 
 Every field of `agents.spr.config.SPRConfig` is a flag of the same name that overrides the named
 configuration. Re-running the same command on the same workdir resumes from the last
-checkpoint; a finished run says so and exits 0. Exit codes: 0 done, 2 bad input, 3 non-finite
-loss (the last good checkpoint is kept),
-143 stopped by SIGTERM after writing a checkpoint (rerun to resume).
+checkpoint; a finished run says so and exits 0. Exit codes (launch/common.py): 0 done, 2 bad
+input (or a workdir in use), 3 non-finite loss (the last good checkpoint is kept), 74 a
+file-system error, 130 / 143 stopped by Ctrl-C / SIGTERM after writing a checkpoint (rerun to
+resume).
 """
 from __future__ import annotations
 
 import dataclasses
 
-from absl import app, flags, logging
+from absl import flags
 
-from launch.common import IO_ERROR, fail, io_error, parse_flags, stop
 from agents.spr import config as spr_config
+from launch import common, grid
 
 _GAME = flags.DEFINE_string("game", "Pong", "Atari 100k game (ALE name, case-insensitive).")
 _SEED = flags.DEFINE_integer("seed", 0, "Run seed (network init, exploration, env no-ops).")
@@ -58,49 +59,34 @@ def resolve_config():
   return spr_config.make_config(_CONFIG.value, overrides)
 
 
-def main(argv):
-  if len(argv) > 1:
-    fail(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
   # Imported here so that `--help` and bad flags answer without loading JAX.
   from agents.spr import trainer
   from envs import games
-  from agents.sgi.finetune import PretrainedMismatch
-  from launch.common import configure_jax_cache
-  from spr.checkpoint import CheckpointError
-  from spr.workdir import WorkdirError
 
-  configure_jax_cache()
-
+  common.configure_jax_cache()
   if not _WORKDIR.value:
-    fail("--workdir is required")
-  try:
+    common.fail("--workdir is required")
+  with common.bad_input():
     game = games.canonical_name(_GAME.value)
     config = resolve_config()
-  except ValueError as e:
-    fail(str(e))
   if _SEED.value < 0:
-    fail(f"--seed must be >= 0, got {_SEED.value}")
+    common.fail(f"--seed must be >= 0, got {_SEED.value}")
   if _ENV_WORKERS.value < -1:
-    fail(f"--env_workers must be -1 (auto), 0 (in this process) or more, got {_ENV_WORKERS.value}")
+    common.fail(f"--env_workers must be -1 (auto), 0 (in this process) or more, got "
+                f"{_ENV_WORKERS.value}")
   if _GAMES.value is not None or _SEEDS.value is not None:
     return _main_many(config)
-  try:
-    final = trainer.train(game, _SEED.value, config, _WORKDIR.value, config_name=_CONFIG.value,
-                          env_workers=_ENV_WORKERS.value)
-  except (WorkdirError, CheckpointError) as e:  # CheckpointError: none usable, or an unsafe file
-    fail(str(e))
-  except PretrainedMismatch as e:  # --init_from does not fit this run (agents/sgi/finetune.py)
-    fail(str(e))
-  except trainer.NonFiniteLossError as e:
-    fail(str(e), code=3)
-  except OSError as e:  # a workdir under a file, unwritable, a full disk: nothing saved is lost
-    fail(io_error(e), code=IO_ERROR)
-  except trainer.Preempted as e:
-    stop(str(e), e.code)
+  final = trainer.train(game, _SEED.value, config, _WORKDIR.value, config_name=_CONFIG.value,
+                        env_workers=_ENV_WORKERS.value)
   _prune_done(_WORKDIR.value)
+  _print_final(final, _WORKDIR.value)
+
+
+def _print_final(final: dict, workdir) -> None:
   print(f"{final['game']} seed {final['seed']}: mean score {final['mean_score']:.2f} over "
         f"{final['eval_episodes']} episodes, HNS {final['hns']:.3f} "
-        f"({final['steps']} steps, {_WORKDIR.value}/final.json)")
+        f"({final['steps']} steps, {workdir}/final.json)")
 
 
 def _prune_done(workdir) -> None:
@@ -116,45 +102,25 @@ def _prune_done(workdir) -> None:
 
 def _main_many(config) -> None:
   """--games / --seeds: every (game, seed) pair trained together in one process."""
-  from agents.spr import multi_trainer, trainer
-  from agents.sgi.finetune import PretrainedMismatch
+  from agents.spr import multi_trainer
   from envs import games
-  from spr.checkpoint import CheckpointError
-  from spr.workdir import WorkdirError
 
-  try:
+  with common.bad_input():
     game_list = [games.canonical_name(g) for g in
                  (_GAMES.value.split(",") if _GAMES.value else [_GAME.value]) if g.strip()]
-    seeds = multi_trainer.parse_seeds(_SEEDS.value) if _SEEDS.value else [_SEED.value]
-  except ValueError as e:
-    fail(str(e))
+    seeds = grid.parse_seeds(_SEEDS.value) if _SEEDS.value else [_SEED.value]
   if len(set(game_list)) != len(game_list):
-    fail(f"duplicate games in --games={_GAMES.value}")
+    common.fail(f"duplicate games in --games={_GAMES.value}")
   specs = [multi_trainer.RunSpec(g, s, multi_trainer.run_workdir(_WORKDIR.value, g, s))
            for g in game_list for s in seeds]
-  try:
-    finals = multi_trainer.train_many(specs, config, _CONFIG.value,
-                                      env_workers=_ENV_WORKERS.value)
-  except (WorkdirError, CheckpointError) as e:  # CheckpointError: none usable, or an unsafe file
-    fail(str(e))
-  except PretrainedMismatch as e:  # --init_from does not fit one of the runs (checked first)
-    fail(str(e))
-  except trainer.NonFiniteLossError as e:
-    fail(str(e), code=3)
-  except OSError as e:  # a workdir under a file, unwritable, a full disk: nothing saved is lost
-    fail(io_error(e), code=IO_ERROR)
-  except trainer.Preempted as e:
-    stop(str(e), e.code)
+  finals = multi_trainer.train_many(specs, config, _CONFIG.value, env_workers=_ENV_WORKERS.value)
   for spec, final in zip(specs, finals):
     _prune_done(spec.workdir)
-    print(f"{final['game']} seed {final['seed']}: mean score {final['mean_score']:.2f} over "
-          f"{final['eval_episodes']} episodes, HNS {final['hns']:.3f} "
-          f"({final['steps']} steps, {spec.workdir}/final.json)")
+    _print_final(final, spec.workdir)
 
 
 def run():
-  logging.set_verbosity(logging.INFO)
-  app.run(main, flags_parser=parse_flags)
+  common.run(main, verbose=True)
 
 
 if __name__ == "__main__":

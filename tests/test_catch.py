@@ -226,11 +226,11 @@ def test_catch_is_a_game_but_not_an_atari_game():
 
 
 def test_report_tables_never_include_catch():
-    from launch import grid
+    from launch import grid, report
 
-    assert "catch" not in grid.read_scores_table() and "catch" not in grid.atari100k_games()
+    assert "catch" not in report.score_table() and "Catch" not in grid.parse_games("all")
     with pytest.raises(grid.GridError):
-        grid.canonical_game("catch")
+        grid.atari_game("catch")
 
 
 # ------------------------------------------------------------------- pool and evaluation

@@ -175,7 +175,7 @@ def test_worker_count_rules():
 
 
 def test_a_cores_share_limits_the_default_workers(monkeypatch):
-  """launch/jobs.py gives each of several local trainers its share of the cores."""
+  """launch/backends.py gives each of several local trainers its share of the cores."""
   monkeypatch.setenv("SPR_CORES", "5")
   assert auto_workers(100) == 4
   monkeypatch.setenv("SPR_CORES", "2")

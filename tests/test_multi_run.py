@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.spr.multi_trainer import parse_seeds, run_workdir
+from agents.spr.multi_trainer import run_workdir
+from launch.grid import parse_seeds
 from spr import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

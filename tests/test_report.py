@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from envs.games import canonical_name
 from launch import grid, report, stats
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,7 +24,7 @@ def write_table(path):
     with open(path, "w") as f:
         f.write("game,ale_id,random,human,DER,SPR,BBF\n")
         for g, (r, h, d, s, b) in TABLE.items():
-            f.write(f"{g},ALE/{grid.ale_name(g)}-v5,{r},{h},{d},{s},{b}\n")
+            f.write(f"{g},ALE/{canonical_name(g)}-v5,{r},{h},{d},{s},{b}\n")
     return str(path)
 
 
@@ -43,7 +44,7 @@ def write_run(root, label, game, seed, score, steps=100_000, budget=100_000, fin
         eps = [score - 1.0, score + 1.0] * 50  # 100 episodes, mean = score
         (wd / "eval.csv").write_text("episode,score,length\n" + "".join(f"{i},{s},10\n" for i, s in enumerate(eps)))
         (wd / "final.json").write_text(json.dumps({
-            "game": grid.ale_name(game), "seed": seed, "config_name": config_name, "steps": steps,
+            "game": canonical_name(game), "seed": seed, "config_name": config_name, "steps": steps,
             "budget_steps": budget, "eval_episodes": 100, "mean_score": score, "hns": 0.0, "wall_time_s": 1.0}))
     return wd
 
@@ -193,6 +194,23 @@ def test_missing_partial_and_short_budget_runs(tmp_path):
     assert "| breakout |" in md and "50.0 (1)!" in md
 
 
+def test_report_reads_older_sweeps_game_folders(tmp_path):
+    """Sweeps before the one game table named game folders (and sweep.json's games) by ROM id:
+    such runs are read as today's, under the same game."""
+    table = write_table(tmp_path / "scores.csv")
+    root = tmp_path / "root"
+    write_manifest(root, "C", ["pong", "breakout"], [0, 1])
+    write_run(root, "C", "pong", 0, 1.0, wd=root / "C" / "pong" / "seed_0")
+    write_run(root, "C", "breakout", 0, 50.0)
+    assert (root / "C" / "Breakout" / "seed_0").is_dir()
+    res = report.build([root], tmp_path / "out", report.ReportOptions(reps=50, scores_csv=table,
+                                                                     plots=False))
+    assert {(r.label, r.game, r.seed, r.state) for r in res["records"]} == {
+        ("C", "pong", 0, "done"), ("C", "pong", 1, "pending"), ("C", "breakout", 0, "done"),
+        ("C", "breakout", 1, "pending")}
+    assert res["summaries"]["C"].asked_games == ["pong", "breakout"]
+
+
 def test_report_cli_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "launch.report", f"--root={tmp_path / 'nope'}",
                         f"--out={tmp_path / 'o'}"], capture_output=True, text=True, cwd=REPO, timeout=60)
@@ -200,8 +218,8 @@ def test_report_cli_errors(tmp_path):
 
 
 def write_multi_run(root, game, seed, score, config_name="bbf", **kw):
-    """A run as `launch.train --games/--seeds --workdir=ROOT` writes it: ROOT/<AleName>/seed_<s>."""
-    return write_run(root, None, game, seed, score, wd=root / grid.ale_name(game) / f"seed_{seed}",
+    """A run as `launch.train --games/--seeds --workdir=ROOT` writes it: ROOT/<Game>/seed_<s>."""
+    return write_run(root, None, game, seed, score, wd=root / canonical_name(game) / f"seed_{seed}",
                      config_name=config_name, **kw)
 
 

@@ -46,8 +46,8 @@ def test_sweep_real_train_status_rerun_report(tmp_path):
   assert "1 done (skipped)" in text and "1 to run" in text and "2/2 runs done" in text, text
   assert text.count("[start]") == 1 and "seed_1 (slot 0" in text, text
   manifest = json.loads((root / "smoke" / "sweep.json").read_text())
-  assert (manifest["games"], manifest["seeds"]) == (["pong"], [0, 1])
-  wds = [root / "smoke" / "pong" / f"seed_{s}" for s in (0, 1)]
+  assert (manifest["games"], manifest["seeds"]) == (["Pong"], [0, 1])
+  wds = [root / "smoke" / "Pong" / f"seed_{s}" for s in (0, 1)]
   finals = []
   for seed, wd in enumerate(wds):
     final = json.loads((wd / "final.json").read_text())
@@ -63,8 +63,8 @@ def test_sweep_real_train_status_rerun_report(tmp_path):
   # 2. --status: both done at step 400 of 400 (from metrics.jsonl and config.json)
   status = _run(["launch.sweep", f"--root={root}", "--status"], env)
   rows = [l.split() for l in status.splitlines() if l.startswith("smoke ")]
-  assert [r[:5] for r in rows] == [["smoke", "pong", "0", "done", "400/400"],
-                                   ["smoke", "pong", "1", "done", "400/400"]], status
+  assert [r[:5] for r in rows] == [["smoke", "Pong", "0", "done", "400/400"],
+                                   ["smoke", "Pong", "1", "done", "400/400"]], status
   assert "2 runs: 0 pending, 0 running, 2 done, 0 failed, 0 interrupted" in status
 
   # 3. the same sweep again starts nothing and leaves the runs untouched

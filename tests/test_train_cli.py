@@ -248,7 +248,7 @@ def test_a_broken_final_json_is_not_done_and_the_rerun_redoes_the_evaluation(fin
   status says so, and launch.train re-runs the final evaluation from the last checkpoint."""
   import shutil
 
-  from launch import jobs
+  from launch import runstate
   from spr import workdir as wd
 
   reference, _ = finished_run
@@ -257,13 +257,13 @@ def test_a_broken_final_json_is_not_done_and_the_rerun_redoes_the_evaluation(fin
   good = json.loads((copy / "final.json").read_text())
   (copy / "final.json").write_text('{"game": "Pong", "mean_sc')  # damaged after the fact
   assert not wd.is_finished(copy) and wd.final_is_broken(copy)
-  state = jobs.read_state(copy)
+  state = runstate.read_state(copy)
   assert state.state == "failed" and "final.json does not parse" in state.error
   proc = run(train_cmd(copy))
   assert "does not parse" in proc.stderr
   again = json.loads((copy / "final.json").read_text())
   assert again["mean_score"] == good["mean_score"] and again["steps"] == good["steps"]
-  assert jobs.read_state(copy).state == "done"
+  assert runstate.read_state(copy).state == "done"
 
 
 def test_a_workdir_under_a_file_is_a_one_line_file_system_error(tmp_path):
@@ -279,12 +279,12 @@ def test_a_workdir_under_a_file_is_a_one_line_file_system_error(tmp_path):
 def test_a_full_size_run_on_a_cpu_says_how_long_and_how_to_use_a_gpu(caplog):
   import logging
 
-  from agents.spr import trainer
+  from agents.spr import engine
   from agents.spr.config import make_config
 
   with caplog.at_level(logging.INFO, logger="absl"):
-    trainer._announce_device(make_config("spr"))  # pylint: disable=protected-access
-    trainer._announce_device(make_config("smoke"))  # pylint: disable=protected-access
+    engine._announce_device(make_config("spr"))  # pylint: disable=protected-access
+    engine._announce_device(make_config("smoke"))  # pylint: disable=protected-access
   text = caplog.text
   assert "running on CPU" in text
   assert text.count('pip install -U "jax[cuda12]"') == 1  # spr only: smoke is tiny

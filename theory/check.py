@@ -1,26 +1,31 @@
 """Run every claim of theory/THEORY.md (secs. 2-4) and print a PASS/FAIL table.
 
-Usage: python -m theory.check [--only=C1,C4]   (exit code 1 if any claim fails)
+Usage: python -m theory.check [--only=C1,C4]
+Exit codes (launch/common.py, as every entry point): 0 every claim passes, 1 a claim fails,
+2 bad flags.
 """
 import sys
 import time
 
-from absl import app
 from absl import flags
+
+from launch import common
 
 _ONLY = flags.DEFINE_list("only", [], "Substrings of claim-function names to run (default all).")
 
 
-def main(argv):
-  del argv
+def main():
   import jax
   jax.config.update("jax_enable_x64", True)  # exact identities are checked to 1e-10
   from theory import claims
 
+  selected = [fn for fn in claims.ALL
+              if not _ONLY.value or any(s.lower() in fn.__name__.lower() for s in _ONLY.value)]
+  if not selected:
+    common.fail(f"--only={','.join(_ONLY.value)} matches no claim "
+                f"({', '.join(fn.__name__ for fn in claims.ALL)})")
   rows, start = [], time.time()
-  for fn in claims.ALL:
-    if _ONLY.value and not any(s.lower() in fn.__name__.lower() for s in _ONLY.value):
-      continue
+  for fn in selected:
     t0 = time.time()
     new = fn()
     rows.extend(new)
@@ -35,8 +40,8 @@ def main(argv):
           f"{'PASS' if r.passed else 'FAIL'}")
   failed = sum(not r.passed for r in rows)
   print(f"\n{len(rows) - failed}/{len(rows)} PASS in {time.time() - start:.0f}s")
-  return 1 if failed else 0
+  return common.FAILED if failed else common.OK
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)
