@@ -9,6 +9,8 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 
+from spr import diagnostics
+
 Array = chex.Array
 
 
@@ -56,20 +58,9 @@ def bidirectional_objective(phi: Array, psi: Array, t: Array) -> Array:
   return jnp.sum((phi.T @ t @ psi) ** 2)
 
 
-def stable_rank(p: Array) -> Array:
-  """||P||_F^2 / ||P||_2^2."""
-  s = jnp.linalg.svd(p, compute_uv=False)
-  return jnp.sum(s ** 2) / jnp.max(s) ** 2
-
-
-def polar_factor(p: Array) -> Array:
-  u, _, vt = jnp.linalg.svd(p)
-  return u @ vt
-
-
-def polar_distance(p: Array) -> Array:
-  """||P - polar(P)||_F, the distance of P to the orthogonal group."""
-  return jnp.linalg.norm(p - polar_factor(p))
+# The predictor's shape metrics are the agent's diagnostics (one implementation of each).
+stable_rank = diagnostics.stable_rank
+polar_distance = diagnostics.orthogonality_gap  # ||P - polar(P)||_F, distance to O(d)
 
 
 def predictor_metrics(p: Array) -> Dict[str, Array]:
