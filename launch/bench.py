@@ -26,6 +26,7 @@ run one after the other), the speed-up over N = 1, and the memory of the replay 
 (launch/gpu_suite.py time-boxes it) keeps the rows it finished. The multi-run table's rows are
 printed as they are measured for the same reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,28 +38,48 @@ from absl import flags
 
 from launch import common
 
-_CONFIG = flags.DEFINE_string("config", "spr", "Named configuration to benchmark (with --probes: "
-                              "the network of the evaluation-act rows).")
+_CONFIG = flags.DEFINE_string(
+    "config",
+    "spr",
+    "Named configuration to benchmark (with --probes: " "the network of the evaluation-act rows).",
+)
 _GAME = flags.DEFINE_string("game", "Pong", "Game for the env rows (sets the action count).")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per row (after warm-up).")
 _FILL = flags.DEFINE_integer("fill", 5000, "Transitions put in replay before timing.")
-_RUNS = flags.DEFINE_string("runs", "1,2,4", "Concurrent runs of the multi-run table ('' skips "
-                            "it; on a GPU: 1,4,16,26).")
+_RUNS = flags.DEFINE_string(
+    "runs", "1,2,4", "Concurrent runs of the multi-run table ('' skips " "it; on a GPU: 1,4,16,26)."
+)
 _MULTI_CONFIGS = flags.DEFINE_string(
-    "multi_configs", None, "Configs of the multi-run table (default: spr,bbf on a GPU, "
-    "smoke,bbf_smoke on CPU, where BBF costs ~6 s per update).")
+    "multi_configs",
+    None,
+    "Configs of the multi-run table (default: spr,bbf on a GPU, "
+    "smoke,bbf_smoke on CPU, where BBF costs ~6 s per update).",
+)
 _SINGLE = flags.DEFINE_boolean("single", True, "Print the single-run table first.")
-_ENV_WORKERS = flags.DEFINE_integer("env_workers", 0, "Worker processes of the env rows "
-                                    "(0: min(N, cores)).")
-_PROBES = flags.DEFINE_boolean("probes", False, "Only print the design probes: env stepping in a "
-                               "loop vs 2 threads (does the ALE release the GIL?) vs 2 worker "
-                               "processes, the batched "
-                               "evaluation act vmapped vs lax.map vs separate calls, network init "
-                               "eager vs jitted.")
-_MEMORY = flags.DEFINE_string("memory", "", "Only print the train-state memory of these configs "
-                              "(comma-separated) for 1 and 26 runs, from shapes (no device work).")
-_JSON = flags.DEFINE_string("json", "", "Also append each row, as soon as it is measured, to this "
-                            "file as a JSON line (a killed run keeps its finished rows).")
+_ENV_WORKERS = flags.DEFINE_integer(
+    "env_workers", 0, "Worker processes of the env rows " "(0: min(N, cores))."
+)
+_PROBES = flags.DEFINE_boolean(
+    "probes",
+    False,
+    "Only print the design probes: env stepping in a "
+    "loop vs 2 threads (does the ALE release the GIL?) vs 2 worker "
+    "processes, the batched "
+    "evaluation act vmapped vs lax.map vs separate calls, network init "
+    "eager vs jitted.",
+)
+_MEMORY = flags.DEFINE_string(
+    "memory",
+    "",
+    "Only print the train-state memory of these configs "
+    "(comma-separated) for 1 and 26 runs, from shapes (no device work).",
+)
+_JSON = flags.DEFINE_string(
+    "json",
+    "",
+    "Also append each row, as soon as it is measured, to this "
+    "file as a JSON line (a killed run keeps its finished rows).",
+)
 
 
 def _emit(table: str, **fields) -> None:
@@ -80,8 +101,10 @@ def machine_description() -> str:
   except OSError:
     pass
   devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
-  return (f"{cpu} ({os.cpu_count()} cores visible), JAX {jax.__version__} on "
-          f"{jax.default_backend()} [{devices}]")
+  return (
+      f"{cpu} ({os.cpu_count()} cores visible), JAX {jax.__version__} on "
+      f"{jax.default_backend()} [{devices}]"
+  )
 
 
 def state_bytes(config, num_actions: int) -> int:
@@ -106,8 +129,15 @@ def _time(fn, repeats: int) -> float:
   return times[len(times) // 2]
 
 
-def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: int,
-                    repeats: int, env_workers: int, on_row=None) -> list[dict]:
+def multi_run_table(
+    config_names: list[str],
+    runs: list[int],
+    game: str,
+    fill: int,
+    repeats: int,
+    env_workers: int,
+    on_row=None,
+) -> list[dict]:
   """Times the vmapped multi-run step and N emulators; returns one row per (config, N).
 
   `on_row(row)` is called as each row is measured (rows come config by config, N increasing);
@@ -130,8 +160,7 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
     # Each config's runs step envs of its own protocol (the "spr" env is a little cheaper).
     if (n, protocol) not in env_rate:
       workers = env_workers or min(n, available_cores())
-      env_rate[n, protocol] = (*_pool_rates(n, max(20, 400 // n), workers, game, protocol),
-                               workers)
+      env_rate[n, protocol] = (*_pool_rates(n, max(20, 400 // n), workers, game, protocol), workers)
     return env_rate[n, protocol]
 
   probe = AtariEnv(game, seed=0)
@@ -141,17 +170,30 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
   for name in config_names:
     config = make_config(name)
     learner = learner_for(config, num_actions)
-    add = jax.jit(lambda b, key: jax.lax.fori_loop(
-        0, fill, lambda i, b: replay.replay_add(
-            b, jax.random.randint(jax.random.fold_in(key, i), (84, 84), 0, 255).astype(jnp.uint8),
-            i % num_actions, 0.0, (i % 500) == 499), b), donate_argnums=0)
+    add = jax.jit(
+        lambda b, key: jax.lax.fori_loop(
+            0,
+            fill,
+            lambda i, b: replay.replay_add(
+                b,
+                jax.random.randint(jax.random.fold_in(key, i), (84, 84), 0, 255).astype(jnp.uint8),
+                i % num_actions,
+                0.0,
+                (i % 500) == 499,
+            ),
+            b,
+        ),
+        donate_argnums=0,
+    )
     base_rate = None
     for n in runs:
       states = []
       for i in range(n):
         st = learner.init(jax.random.PRNGKey(i))
-        st = st._replace(replay=add(st.replay, jax.random.PRNGKey(100 + i)),
-                         env_step=jnp.asarray(max(config.learn_start, fill), jnp.int32))
+        st = st._replace(
+            replay=add(st.replay, jax.random.PRNGKey(100 + i)),
+            env_step=jnp.asarray(max(config.learn_start, fill), jnp.int32),
+        )
         states.append(st)
       state = engine.stack_states(states)
       del states
@@ -184,13 +226,24 @@ def multi_run_table(config_names: list[str], runs: list[int], game: str, fill: i
         mem = stats.get("peak_bytes_in_use")
       except Exception:  # noqa: BLE001 - CPU backends have no memory stats
         pass
-      rows.append(dict(
-          config=name, runs=n, step_ms=step_ms, updates_per_s=learner_rate * config.updates_per_step,
-          learner_steps_per_s=learner_rate, env_loop=loop, env_workers=pooled,
-          workers=workers, end_to_end=end_to_end, speedup=end_to_end / base_rate,
-          replay_gb=n * config.replay_capacity * 84 * 84 / 1e9,
-          state_gb=n * state_bytes(config, learner.num_actions) / 1e9,
-          device_peak_gb=None if mem is None else mem / 1e9, compile_s=compile_s))
+      rows.append(
+          dict(
+              config=name,
+              runs=n,
+              step_ms=step_ms,
+              updates_per_s=learner_rate * config.updates_per_step,
+              learner_steps_per_s=learner_rate,
+              env_loop=loop,
+              env_workers=pooled,
+              workers=workers,
+              end_to_end=end_to_end,
+              speedup=end_to_end / base_rate,
+              replay_gb=n * config.replay_capacity * 84 * 84 / 1e9,
+              state_gb=n * state_bytes(config, learner.num_actions) / 1e9,
+              device_peak_gb=None if mem is None else mem / 1e9,
+              compile_s=compile_s,
+          )
+      )
       if on_row is not None:
         on_row(rows[-1])
       holder.clear()
@@ -206,19 +259,23 @@ def print_multi_table(rows: list[dict]) -> None:
 
 def _print_multi_header() -> None:
   print(f"multi-run table (one vmapped step per env step; machine: {machine_description()})")
-  print("| config | runs | fused step (ms) | updates/s | learner env steps/s | env steps/s "
-        "in process / workers | end-to-end env steps/s | vs 1 run | replay frames (GB) | "
-        "train states (GB) | device peak (GB) | compile (s) |")
+  print(
+      "| config | runs | fused step (ms) | updates/s | learner env steps/s | env steps/s "
+      "in process / workers | end-to-end env steps/s | vs 1 run | replay frames (GB) | "
+      "train states (GB) | device peak (GB) | compile (s) |"
+  )
   print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
 
 
 def _print_multi_row(r: dict) -> None:
   peak = "-" if r["device_peak_gb"] is None else f"{r['device_peak_gb']:.1f}"
-  print(f"| {r['config']} | {r['runs']} | {r['step_ms']:.1f} | {r['updates_per_s']:.1f} | "
-        f"{r['learner_steps_per_s']:.1f} | {r['env_loop']:.0f} / {r['env_workers']:.0f} "
-        f"({r['workers']}) | {r['end_to_end']:.1f} | {r['speedup']:.2f}x | "
-        f"{r['replay_gb']:.2f} | {r['state_gb']:.2f} | {peak} | {r['compile_s']:.0f} |",
-        flush=True)
+  print(
+      f"| {r['config']} | {r['runs']} | {r['step_ms']:.1f} | {r['updates_per_s']:.1f} | "
+      f"{r['learner_steps_per_s']:.1f} | {r['env_loop']:.0f} / {r['env_workers']:.0f} "
+      f"({r['workers']}) | {r['end_to_end']:.1f} | {r['speedup']:.2f}x | "
+      f"{r['replay_gb']:.2f} | {r['state_gb']:.2f} | {peak} | {r['compile_s']:.0f} |",
+      flush=True,
+  )
 
 
 def _multi_table_streamed(names: list[str], runs: list[int]) -> None:
@@ -229,8 +286,9 @@ def _multi_table_streamed(names: list[str], runs: list[int]) -> None:
     _print_multi_row(row)
     _emit("multi", **row)
 
-  multi_run_table(names, runs, _GAME.value, _FILL.value, _REPEATS.value, _ENV_WORKERS.value,
-                  on_row=on_row)
+  multi_run_table(
+      names, runs, _GAME.value, _FILL.value, _REPEATS.value, _ENV_WORKERS.value, on_row=on_row
+  )
 
 
 def print_memory_table(config_names: list[str], actions: int = 18) -> None:
@@ -244,8 +302,10 @@ def print_memory_table(config_names: list[str], actions: int = 18) -> None:
   for name in config_names:
     config = make_config(name)
     per_run = state_bytes(config, actions) / 1e9
-    print(f"| {name} | {config.replay_capacity * 84 * 84 / 1e9:.3f} | {per_run:.3f} | "
-          f"{26 * per_run:.1f} |")
+    print(
+        f"| {name} | {config.replay_capacity * 84 * 84 / 1e9:.3f} | {per_run:.3f} | "
+        f"{26 * per_run:.1f} |"
+    )
 
 
 def _loop_vs_threads(step_fns: list, steps: int) -> tuple[float, float]:
@@ -270,8 +330,9 @@ def _loop_vs_threads(step_fns: list, steps: int) -> tuple[float, float]:
   return loop, len(step_fns) * steps / (time.perf_counter() - t0)
 
 
-def _pool_rates(n: int, steps: int, workers: int, game: str = "Breakout",
-                protocol: str = "dopamine") -> list[float]:
+def _pool_rates(
+    n: int, steps: int, workers: int, game: str = "Breakout", protocol: str = "dopamine"
+) -> list[float]:
   """Agent steps/s of `n` envs of `game` (env `protocol`) stepped together as the training loop
   steps them (random actions in, frames and stacks out) by an EnvPool in this process and by an
   EnvPool of `workers` processes."""
@@ -321,12 +382,18 @@ def print_probes(config_name: str = "spr") -> None:
   loop, threads = _loop_vs_threads([lambda e=e: raw_act(e) for e in envs], 4000)
   rows.append(("raw ALE act, 2 envs: loop / 2 threads (frames/s)", f"{loop:.0f} / {threads:.0f}"))
   loop, threads = _loop_vs_threads(
-      [lambda e=e: e.step(int(np.random.randint(4))) for e in envs], 1000)
-  rows.append(("AtariEnv.step, 2 envs: loop / 2 threads (agent steps/s)",
-               f"{loop:.0f} / {threads:.0f}"))
+      [lambda e=e: e.step(int(np.random.randint(4))) for e in envs], 1000
+  )
+  rows.append(
+      ("AtariEnv.step, 2 envs: loop / 2 threads (agent steps/s)", f"{loop:.0f} / {threads:.0f}")
+  )
   workers = min(2, available_cores())
-  rows.append((f"EnvPool.step + stacks, 16 envs: in process / {workers} workers (agent steps/s)",
-               " / ".join(f"{r:.0f}" for r in _pool_rates(16, 150, workers))))
+  rows.append(
+      (
+          f"EnvPool.step + stacks, 16 envs: in process / {workers} workers (agent steps/s)",
+          " / ".join(f"{r:.0f}" for r in _pool_rates(16, 150, workers)),
+      )
+  )
 
   learner = SPRLearner(make_config(config_name), 6)
   net = "SPR net" if config_name == "spr" else f"{config_name} net"
@@ -336,20 +403,29 @@ def print_probes(config_name: str = "spr") -> None:
   greedy = learner._greedy_actions  # pylint: disable=protected-access
   vmapped = jax.jit(jax.vmap(greedy))
   mapped = jax.jit(lambda a, s: jax.lax.map(lambda x: greedy(*x), (a, s)))
-  separate = lambda: [learner.greedy_actions(learner.acting_params(s), stacks[i])
-                      for i, s in enumerate(states)]
+  separate = lambda: [
+      learner.greedy_actions(learner.acting_params(s), stacks[i]) for i, s in enumerate(states)
+  ]
   batched = evaluation.batched_greedy(learner)  # what training uses on this backend
   one = np.ascontiguousarray(stacks[:, :1])
-  for name, fn in (("vmap", lambda: vmapped(acting, stacks)),
-                   ("lax.map", lambda: mapped(acting, stacks)), ("separate calls", separate),
-                   # The tail of an evaluation: one episode left per run, padded to the full
-                   # width (what the act function does) or not.
-                   ("1 stack per run, unpadded", lambda: batched(acting, one))):
+  for name, fn in (
+      ("vmap", lambda: vmapped(acting, stacks)),
+      ("lax.map", lambda: mapped(acting, stacks)),
+      ("separate calls", separate),
+      # The tail of an evaluation: one episode left per run, padded to the full
+      # width (what the act function does) or not.
+      ("1 stack per run, unpadded", lambda: batched(acting, one)),
+  ):
     jax.block_until_ready(fn())
     ms = _time(lambda: jax.block_until_ready(fn()), 7)
-    rows.append((f"evaluation act, {net}, 2 runs x 100 stacks, {name} (ms)"
-                 if "1 stack" not in name else
-                 f"evaluation act, {net}, 2 runs x {name} (ms)", f"{ms:.1f}"))
+    rows.append(
+        (
+            f"evaluation act, {net}, 2 runs x 100 stacks, {name} (ms)"
+            if "1 stack" not in name
+            else f"evaluation act, {net}, 2 runs x {name} (ms)",
+            f"{ms:.1f}",
+        )
+    )
 
   smoke = SPRLearner(make_config("smoke"), 6)
   t0 = time.perf_counter()
@@ -361,8 +437,12 @@ def print_probes(config_name: str = "spr") -> None:
   rows.append(("smoke learner init, first call: eager / jitted (s)", f"{eager:.1f} / {jitted:.1f}"))
   print(f"design probes; machine: {machine_description()}")
   _print_rows("probe", rows)
-  _emit("probes", config=config_name, machine=machine_description(),
-        rows=[dict(name=name, value=value) for name, value in rows])
+  _emit(
+      "probes",
+      config=config_name,
+      machine=machine_description(),
+      rows=[dict(name=name, value=value) for name, value in rows],
+  )
 
 
 def _print_rows(header: str, rows: list[tuple[str, str]]) -> None:
@@ -376,6 +456,7 @@ def _print_rows(header: str, rows: list[tuple[str, str]]) -> None:
 
 def main():
   import jax
+
   if _PROBES.value:
     print_probes(_CONFIG.value)
     return
@@ -443,17 +524,32 @@ def _single_table():
   one_update()
   update_ms = _time(one_update, _REPEATS.value)
   # The update's row first: the fused step's compile (all updates unrolled) may be cut short.
-  _emit("single", config=_CONFIG.value, game=_GAME.value, batch_size=config.batch_size,
-        updates_per_step=config.updates_per_step, machine=machine_description(),
-        update_ms=update_ms, env_steps_per_s=env_only, fill_steps_per_s=env_rate,
-        compile_s=compile_s, partial=True)
+  _emit(
+      "single",
+      config=_CONFIG.value,
+      game=_GAME.value,
+      batch_size=config.batch_size,
+      updates_per_step=config.updates_per_step,
+      machine=machine_description(),
+      update_ms=update_ms,
+      env_steps_per_s=env_only,
+      fill_steps_per_s=env_rate,
+      compile_s=compile_s,
+      partial=True,
+  )
 
   stack = env.stack
 
   def one_step():
-    holder[0], action, m = learner.step(holder[0], frame, np.int32(0), np.float32(0.0),
-                                        np.bool_(False), stack,
-                                        num_updates=config.updates_per_step)
+    holder[0], action, m = learner.step(
+        holder[0],
+        frame,
+        np.int32(0),
+        np.float32(0.0),
+        np.bool_(False),
+        stack,
+        num_updates=config.updates_per_step,
+    )
     jax.block_until_ready(action)
 
   one_step()
@@ -464,24 +560,51 @@ def _single_table():
   act()
   act_ms = _time(act, 50)
 
+  # Representation diagnostics (SPRLearner.diagnostics): one call every `diagnostics_every`
+  # env steps, i.e. every diagnostics_every * updates_per_step updates.
+  diagnose = jax.jit(learner.diagnostics)
+  diag = lambda: jax.block_until_ready(diagnose(holder[0]))
+  diag()
+  diag_ms = _time(diag, max(_REPEATS.value // 4, 3))
+  every = config.diagnostics_every or make_config("spr").diagnostics_every
+  diag_share = diag_ms / (diag_ms + every * config.updates_per_step * update_ms)
+
   rows = [
       ("learner update (ms)", f"{update_ms:.1f}"),
       (f"fused env step: add + {config.updates_per_step} updates + act (ms)", f"{step_ms:.1f}"),
       ("acting latency, 1 state (ms)", f"{act_ms:.2f}"),
+      ("diagnostics call (ms)", f"{diag_ms:.1f}"),
+      (f"diagnostics' share of update time, every {every} env steps", f"{100 * diag_share:.3f}%"),
       ("env steps/s (training env, random actions)", f"{env_only:.0f}"),
       ("replay fill: env + device add (steps/s)", f"{env_rate:.0f}"),
       ("update compile time (s)", f"{compile_s:.1f}"),
   ]
-  print(f"SPR benchmark: config={_CONFIG.value}, batch {config.batch_size}, "
-        f"K={config.spr_steps}, n={config.n_step}, {param_count(acting[0]):,} parameters, "
-        f"game {_GAME.value}")
+  print(
+      f"SPR benchmark: config={_CONFIG.value}, batch {config.batch_size}, "
+      f"K={config.spr_steps}, n={config.n_step}, {param_count(acting[0]):,} parameters, "
+      f"game {_GAME.value}"
+  )
   print(f"machine: {machine_description()}")
   _print_rows("measure", rows)
   print(f"update_ms: {update_ms:.1f}", flush=True)
-  _emit("single", config=_CONFIG.value, game=_GAME.value, batch_size=config.batch_size,
-        updates_per_step=config.updates_per_step, parameters=param_count(acting[0]),
-        machine=machine_description(), update_ms=update_ms, step_ms=step_ms, act_ms=act_ms,
-        env_steps_per_s=env_only, fill_steps_per_s=env_rate, compile_s=compile_s, partial=False)
+  _emit(
+      "single",
+      config=_CONFIG.value,
+      game=_GAME.value,
+      batch_size=config.batch_size,
+      updates_per_step=config.updates_per_step,
+      parameters=param_count(acting[0]),
+      machine=machine_description(),
+      update_ms=update_ms,
+      step_ms=step_ms,
+      act_ms=act_ms,
+      diagnostics_ms=diag_ms,
+      diagnostics_share=diag_share,
+      env_steps_per_s=env_only,
+      fill_steps_per_s=env_rate,
+      compile_s=compile_s,
+      partial=False,
+  )
 
 
 def run():

@@ -4,6 +4,7 @@ Every default is the value the SPR reference code (mila-iqia/spr) ran for the pu
 100k results; see the field comments, and docs/FIDELITY.md for every behaviour of the `spr`,
 `sgi` and `bbf` configs against the reference code, with the test that pins it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +26,7 @@ class SPRConfig(configs.AgentConfig):
   their defaults and checks in spr.configs.AgentConfig; here `steps`, `log_every` and
   `checkpoint_every` count agent (env) steps, 100k steps = 400k frames.
   """
+
   # Budget and schedule.
   # a_0..a_learn_start uniformly random; the first updates run once learn_start + 1 transitions
   # are stored (rlpyt's min_itr_learn, Dopamine's add_count > min_replay_history).
@@ -34,6 +36,10 @@ class SPRConfig(configs.AgentConfig):
   eval_epsilon: float = 0.001
   eval_every: int = 0  # env steps between periodic evaluations (0: only the final one)
   eval_every_episodes: int = 10  # episodes of a periodic evaluation
+  # env steps between representation diagnostics (`SPRLearner.diagnostics`: srank, dormant
+  # units, predictor shape, per-k SPR cosine, gradient norms per role) in metrics.jsonl; 0: none.
+  # They read the state and change nothing, so the trajectory is the same with or without them.
+  diagnostics_every: int = 5000
   # Env: "spr" = the SPR/SGI code's own ALE env (mila-iqia/spr src/rlpyt_atari_env.py);
   # "dopamine" = Dopamine's / gymnasium's AtariPreprocessing, which BBF runs. envs/atari.py.
   env_protocol: str = "spr"
@@ -120,50 +126,80 @@ class SPRConfig(configs.AgentConfig):
   def checks(self) -> list[tuple[bool, str]]:
     return super().checks() + [
         (0 <= self.learn_start < self.steps, "learn_start must be in [0, steps)"),
-        (self.replay_protocol in replay.PROTOCOLS,
-         f"replay_protocol must be one of {', '.join(replay.PROTOCOLS)}"),
+        (
+            self.replay_protocol in replay.PROTOCOLS,
+            f"replay_protocol must be one of {', '.join(replay.PROTOCOLS)}",
+        ),
         (self.updates_per_step >= 0, "updates_per_step must be >= 0"),
         (self.eval_episodes >= 0, "eval_episodes must be >= 0"),
+        (self.diagnostics_every >= 0, "diagnostics_every must be >= 0"),
         (self.n_step >= 1, "n_step must be >= 1"),
         (0.0 <= self.gamma_start < 1.0, "gamma_start must be in [0, 1)"),
-        (self.encoder_lr >= 0 and self.head_first_lr >= 0 and self.weight_decay >= 0,
-         "encoder_lr, head_first_lr and weight_decay must be >= 0"),
+        (
+            self.encoder_lr >= 0 and self.head_first_lr >= 0 and self.weight_decay >= 0,
+            "encoder_lr, head_first_lr and weight_decay must be >= 0",
+        ),
         (self.noisy_std >= 0, "noisy_std must be >= 0"),
-        (self.priority_alpha >= 0 and 0 <= self.priority_beta_start <= 1
-         and 0 <= self.priority_beta_end <= 1,
-         "priority_alpha must be >= 0, priority_beta_start/end in [0, 1]"),
+        (
+            self.priority_alpha >= 0
+            and 0 <= self.priority_beta_start <= 1
+            and 0 <= self.priority_beta_end <= 1,
+            "priority_alpha must be >= 0, priority_beta_start/end in [0, 1]",
+        ),
         (0.0 <= self.eval_epsilon <= 1.0, "eval_epsilon must be in [0, 1]"),
         (self.spr_steps >= 0, "spr_steps must be >= 0"),
-        (self.predictor in PREDICTOR_NAMES,
-         f"predictor must be one of {', '.join(PREDICTOR_NAMES)}"),
+        (
+            self.predictor in PREDICTOR_NAMES,
+            f"predictor must be one of {', '.join(PREDICTOR_NAMES)}",
+        ),
         (0.0 <= self.predictor_ema < 1.0, "predictor_ema must be in [0, 1)"),
-        (self.encoder in ("nature", "impala", "sgi_m", "sgi_ml"),
-         "encoder must be 'nature', 'impala', 'sgi_m' or 'sgi_ml'"),
-        (self.replay_capacity > max(self.n_step, self.spr_steps) + 4,
-         "replay_capacity too small for n_step / spr_steps"),
+        (
+            self.encoder in ("nature", "impala", "sgi_m", "sgi_ml"),
+            "encoder must be 'nature', 'impala', 'sgi_m' or 'sgi_ml'",
+        ),
+        (
+            self.replay_capacity > max(self.n_step, self.spr_steps) + 4,
+            "replay_capacity too small for n_step / spr_steps",
+        ),
         (self.optimizer in ("adam", "adamw"), "optimizer must be 'adam' or 'adamw'"),
         (self.head in ("dueling", "shared"), "head must be 'dueling' or 'shared'"),
         (self.init in ("torch", "xavier"), "init must be 'torch' or 'xavier'"),
         (self.renorm_eps >= 0, "renorm_eps must be >= 0"),
         (self.priority_kind in ("kl", "ce"), "priority_kind must be 'kl' or 'ce'"),
         (self.env_protocol in ("spr", "dopamine"), "env_protocol must be 'spr' or 'dopamine'"),
-        (not self.init_from or self.head == "dueling",
-         "init_from (SGI finetuning) needs head='dueling' (SGI's first head layer per stream)"),
+        (
+            not self.init_from or self.head == "dueling",
+            "init_from (SGI finetuning) needs head='dueling' (SGI's first head layer per stream)",
+        ),
         (0 <= self.n_step_final <= self.n_step, "n_step_final must be in [0, n_step]"),
-        (self.anneal_updates >= 0 and self.reset_every >= 0 and self.reset_every_updates >= 0,
-         "anneal_updates, reset_every and reset_every_updates must be >= 0"),
-        (not (self.reset_every and self.reset_every_updates),
-         "set reset_every (env steps) or reset_every_updates, not both"),
-        (not self.reset_every_updates or (
-            self.updates_per_step > 0 and self.reset_every_updates % self.updates_per_step == 0),
-         "reset_every_updates must be a multiple of updates_per_step"),
-        (self.n_step_convention in ("textbook", "bbf"),
-         "n_step_convention must be 'textbook' or 'bbf'"),
-        (self.next_state_augmentation in ("independent", "shared"),
-         "next_state_augmentation must be 'independent' or 'shared'"),
+        (
+            self.anneal_updates >= 0 and self.reset_every >= 0 and self.reset_every_updates >= 0,
+            "anneal_updates, reset_every and reset_every_updates must be >= 0",
+        ),
+        (
+            not (self.reset_every and self.reset_every_updates),
+            "set reset_every (env steps) or reset_every_updates, not both",
+        ),
+        (
+            not self.reset_every_updates
+            or (
+                self.updates_per_step > 0 and self.reset_every_updates % self.updates_per_step == 0
+            ),
+            "reset_every_updates must be a multiple of updates_per_step",
+        ),
+        (
+            self.n_step_convention in ("textbook", "bbf"),
+            "n_step_convention must be 'textbook' or 'bbf'",
+        ),
+        (
+            self.next_state_augmentation in ("independent", "shared"),
+            "next_state_augmentation must be 'independent' or 'shared'",
+        ),
         (0.0 <= self.epsilon_train <= 1.0, "epsilon_train must be in [0, 1]"),
-        (not self.act_with_target or self.has_target,
-         "act_with_target needs a stored target (target_tau < 1 or target_ema_before_update)"),
+        (
+            not self.act_with_target or self.has_target,
+            "act_with_target needs a stored target (target_tau < 1 or target_ema_before_update)",
+        ),
     ]
 
   def validate(self) -> SPRConfig:
@@ -176,7 +212,8 @@ class SPRConfig(configs.AgentConfig):
       raise ValueError(
           f"learn_start must be >= {first - 1} with n_step={self.n_step}, spr_steps="
           f"{self.spr_steps} and replay_protocol={self.replay_protocol}: replay has nothing to "
-          "sample before")
+          "sample before"
+      )
     return self
 
 
@@ -186,8 +223,9 @@ class SPRConfig(configs.AgentConfig):
 LEGACY_VALUES = {
     # SGI ResNets had no normalisation before BatchNorm was added; other encoders ignore the
     # setting, and read as the default so that their runs resume.
-    "resnet_norm": lambda stored: ("none" if str(stored.get("encoder", "")).startswith("sgi")
-                                   else SPRConfig.resnet_norm),
+    "resnet_norm": lambda stored: (
+        "none" if str(stored.get("encoder", "")).startswith("sgi") else SPRConfig.resnet_norm
+    ),
     "target_ema_before_update": False,
     "bootstrap_with_target": True,
     # Every env was gymnasium's AtariPreprocessing before the SPR code's env existed.
@@ -196,36 +234,96 @@ LEGACY_VALUES = {
     "reset_every_updates": 0,
     "n_step_convention": "textbook",
     "next_state_augmentation": "independent",
+    # Diagnostics do not change a run: an older run resumes with its named config's cadence.
+    "diagnostics_every": lambda stored: CONFIGS.get(stored.get("config_name"), {}).get(
+        "diagnostics_every", SPRConfig.diagnostics_every
+    ),
 }
 
 
 _SMOKE = dict(
-    steps=400, learn_start=100, batch_size=4, eval_episodes=2, encoder_channels=(8, 8, 8),
-    hidden=16, num_atoms=11, transition_hidden=8, n_step=3, spr_steps=2, replay_capacity=1000,
-    log_every=100, checkpoint_every=100, updates_per_step=1,
+    steps=400,
+    learn_start=100,
+    batch_size=4,
+    eval_episodes=2,
+    encoder_channels=(8, 8, 8),
+    hidden=16,
+    num_atoms=11,
+    transition_hidden=8,
+    n_step=3,
+    spr_steps=2,
+    replay_capacity=1000,
+    log_every=100,
+    checkpoint_every=100,
+    updates_per_step=1,
+    diagnostics_every=0,
 )
 
 # BBF as google-research/bigger_better_faster runs it (bbf/configs/BBF.gin, agents/spr_agent.py,
 # replay_memory/subsequence_replay_buffer.py, spr_networks.py). docs/FIDELITY.md table (d) gives
 # each setting's reference line and test, and what of BBF's env and replay is not reproduced.
 _BBF_RR2 = dict(
-    encoder="impala", impala_width=4, hidden=1024, transition_hidden=128, noisy=False,
-    head="shared", transition_norm=False, init="xavier", renorm_eps=1e-5, priority_kind="ce",
+    encoder="impala",
+    impala_width=4,
+    hidden=1024,
+    transition_hidden=128,
+    noisy=False,
+    head="shared",
+    transition_norm=False,
+    init="xavier",
+    renorm_eps=1e-5,
+    priority_kind="ce",
     priority_alpha=0.5,
-    optimizer="adamw", weight_decay=0.1, grad_clip=0.0, target_tau=0.005, act_with_target=True,
-    target_ema_before_update=False, bootstrap_with_target=True,
-    n_step=10, n_step_final=3, gamma=0.997, gamma_start=0.97, anneal_updates=10_000,
-    reset_every_updates=40_000, reset_until=100_000, shrink_factor=0.5, perturb_factor=0.5,
-    n_step_convention="bbf", next_state_augmentation="shared",
-    epsilon_train=0.0, epsilon_decay_steps=2001, priority_beta_start=0.5, priority_beta_end=0.5,
-    replay_capacity=200_000, updates_per_step=2, env_protocol="dopamine", replay_protocol="bbf",
+    optimizer="adamw",
+    weight_decay=0.1,
+    grad_clip=0.0,
+    target_tau=0.005,
+    act_with_target=True,
+    target_ema_before_update=False,
+    bootstrap_with_target=True,
+    n_step=10,
+    n_step_final=3,
+    gamma=0.997,
+    gamma_start=0.97,
+    anneal_updates=10_000,
+    reset_every_updates=40_000,
+    reset_until=100_000,
+    shrink_factor=0.5,
+    perturb_factor=0.5,
+    n_step_convention="bbf",
+    next_state_augmentation="shared",
+    epsilon_train=0.0,
+    epsilon_decay_steps=2001,
+    priority_beta_start=0.5,
+    priority_beta_end=0.5,
+    replay_capacity=200_000,
+    updates_per_step=2,
+    env_protocol="dopamine",
+    replay_protocol="bbf",
 )
 # Tiny BBF-like config for tests (every BBF mechanism, CPU-sized network).
 _BBF_SMOKE = dict(
-    _BBF_RR2, impala_width=1, hidden=16, num_atoms=11, transition_hidden=8, batch_size=4,
-    steps=200, learn_start=50, eval_episodes=1, n_step=4, n_step_final=2, spr_steps=2,
-    anneal_updates=40, reset_every_updates=50, reset_until=150, epsilon_decay_steps=30,
-    replay_capacity=1000, log_every=50, checkpoint_every=50, updates_per_step=1,
+    _BBF_RR2,
+    diagnostics_every=0,
+    impala_width=1,
+    hidden=16,
+    num_atoms=11,
+    transition_hidden=8,
+    batch_size=4,
+    steps=200,
+    learn_start=50,
+    eval_episodes=1,
+    n_step=4,
+    n_step_final=2,
+    spr_steps=2,
+    anneal_updates=40,
+    reset_every_updates=50,
+    reset_until=150,
+    epsilon_decay_steps=30,
+    replay_capacity=1000,
+    log_every=50,
+    checkpoint_every=50,
+    updates_per_step=1,
 )
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -237,9 +335,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # SGI finetuning (mila-iqia/SGI scripts/experiments/sgim_finetune.sh + config.yaml); pass
     # --init_from=<pretraining workdir>. The EMA target (SGI's momentum_tau 0.01) gives only the
     # SPR targets; the C51 bootstrap uses the online net (SGI's target_update_tau 1).
-    "sgi": dict(encoder="sgi_m", hidden=512, encoder_lr=1e-6, head_first_lr=3e-5,
-                grad_clip=0.0, target_tau=0.01, target_ema_before_update=True,
-                bootstrap_with_target=False),
+    "sgi": dict(
+        encoder="sgi_m",
+        hidden=512,
+        encoder_lr=1e-6,
+        head_first_lr=3e-5,
+        grad_clip=0.0,
+        target_tau=0.01,
+        target_ema_before_update=True,
+        bootstrap_with_target=False,
+    ),
 }
 
 # The generic parse / make / load of spr.configs, bound to this agent's class and named configs.

@@ -30,11 +30,13 @@ stays); the others go on and `NonFiniteLossError` names it at the end. After tra
 of one action count are evaluated together (`agents.spr.evaluation`) and write eval.csv, then
 final.json.
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import functools
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -46,8 +48,15 @@ from absl import logging
 
 from agents.spr import evaluation
 from agents.spr.config import LEGACY_VALUES, SPRConfig
-from agents.spr.learner import (SPRLearner, TrainState, is_reset_step, learner_for, param_count,
-                                updates_at, updates_through)
+from agents.spr.learner import (
+    SPRLearner,
+    TrainState,
+    is_reset_step,
+    learner_for,
+    param_count,
+    updates_at,
+    updates_through,
+)
 from envs import games
 from envs.atari import clip_reward
 from envs.pool import EnvPool, resolve_workers
@@ -59,6 +68,7 @@ LOSS_KEYS = ("loss", "rl_loss", "spr_loss")  # StepMetrics sums averaged per upd
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
   """One run: the game, the seed, and the workdir that holds everything of it."""
+
   game: str
   seed: int
   workdir: str | Path
@@ -95,6 +105,7 @@ class Run:
   """The host side of one run: where it writes, its env in the pool, what its checkpoint
   carries besides the learner state (`host`: step, pending frame and action, elapsed time,
   episodes), its metrics window, and why it failed (a non-finite loss) if it did."""
+
   spec: RunSpec
   path: Path
   env_handle: int | None
@@ -118,6 +129,7 @@ class Group:
 
   `state` is stacked over runs (leading run axis) for several runs, and the run's own state for
   a group of one."""
+
   learner: SPRLearner
   runs: list[Run]
   state: TrainState
@@ -155,18 +167,32 @@ class Group:
     return f"{len(self.runs)} runs ({self.learner.num_actions} actions)"
 
 
-def _step_group(g: Group, num_updates: int, reset: bool, rewards: np.ndarray,
-                terminals: np.ndarray, stacks: np.ndarray):
+def _step_group(
+    g: Group,
+    num_updates: int,
+    reset: bool,
+    rewards: np.ndarray,
+    terminals: np.ndarray,
+    stacks: np.ndarray,
+):
   """Dispatches one learner step of every run of `g` (no host sync); returns the device arrays
   (next actions, StepMetrics), with a run axis only for a stacked group."""
   if g.stacked:
     fn = batched_step(g.learner, num_updates, reset)
-    g.state, next_actions, metrics = fn(g.state, g.frames, g.actions, clip_reward(rewards),
-                                        terminals, stacks)
+    g.state, next_actions, metrics = fn(
+        g.state, g.frames, g.actions, clip_reward(rewards), terminals, stacks
+    )
   else:
     g.state, next_actions, metrics = g.learner.step(
-        g.state, g.frames[0], np.int32(g.actions[0]), clip_reward(rewards[0]),
-        np.bool_(terminals[0]), stacks[0], num_updates=num_updates, reset=reset)
+        g.state,
+        g.frames[0],
+        np.int32(g.actions[0]),
+        clip_reward(rewards[0]),
+        np.bool_(terminals[0]),
+        stacks[0],
+        num_updates=num_updates,
+        reset=reset,
+    )
   return next_actions, metrics
 
 
@@ -175,8 +201,13 @@ def _with_run_axis(g: Group, fetched):
 
 
 # ------------------------------------------------------------------------------ entry point
-def train_runs(specs: list[RunSpec], config: SPRConfig, config_name: str = "spr",
-               progress: bool | None = None, env_workers: int = -1) -> list[dict]:
+def train_runs(
+    specs: list[RunSpec],
+    config: SPRConfig,
+    config_name: str = "spr",
+    progress: bool | None = None,
+    env_workers: int = -1,
+) -> list[dict]:
   """Trains (or resumes) every run of `specs` together; returns their final.json contents in
   the order of `specs`. Finished runs are skipped (their final.json is returned).
 
@@ -201,24 +232,36 @@ def train_runs(specs: list[RunSpec], config: SPRConfig, config_name: str = "spr"
       wd.release_lock(workdir)
 
 
-def _train_runs(specs: list[RunSpec], config: SPRConfig, config_name: str,
-                progress: bool | None, env_workers: int, pretrained: list) -> list[dict]:
+def _train_runs(
+    specs: list[RunSpec],
+    config: SPRConfig,
+    config_name: str,
+    progress: bool | None,
+    env_workers: int,
+    pretrained: list,
+) -> list[dict]:
   finals: dict[int, dict] = {}
   unfinished: list[tuple[int, Path]] = []
   for index, spec in enumerate(specs):
     # A lost config.json comes back from the settings its checkpoints recorded, so that a resume
     # with other settings is refused by name rather than continued under them.
-    checkpoint.restore_missing_config(Path(spec.workdir) / wd.CONFIG,
-                                      Path(spec.workdir) / wd.CHECKPOINTS)
-    path = wd.prepare(spec.workdir, run_identity(config_name, spec.game, spec.seed, config),
-                      LEGACY_VALUES)
+    checkpoint.restore_missing_config(
+        Path(spec.workdir) / wd.CONFIG, Path(spec.workdir) / wd.CHECKPOINTS
+    )
+    path = wd.prepare(
+        spec.workdir, run_identity(config_name, spec.game, spec.seed, config), LEGACY_VALUES
+    )
     if wd.final_is_broken(path):
-      logging.warning("%s does not parse: the run is not done; re-running its final evaluation "
-                      "from the last checkpoint", path / wd.FINAL)
+      logging.warning(
+          "%s does not parse: the run is not done; re-running its final evaluation "
+          "from the last checkpoint",
+          path / wd.FINAL,
+      )
     if wd.is_finished(path):
       finals[index] = wd.read_final(path)
-      logging.info("run in %s already finished; skipped (mean score %.2f)", path,
-                   finals[index]["mean_score"])
+      logging.info(
+          "run in %s already finished; skipped (mean score %.2f)", path, finals[index]["mean_score"]
+      )
     else:
       unfinished.append((index, path))
   # One pool steps the training envs and the evaluations' (runs x episodes).
@@ -230,8 +273,9 @@ def _train_runs(specs: list[RunSpec], config: SPRConfig, config_name: str,
       logging.info("envs stepped by %d worker processes", workers)
     members = []
     for index, path in unfinished:
-      run, learner, state = _start_run(specs[index], path, config, config_name, pretrained[index],
-                                       pool)
+      run, learner, state = _start_run(
+          specs[index], path, config, config_name, pretrained[index], pool
+      )
       pretrained[index] = None  # loaded: free it
       members.append((run, learner, state))
       started.append((index, run))
@@ -244,8 +288,9 @@ def _train_runs(specs: list[RunSpec], config: SPRConfig, config_name: str,
         _loop(groups, config, term, pool, progress)
       index_of = {id(run): index for index, run in started}
       for learner, runs, acting, stacked in _final_groups(groups):
-        for run, final in zip(runs, _final_evaluations(learner, runs, acting, stacked, config,
-                                                       config_name, pool)):
+        for run, final in zip(
+            runs, _final_evaluations(learner, runs, acting, stacked, config, config_name, pool)
+        ):
           finals[index_of[id(run)]] = final
 
   failed = [run.failed for _, run in started if run.failed]
@@ -255,9 +300,14 @@ def _train_runs(specs: list[RunSpec], config: SPRConfig, config_name: str,
 
 
 # ------------------------------------------------------------------------------ starting a run
-def start_or_resume(learner: SPRLearner, env, seed: int, ckpt_dir: Path,
-                    pretrained: dict | None, identity: dict | None = None
-                    ) -> tuple[TrainState, dict, bool]:
+def start_or_resume(
+    learner: SPRLearner,
+    env,
+    seed: int,
+    ckpt_dir: Path,
+    pretrained: dict | None,
+    identity: dict | None = None,
+) -> tuple[TrainState, dict, bool]:
   """(learner state, host state, resumed) of a run on `env`: its newest checkpoint restored (env
   included), else a new run - init from PRNGKey(seed), the pretrained network loaded when
   `pretrained` (from `pretrained_for_new_run`) is given, the env reset, the first action drawn.
@@ -265,21 +315,29 @@ def start_or_resume(learner: SPRLearner, env, seed: int, ckpt_dir: Path,
   refused, naming them (spr.workdir.WorkdirError)."""
   state = learner.init(jax.random.PRNGKey(seed))
   if checkpoint.checkpoint_steps(ckpt_dir):
-    _, tree, host, _ = checkpoint.restore(ckpt_dir, state, expect_config=identity,
-                                          legacy=LEGACY_VALUES)
+    _, tree, host, _ = checkpoint.restore(
+        ckpt_dir, state, expect_config=identity, legacy=LEGACY_VALUES
+    )
     env.set_state(host.pop("env"))
     return jax.device_put(tree), host, True
   if pretrained is not None:
     state = _load_pretrained(learner, state, pretrained, env.action_set)
   frame = env.reset()
   state, action = learner.first_action(state)
-  host = dict(step=0, frame=frame, action=int(action), elapsed=0.0, episodes=[],
-              params_count=param_count(state.params))
+  host = dict(
+      step=0,
+      frame=frame,
+      action=int(action),
+      elapsed=0.0,
+      episodes=[],
+      params_count=param_count(state.params),
+  )
   return state, host, False
 
 
-def pretrained_for_new_run(config: SPRConfig, game: str, workdir: str | Path,
-                           memo: dict | None = None):
+def pretrained_for_new_run(
+    config: SPRConfig, game: str, workdir: str | Path, memo: dict | None = None
+):
   """SGI finetuning: the `init_from` checkpoint, checked against this run before its workdir is
   created (raises agents.sgi.finetune.PretrainedMismatch); None without init_from or when the run
   resumes (its own checkpoint holds the finetuned weights). `memo` (a dict the caller keeps)
@@ -303,27 +361,40 @@ def pretrained_for_new_run(config: SPRConfig, game: str, workdir: str | Path,
   return payload
 
 
-def _load_pretrained(learner: SPRLearner, state: TrainState, payload: dict,
-                     game_actions) -> TrainState:
+def _load_pretrained(
+    learner: SPRLearner, state: TrainState, payload: dict, game_actions
+) -> TrainState:
   """`state` with the pretrained network loaded (`game_actions`: the game's ALE action ids)."""
   from agents.sgi import finetune
 
   state = finetune.load_into_state(learner, state, payload, game_actions)
-  logging.info("loaded pretrained encoder, transition model, predictor and first head layer "
-               "from %s (pretraining step %s)", payload["path"], payload.get("step"))
+  logging.info(
+      "loaded pretrained encoder, transition model, predictor and first head layer "
+      "from %s (pretraining step %s)",
+      payload["path"],
+      payload.get("step"),
+  )
   return state
 
 
-def _start_run(spec: RunSpec, path: Path, config: SPRConfig, config_name: str,
-               pretrained: dict | None, pool: EnvPool) -> tuple[Run, SPRLearner, TrainState]:
+def _start_run(
+    spec: RunSpec,
+    path: Path,
+    config: SPRConfig,
+    config_name: str,
+    pretrained: dict | None,
+    pool: EnvPool,
+) -> tuple[Run, SPRLearner, TrainState]:
   """A run's host objects, learner and state: started (or restored) on a local env, then the
   env's state moves into the pool (exact), so a run starts in a batch exactly as alone."""
   env = games.make_env(spec.game, seed=spec.seed, training=True, protocol=config.env_protocol)
   learner = learner_for(config, env.num_actions)
-  state, host, resumed = start_or_resume(learner, env, spec.seed, path / wd.CHECKPOINTS,
-                                         pretrained, wd.read_json(path / wd.CONFIG))
-  [handle] = pool.add([dict(game=spec.game, seed=spec.seed, training=True,
-                            protocol=config.env_protocol)])
+  state, host, resumed = start_or_resume(
+      learner, env, spec.seed, path / wd.CHECKPOINTS, pretrained, wd.read_json(path / wd.CONFIG)
+  )
+  [handle] = pool.add(
+      [dict(game=spec.game, seed=spec.seed, training=True, protocol=config.env_protocol)]
+  )
   pool.set_state([handle], [env.get_state()])
   env.close()
   run = Run(spec, path, handle, host, wd.MetricsLog(path))
@@ -333,8 +404,14 @@ def _start_run(spec: RunSpec, path: Path, config: SPRConfig, config_name: str,
   if resumed:
     logging.info("resumed %s at step %d", path, host["step"])
   else:
-    logging.info("new run: %s seed %d, config %s, %d parameters, workdir %s", spec.game,
-                 spec.seed, config_name, host["params_count"], path)
+    logging.info(
+        "new run: %s seed %d, config %s, %d parameters, workdir %s",
+        spec.game,
+        spec.seed,
+        config_name,
+        host["params_count"],
+        path,
+    )
   return run, learner, state
 
 
@@ -346,13 +423,24 @@ def _make_groups(members: list[tuple[Run, SPRLearner, TrainState]]) -> list[Grou
   for (_, step), group in sorted(by_key.items()):
     runs = [m[0] for m in group]
     state = group[0][2] if len(group) == 1 else stack_states([m[2] for m in group])
-    groups.append(Group(
-        learner=group[0][1], runs=runs, state=state, step=step,
-        actions=np.array([r.host["action"] for r in runs], np.int32),
-        frames=np.stack([r.host["frame"] for r in runs])))
+    groups.append(
+        Group(
+            learner=group[0][1],
+            runs=runs,
+            state=state,
+            step=step,
+            actions=np.array([r.host["action"] for r in runs], np.int32),
+            frames=np.stack([r.host["frame"] for r in runs]),
+        )
+    )
     if len(members) > 1:  # which runs share a batch (a batch of one runs unbatched)
-      logging.info("batch of %d runs (%d actions) from step %d: %s", len(runs),
-                   group[0][1].num_actions, step, ", ".join(r.name for r in runs))
+      logging.info(
+          "batch of %d runs (%d actions) from step %d: %s",
+          len(runs),
+          group[0][1].num_actions,
+          step,
+          ", ".join(r.name for r in runs),
+      )
   return groups
 
 
@@ -368,13 +456,20 @@ def _announce_device(config: SPRConfig) -> None:
     hours = updates * 0.12 / 3600
     logging.warning(
         "%d gradient updates of a full-size network on a CPU: on the order of %.0f hours or "
-        "more (a day for SPR; BBF far longer). For a GPU: pip install -U \"jax[cuda12]\"",
-        updates, hours)
+        'more (a day for SPR; BBF far longer). For a GPU: pip install -U "jax[cuda12]"',
+        updates,
+        hours,
+    )
 
 
 # ------------------------------------------------------------------------------ the loop
-def _loop(groups: list[Group], config: SPRConfig, term: runtime.TermFlag, pool: EnvPool,
-          progress: bool | None) -> None:
+def _loop(
+    groups: list[Group],
+    config: SPRConfig,
+    term: runtime.TermFlag,
+    pool: EnvPool,
+    progress: bool | None,
+) -> None:
   t_start = time.perf_counter() - max(r.host["elapsed"] for g in groups for r in g.runs)
   for g in groups:
     g.window_step, g.window_time = g.step, time.perf_counter()
@@ -389,7 +484,8 @@ def _loop(groups: list[Group], config: SPRConfig, term: runtime.TermFlag, pool: 
     # 1. Step every env of every active group (in parallel when the pool has workers).
     handles = [r.env_handle for g in active for r in g.runs]
     frames, rewards, terminals, infos = pool.step(
-        handles, [int(a) for g in active for a in g.actions])
+        handles, [int(a) for g in active for a in g.actions]
+    )
     stacks = pool.stacks(handles)
     # 2. Dispatch every group's learner step, then fetch all actions and metrics at once.
     outputs, k = [], 0
@@ -400,14 +496,18 @@ def _loop(groups: list[Group], config: SPRConfig, term: runtime.TermFlag, pool: 
       reset = is_reset_step(config, g.step + 1)  # static: only reset steps compile the reset
       if num_updates and (id(g), reset) not in compiled:  # a silent minute is not a hang
         compiled.add((id(g), reset))
-        runtime.log(bar, "compiling the learner update (%s, %d per step%s): about a minute on "
-                    "a CPU, seconds on a GPU", g.describe(), num_updates,
-                    ", with a reset" if reset else "")
+        runtime.log(
+            bar,
+            "compiling the learner update (%s, %d per step%s): about a minute on "
+            "a CPU, seconds on a GPU",
+            g.describe(),
+            num_updates,
+            ", with a reset" if reset else "",
+        )
         if bar is not None and not reset:  # the random phase ran faster: estimate from here
           bar.reset(total=config.steps)
           bar.update(min(x.step for x in groups))
-      device_out = _step_group(g, num_updates, reset, rewards[rows], terminals[rows],
-                               stacks[rows])
+      device_out = _step_group(g, num_updates, reset, rewards[rows], terminals[rows], stacks[rows])
       outputs.append((g, frames[rows], infos[rows], device_out))
     fetched = jax.device_get([o[3] for o in outputs])
     # 3. Host bookkeeping per run: metrics, episodes, logs, evaluations, checkpoints.
@@ -418,6 +518,12 @@ def _loop(groups: list[Group], config: SPRConfig, term: runtime.TermFlag, pool: 
       g.frames = next_frames
       g.step += 1
       _bookkeeping(g, step_infos, metrics, config, t_start, bar)
+      if (
+          config.diagnostics_every
+          and g.step % config.diagnostics_every == 0
+          and g.step > config.learn_start
+      ):
+        _diagnostics(g, time.perf_counter() - t_start)
       if config.eval_every and g.step % config.eval_every == 0 and g.step < config.steps:
         _periodic_evaluation(g, config, time.perf_counter() - t_start, pool)
       if g.step % config.checkpoint_every == 0 or g.step == config.steps or preempted:
@@ -426,22 +532,28 @@ def _loop(groups: list[Group], config: SPRConfig, term: runtime.TermFlag, pool: 
       bar.update(1)
     if preempted:
       runs = [r for g in groups for r in g.runs if not r.failed]
-      where = (f"at step {groups[0].step} in {runs[0].ckpt_dir}" if len(groups) == 1 == len(runs)
-               else f"{len(runs)} runs")
+      where = (
+          f"at step {groups[0].step} in {runs[0].ckpt_dir}"
+          if len(groups) == 1 == len(runs)
+          else f"{len(runs)} runs"
+      )
       raise term.preempted(where)
   runtime.close_bar(bar)
 
 
-def _bookkeeping(g: Group, infos: list[dict], m, config: SPRConfig, t_start: float,
-                 bar=None) -> None:
+def _bookkeeping(
+    g: Group, infos: list[dict], m, config: SPRConfig, t_start: float, bar=None
+) -> None:
   done = g.step
   for i, run in enumerate(g.runs):
     if run.failed:
       continue
     if not m.finite[i]:
-      run.failed = (f"{run.spec.game} seed {run.spec.seed}: non-finite loss at env step {done} "
-                    f"(update {int(updates_through(config, done))}); "
-                    f"{runtime.last_good_checkpoint(run.ckpt_dir)}")
+      run.failed = (
+          f"{run.spec.game} seed {run.spec.seed}: non-finite loss at env step {done} "
+          f"(update {int(updates_through(config, done))}); "
+          f"{runtime.last_good_checkpoint(run.ckpt_dir)}"
+      )
       logging.error(run.failed)
       continue
     run.window.add({k: getattr(m, k)[i] for k in LOSS_KEYS}, int(m.updates[i]))
@@ -459,10 +571,14 @@ def _bookkeeping(g: Group, infos: list[dict], m, config: SPRConfig, t_start: flo
       continue
     w = run.window
     record = dict(
-        step=done, time_s=round(now - t_start, 3), steps_per_s=round(rate, 2),
-        updates=int(updates_through(config, done)), **w.means(LOSS_KEYS),
+        step=done,
+        time_s=round(now - t_start, 3),
+        steps_per_s=round(rate, 2),
+        updates=int(updates_through(config, done)),
+        **w.means(LOSS_KEYS),
         episodes=len(w.returns),
-        train_return=float(np.mean(w.returns)) if w.returns else None)
+        train_return=float(np.mean(w.returns)) if w.returns else None,
+    )
     if g.stacked:
       record["batch_runs"] = len(g.runs)
     run.metrics_log.write(record)
@@ -475,36 +591,96 @@ def _bookkeeping(g: Group, infos: list[dict], m, config: SPRConfig, t_start: flo
     r = records[0]
     ret = "-" if r["train_return"] is None else f"{r['train_return']:.1f}"
     if done > config.learn_start:
-      runtime.log(bar, "step %d/%d | %.0f steps/s | loss %.4f (rl %.4f, spr %.4f) | return %s",
-                  done, config.steps, rate, r["loss"], r["rl_loss"], r["spr_loss"], ret)
+      runtime.log(
+          bar,
+          "step %d/%d | %.0f steps/s | loss %.4f (rl %.4f, spr %.4f) | return %s",
+          done,
+          config.steps,
+          rate,
+          r["loss"],
+          r["rl_loss"],
+          r["spr_loss"],
+          ret,
+      )
     else:
-      runtime.log(bar, "step %d/%d | %.0f steps/s | random actions, no updates before step %d | "
-                  "return %s", done, config.steps, rate, config.learn_start + 1, ret)
+      runtime.log(
+          bar,
+          "step %d/%d | %.0f steps/s | random actions, no updates before step %d | " "return %s",
+          done,
+          config.steps,
+          rate,
+          config.learn_start + 1,
+          ret,
+      )
   elif done > config.learn_start:
-    runtime.log(bar, "step %d/%d | %s | %.1f steps/s per run, %.0f total | mean loss %.4f",
-                done, config.steps, g.describe(), rate, rate * len(g.runs),
-                float(np.mean([r["loss"] for r in records])))
+    runtime.log(
+        bar,
+        "step %d/%d | %s | %.1f steps/s per run, %.0f total | mean loss %.4f",
+        done,
+        config.steps,
+        g.describe(),
+        rate,
+        rate * len(g.runs),
+        float(np.mean([r["loss"] for r in records])),
+    )
   else:
-    runtime.log(bar, "step %d/%d | %s | %.1f steps/s per run | random actions, no updates "
-                "before step %d", done, config.steps, g.describe(), rate, config.learn_start + 1)
+    runtime.log(
+        bar,
+        "step %d/%d | %s | %.1f steps/s per run | random actions, no updates " "before step %d",
+        done,
+        config.steps,
+        g.describe(),
+        rate,
+        config.learn_start + 1,
+    )
 
 
 def _checkpoint(g: Group, config: SPRConfig, t_start: float, pool: EnvPool) -> None:
   elapsed = time.perf_counter() - t_start
   env_states = pool.get_state([run.env_handle for run in g.runs])
   for i, (run, state) in enumerate(zip(g.runs, g.run_states())):
-    run.host.update(step=g.step, frame=g.frames[i].copy(), action=int(g.actions[i]),
-                    elapsed=elapsed)
+    run.host.update(
+        step=g.step, frame=g.frames[i].copy(), action=int(g.actions[i]), elapsed=elapsed
+    )
     if not run.failed:
-      save_checkpoint(run.ckpt_dir, state, dict(run.host, env=env_states[i]),
-                      config.checkpoint_keep)
+      save_checkpoint(
+          run.ckpt_dir, state, dict(run.host, env=env_states[i]), config.checkpoint_keep
+      )
 
 
 def save_checkpoint(ckpt_dir: Path, state: TrainState, host: dict, keep: int) -> None:
   """Writes `ckpt_<host["step"]>.npz`: the learner state and the host state (with the env's
   `env` state), recording the run's config.json (what `wd.prepare` checked) with them."""
-  checkpoint.save(ckpt_dir, host["step"], state, host, keep=keep,
-                  config=checkpoint.read_settings(ckpt_dir.parent / wd.CONFIG))
+  checkpoint.save(
+      ckpt_dir,
+      host["step"],
+      state,
+      host,
+      keep=keep,
+      config=checkpoint.read_settings(ckpt_dir.parent / wd.CONFIG),
+  )
+
+
+# ------------------------------------------------------------------------------ diagnostics
+@functools.lru_cache(maxsize=None)
+def _diagnostics_fn(learner: SPRLearner, stacked: bool):
+  return jax.jit(jax.vmap(learner.diagnostics) if stacked else learner.diagnostics)
+
+
+def _diagnostics(g: Group, elapsed: float) -> None:
+  """One metrics.jsonl line of representation diagnostics (`SPRLearner.diagnostics`, keys
+  prefixed `diag_`) per live run; a value that is not finite (no valid sample at some k) is
+  written as null."""
+  values = jax.device_get(_diagnostics_fn(g.learner, g.stacked)(g.state))
+  values = _with_run_axis(g, values)
+  for i, run in enumerate(g.runs):
+    if run.failed:
+      continue
+    record = dict(step=g.step, time_s=round(elapsed, 3))
+    for key, value in values.items():
+      value = float(value[i])
+      record["diag_" + key] = value if math.isfinite(value) else None
+    run.metrics_log.write(record)
 
 
 # ------------------------------------------------------------------------------ evaluations
@@ -516,21 +692,38 @@ def _periodic_evaluation(g: Group, config: SPRConfig, elapsed: float, pool: EnvP
   if not runs:
     return
   seeds = [(r.spec.game, evaluation.periodic_eval_seed(r.spec.seed, g.step)) for r in runs]
-  results = evaluation.evaluate_policies(g.learner, acting, seeds, config.eval_every_episodes,
-                                         config.eval_epsilon, pool, config.env_protocol,
-                                         stacked=g.stacked)
+  results = evaluation.evaluate_policies(
+      g.learner,
+      acting,
+      seeds,
+      config.eval_every_episodes,
+      config.eval_epsilon,
+      pool,
+      config.env_protocol,
+      stacked=g.stacked,
+  )
   scores = []
   for run, episodes in zip(runs, results):
     record = evaluation.eval_record(g.step, elapsed, episodes)
     run.metrics_log.write(record)
     scores.append(record["eval_mean_score"])
   if g.stacked:
-    runtime.log(None, "step %d: evaluation of %s over %d episodes each: mean scores %s",
-                g.step, g.describe(), config.eval_every_episodes,
-                ", ".join(f"{v:.2f}" for v in scores))
+    runtime.log(
+        None,
+        "step %d: evaluation of %s over %d episodes each: mean scores %s",
+        g.step,
+        g.describe(),
+        config.eval_every_episodes,
+        ", ".join(f"{v:.2f}" for v in scores),
+    )
   else:
-    runtime.log(None, "step %d: evaluation over %d episodes: mean score %.2f", g.step,
-                config.eval_every_episodes, scores[0])
+    runtime.log(
+        None,
+        "step %d: evaluation over %d episodes: mean score %.2f",
+        g.step,
+        config.eval_every_episodes,
+        scores[0],
+    )
 
 
 def _final_groups(groups: list[Group]) -> list[tuple[SPRLearner, list[Run], Any, bool]]:
@@ -548,40 +741,68 @@ def _final_groups(groups: list[Group]) -> list[tuple[SPRLearner, list[Run], Any,
     if len(members) == 1:
       _, acting, stacked = members[0]
     else:  # stack the groups of one, then concatenate along the run axis
-      actings = [a if stacked else jax.tree.map(lambda x: x[None], a)
-                 for _, a, stacked in members]
+      actings = [a if stacked else jax.tree.map(lambda x: x[None], a) for _, a, stacked in members]
       acting, stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *actings), True
     out.append((learner, runs, acting, stacked))
   return out
 
 
-def _final_evaluations(learner: SPRLearner, runs: list[Run], acting: Any, stacked: bool,
-                       config: SPRConfig, config_name: str, pool: EnvPool) -> list[dict]:
+def _final_evaluations(
+    learner: SPRLearner,
+    runs: list[Run],
+    acting: Any,
+    stacked: bool,
+    config: SPRConfig,
+    config_name: str,
+    pool: EnvPool,
+) -> list[dict]:
   """The final evaluation of `runs` together; writes each run's eval.csv and final.json (the
   same seeds and fields alone or in a batch); returns them."""
   t0 = time.perf_counter()
   results: list[list] = [[] for _ in runs]
   if config.eval_episodes:
     if stacked:
-      logging.info("final evaluation of %d runs (%d actions) together, %d episodes each",
-                   len(runs), learner.num_actions, config.eval_episodes)
+      logging.info(
+          "final evaluation of %d runs (%d actions) together, %d episodes each",
+          len(runs),
+          learner.num_actions,
+          config.eval_episodes,
+      )
     seeds = [(r.spec.game, evaluation.final_eval_seed(r.spec.seed)) for r in runs]
-    results = evaluation.evaluate_policies(learner, acting, seeds, config.eval_episodes,
-                                           config.eval_epsilon, pool, config.env_protocol,
-                                           stacked=stacked)
+    results = evaluation.evaluate_policies(
+        learner,
+        acting,
+        seeds,
+        config.eval_episodes,
+        config.eval_epsilon,
+        pool,
+        config.env_protocol,
+        stacked=stacked,
+    )
   seconds = time.perf_counter() - t0  # each run waited for the whole evaluation
-  return [evaluation.write_final(run.path, episodes, run.host, run.spec.game, run.spec.seed,
-                                 config, config_name, seconds)
-          for run, episodes in zip(runs, results)]
+  return [
+      evaluation.write_final(
+          run.path, episodes, run.host, run.spec.game, run.spec.seed, config, config_name, seconds
+      )
+      for run, episodes in zip(runs, results)
+  ]
 
 
-def final_evaluation(learner: SPRLearner, state: TrainState, host: dict, game: str, seed: int,
-                     config: SPRConfig, config_name: str, path: Path,
-                     pool: EnvPool | None = None) -> dict:
+def final_evaluation(
+    learner: SPRLearner,
+    state: TrainState,
+    host: dict,
+    game: str,
+    seed: int,
+    config: SPRConfig,
+    config_name: str,
+    path: Path,
+    pool: EnvPool | None = None,
+) -> dict:
   """The final evaluation of one run from its state: writes eval.csv and final.json in `path`."""
   run = Run(RunSpec(game, seed, path), Path(path), None, host, None)
   with EnvPool(0) if pool is None else contextlib.nullcontext(pool) as p:
-    [final] = _final_evaluations(learner, [run], learner.acting_params(state), False, config,
-                                 config_name, p)
+    [final] = _final_evaluations(
+        learner, [run], learner.acting_params(state), False, config, config_name, p
+    )
   return final
-

@@ -14,6 +14,7 @@ Python-side state so that it can be vmapped over independent runs and scanned ov
 References: Schwarzer et al., "Data-Efficient Reinforcement Learning with Self-Predictive
 Representations", ICLR 2021; Hessel et al. 2018 (Rainbow); van Hasselt et al. 2019 (DER).
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,10 +25,12 @@ import jax.numpy as jnp
 import optax
 
 from agents.spr.config import SPRConfig
-from spr import losses, objectives, param_roles, predictors, replay
+from spr import diagnostics, losses, objectives, param_roles, predictors, replay
 from spr.networks import make_spr_network
 
 Params = Any
+# fold_in salt of the diagnostics' key: a stream the training never draws from.
+_DIAGNOSTICS_STREAM = 0x5D1A6
 
 
 class TrainState(NamedTuple):
@@ -48,6 +51,7 @@ class TrainState(NamedTuple):
 
 class StepMetrics(NamedTuple):
   """Sums over the updates of one step (zeros when no update ran)."""
+
   loss: jax.Array
   rl_loss: jax.Array
   spr_loss: jax.Array
@@ -75,8 +79,12 @@ def _base_optimizer(config: SPRConfig, learning_rate: float) -> optax.GradientTr
   """Adam, or for BBF AdamW with decoupled weight decay on weights only (rank-1 params, biases
   and norm scales, are not decayed), as its create_scaling_optimizer(decay_bias=False)."""
   if config.optimizer == "adamw":
-    return optax.adamw(learning_rate, eps=config.adam_eps, weight_decay=config.weight_decay,
-                       mask=lambda p: jax.tree.map(lambda x: x.ndim != 1, p))
+    return optax.adamw(
+        learning_rate,
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+        mask=lambda p: jax.tree.map(lambda x: x.ndim != 1, p),
+    )
   return optax.adam(learning_rate, eps=config.adam_eps)
 
 
@@ -91,11 +99,16 @@ def make_optimizer(config: SPRConfig) -> optax.GradientTransformation:
     parts.append(grouped_clip(config.grad_clip))
   if config.encoder_lr > 0 or config.head_first_lr > 0:
     # SGI finetuning: one optimiser per parameter group (encoder / first head layer / rest).
-    rates = {"encoder": config.encoder_lr or config.learning_rate,
-             "head_first": config.head_first_lr or config.learning_rate,
-             "rest": config.learning_rate}
-    parts.append(optax.multi_transform({g: _base_optimizer(config, lr) for g, lr in rates.items()},
-                                       lr_group_labels))
+    rates = {
+        "encoder": config.encoder_lr or config.learning_rate,
+        "head_first": config.head_first_lr or config.learning_rate,
+        "rest": config.learning_rate,
+    }
+    parts.append(
+        optax.multi_transform(
+            {g: _base_optimizer(config, lr) for g, lr in rates.items()}, lr_group_labels
+        )
+    )
   else:
     parts.append(_base_optimizer(config, config.learning_rate))
   return optax.chain(*parts)
@@ -118,20 +131,26 @@ class SPRLearner:
     self.optimizer = make_optimizer(config)
     self.support = jnp.linspace(config.v_min, config.v_max, config.num_atoms)
     # -1 = auto: chunks of 16 on CPU (cache-friendly), one batch on accelerators.
-    self.encoder_chunk = config.encoder_chunk if config.encoder_chunk >= 0 else (
-        16 if jax.default_backend() == "cpu" else 0)
+    self.encoder_chunk = (
+        config.encoder_chunk
+        if config.encoder_chunk >= 0
+        else (16 if jax.default_backend() == "cpu" else 0)
+    )
     self.encoder = objectives.Encoder(self.network, self.encoder_chunk)
-    self.target = objectives.target_rule(cfg.has_target, cfg.target_tau,
-                                         cfg.target_ema_before_update)
+    self.target = objectives.target_rule(
+        cfg.has_target, cfg.target_tau, cfg.target_ema_before_update
+    )
     self.prepare = objectives.input_preparation(cfg.augmentation)
-    self.latents = objectives.latent_plan(self.network.has_norm_state, cfg.has_target,
-                                          cfg.bootstrap_with_target, cfg.double_dqn)
-    self.selector = (objectives.online_selector if cfg.double_dqn
-                     else objectives.bootstrap_selector)
+    self.latents = objectives.latent_plan(
+        self.network.has_norm_state, cfg.has_target, cfg.bootstrap_with_target, cfg.double_dqn
+    )
+    self.selector = objectives.online_selector if cfg.double_dqn else objectives.bootstrap_selector
     self.priority = objectives.PRIORITIES[cfg.priority_kind]
-    self.predictor = (objectives.learned_predictor(self.network.apply.predict)
-                      if cfg.predictor == "linear" else objectives.closed_form_predictor(
-                          cfg.predictor, cfg.predictor_ema, cfg.predictor_ridge))
+    self.predictor = (
+        objectives.learned_predictor(self.network.apply.predict)
+        if cfg.predictor == "linear"
+        else objectives.closed_form_predictor(cfg.predictor, cfg.predictor_ema, cfg.predictor_ridge)
+    )
     # One compiled step per number of updates (0 during the random phase, then the config's).
     self.step = jax.jit(self._step, static_argnames=("num_updates", "reset"), donate_argnums=0)
     self.greedy_actions = jax.jit(self._greedy_actions)
@@ -146,24 +165,44 @@ class SPRLearner:
   def _init(self, rng: jax.Array) -> TrainState:
     params, norm_state, rng = objectives.init_network(self.network, rng)
     return TrainState(
-        params=params, target_params=self.target.init(params),
+        params=params,
+        target_params=self.target.init(params),
         opt_state=self.optimizer.init(params),
-        replay=replay.replay_init(self.config.replay_capacity), rng=rng,
-        env_step=jnp.zeros((), jnp.int32), update_step=jnp.zeros((), jnp.int32),
-        predictor_state=(() if self.config.predictor == "linear"
-                         else predictors.init_state(2 * self.config.hidden)),
-        norm_state=norm_state, target_norm_state=self.target.init(norm_state))
+        replay=replay.replay_init(self.config.replay_capacity),
+        rng=rng,
+        env_step=jnp.zeros((), jnp.int32),
+        update_step=jnp.zeros((), jnp.int32),
+        predictor_state=(
+            ()
+            if self.config.predictor == "linear"
+            else predictors.init_state(2 * self.config.hidden)
+        ),
+        norm_state=norm_state,
+        target_norm_state=self.target.init(norm_state),
+    )
 
   def target_view(self, state: TrainState) -> tuple[Params, Any]:
     """(params, BatchNorm running statistics) of the network that acts as the target: the
     stored EMA target, or the online network when none is stored."""
-    return (self.target.view(state.params, state.target_params),
-            self.target.view(state.norm_state, state.target_norm_state))
+    return (
+        self.target.view(state.params, state.target_params),
+        self.target.view(state.norm_state, state.target_norm_state),
+    )
 
   # ---------------------------------------------------------------- loss
-  def loss(self, params: Params, target_params: Params, batch: dict, is_weights: jax.Array,
-           rng: jax.Array, n: jax.Array | None = None, gamma: jax.Array | None = None,
-           predictor_state: Any = (), norm_state: Any = (), target_norm_state: Any = ()):
+  def loss(
+      self,
+      params: Params,
+      target_params: Params,
+      batch: dict,
+      is_weights: jax.Array,
+      rng: jax.Array,
+      n: jax.Array | None = None,
+      gamma: jax.Array | None = None,
+      predictor_state: Any = (),
+      norm_state: Any = (),
+      target_norm_state: Any = (),
+  ):
     """Importance-weighted C51 double-DQN loss plus the SPR loss (Schwarzer et al. 2021, Eq. 4).
 
     Args:
@@ -189,32 +228,66 @@ class SPRLearner:
     # summed: keep it, or the results stop being bitwise those of earlier runs.
     keys = jax.random.split(rng, 7)
     inputs = objectives.latent_inputs(
-        self.prepare, keys, batch["observations"], batch["next_observations"],
-        self.latents.first_frame, cfg.next_state_augmentation == "shared")
-    views = objectives.net_views(params, self.target.view(params, target_params),
-                                 cfg.bootstrap_with_target)
-    lat = self.latents(self.encoder, views, inputs, norm_state,
-                       self.target.view(norm_state, target_norm_state))
+        self.prepare,
+        keys,
+        batch["observations"],
+        batch["next_observations"],
+        self.latents.first_frame,
+        cfg.next_state_augmentation == "shared",
+    )
+    views = objectives.net_views(
+        params, self.target.view(params, target_params), cfg.bootstrap_with_target
+    )
+    lat = self.latents(
+        self.encoder, views, inputs, norm_state, self.target.view(norm_state, target_norm_state)
+    )
     next_logits = net.q_logits(views.bootstrap, None, lat.bootstrap, keys[4])
-    selector = self.selector(net.q_logits, views.fixed, lat.selector, next_logits, keys[6],
-                             self.support)
+    selector = self.selector(
+        net.q_logits, views.fixed, lat.selector, next_logits, keys[6], self.support
+    )
     logits = net.q_logits(params, None, lat.online, keys[6])
     # With n / gamma given (BBF's annealing, traced) steps >= n are masked inside n_step_return.
     # `next_observations` must be the matching bootstrap state (see `bootstrap_offset`).
     returns, discounts = losses.batched_n_step_return(
-        batch["rewards"][:, :cfg.n_step], batch["terminals"][:, :cfg.n_step],
-        cfg.gamma if gamma is None else gamma, n, convention=cfg.n_step_convention)
+        batch["rewards"][:, : cfg.n_step],
+        batch["terminals"][:, : cfg.n_step],
+        cfg.gamma if gamma is None else gamma,
+        n,
+        convention=cfg.n_step_convention,
+    )
     rl_loss, priorities = objectives.categorical_double_q_objective(
-        logits, batch["actions"][:, 0], returns, discounts, next_logits, selector, self.support,
-        self.priority)
+        logits,
+        batch["actions"][:, 0],
+        returns,
+        discounts,
+        next_logits,
+        selector,
+        self.support,
+        self.priority,
+    )
     spr_loss, predictor_state = objectives.spr_rollout_loss(
-        net.transition, net.project, self.predictor, params, views.target, lat.online,
-        lat.future, batch["actions"], batch["terminals"], predictor_state, cfg.spr_weight)
+        net.transition,
+        net.project,
+        self.predictor,
+        params,
+        views.target,
+        lat.online,
+        lat.future,
+        batch["actions"],
+        batch["terminals"],
+        predictor_state,
+        cfg.spr_weight,
+    )
     total = jnp.mean(is_weights * (rl_loss + spr_loss))
-    aux = dict(priorities=priorities, rl_loss=jnp.mean(rl_loss),
-               spr_loss=jnp.mean(spr_loss), predictor_state=predictor_state,
-               norm_state=lat.norm_state, norm_state_main=lat.norm_main,
-               target_norm_state=lat.target_norm_state)
+    aux = dict(
+        priorities=priorities,
+        rl_loss=jnp.mean(rl_loss),
+        spr_loss=jnp.mean(spr_loss),
+        predictor_state=predictor_state,
+        norm_state=lat.norm_state,
+        norm_state_main=lat.norm_main,
+        target_norm_state=lat.target_norm_state,
+    )
     return total, aux
 
   # ---------------------------------------------------------------- update
@@ -233,47 +306,174 @@ class SPRLearner:
     done = state.env_step.astype(jnp.float32) - 2.0 - cfg.learn_start
     return jnp.clip(done / max(cfg.steps - cfg.learn_start, 1), 0.0, 1.0)
 
+  def training_batch(self, state: TrainState, key: jax.Array, beta: jax.Array):
+    """(batch, indices, IS weights, annealed n / gamma kwargs) of one update: a prioritised
+    sample of the replay, with the bootstrap stacks the config's n-step convention (and BBF's
+    annealed n) needs."""
+    cfg = self.config
+    batch, indices, is_weights = replay.replay_sample(
+        state.replay,
+        key,
+        cfg.batch_size,
+        cfg.n_step,
+        cfg.spr_steps,
+        beta,
+        cfg.priority_alpha,
+        **self.replay_options,
+    )
+    anneal = {}
+    if annealing(cfg):
+      n, gamma = self.annealed_n_gamma(cycle_updates(cfg, state.env_step, state.update_step))
+      lo, hi = cfg.n_step_final or cfg.n_step, cfg.n_step
+      batch = batch.replace(
+          next_observations=bootstrap_stacks(
+              state.replay,
+              indices,
+              bootstrap_offset(cfg, n),
+              bootstrap_offset(cfg, lo),
+              bootstrap_offset(cfg, hi),
+          )
+      )
+      anneal = dict(n=n, gamma=gamma)
+    elif bootstrap_offset(cfg, cfg.n_step) != cfg.n_step:
+      batch = batch.replace(
+          next_observations=replay.replay_gather(
+              state.replay, indices, bootstrap_offset(cfg, cfg.n_step), 0
+          ).next_observations
+      )
+    return batch, indices, is_weights, anneal
+
   def update(self, state: TrainState) -> tuple[TrainState, StepMetrics]:
     """One gradient update on a prioritised batch sampled from the state's replay."""
     cfg = self.config
     rng, sample_key, loss_key = jax.random.split(state.rng, 3)
     progress = self.beta_progress(state)
     beta = cfg.priority_beta_start + (cfg.priority_beta_end - cfg.priority_beta_start) * progress
-    batch, indices, is_weights = replay.replay_sample(
-        state.replay, sample_key, cfg.batch_size, cfg.n_step, cfg.spr_steps, beta,
-        cfg.priority_alpha, **self.replay_options)
-    anneal = {}
-    if annealing(cfg):
-      n, gamma = self.annealed_n_gamma(cycle_updates(cfg, state.env_step, state.update_step))
-      lo, hi = cfg.n_step_final or cfg.n_step, cfg.n_step
-      batch = batch.replace(next_observations=bootstrap_stacks(
-          state.replay, indices, bootstrap_offset(cfg, n), bootstrap_offset(cfg, lo),
-          bootstrap_offset(cfg, hi)))
-      anneal = dict(n=n, gamma=gamma)
-    elif bootstrap_offset(cfg, cfg.n_step) != cfg.n_step:
-      batch = batch.replace(next_observations=replay.replay_gather(
-          state.replay, indices, bootstrap_offset(cfg, cfg.n_step), 0).next_observations)
+    batch, indices, is_weights, anneal = self.training_batch(state, sample_key, beta)
     step = objectives.gradient_update(
-        self.loss, self.optimizer, self.target, state.params, state.target_params,
-        state.opt_state, batch, is_weights, loss_key, **anneal,
-        predictor_state=state.predictor_state, norm_state=state.norm_state,
-        target_norm_state=state.target_norm_state)
+        self.loss,
+        self.optimizer,
+        self.target,
+        state.params,
+        state.target_params,
+        state.opt_state,
+        batch,
+        is_weights,
+        loss_key,
+        **anneal,
+        predictor_state=state.predictor_state,
+        norm_state=state.norm_state,
+        target_norm_state=state.target_norm_state,
+    )
     new_replay = replay.replay_update_priorities(
-        state.replay, indices, step.aux["priorities"],
-        **replay.protocol_options(cfg.replay_protocol)["update"])
-    metrics = StepMetrics(loss=step.loss, rl_loss=step.aux["rl_loss"],
-                          spr_loss=step.aux["spr_loss"], updates=jnp.ones((), jnp.int32),
-                          finite=step.finite)
-    return state._replace(params=step.params, target_params=step.target_params,
-                          opt_state=step.opt_state, replay=new_replay, rng=rng,
-                          update_step=state.update_step + 1,
-                          predictor_state=step.aux["predictor_state"],
-                          norm_state=step.aux["norm_state"],
-                          target_norm_state=step.target_norm_state), metrics
+        state.replay,
+        indices,
+        step.aux["priorities"],
+        **replay.protocol_options(cfg.replay_protocol)["update"],
+    )
+    metrics = StepMetrics(
+        loss=step.loss,
+        rl_loss=step.aux["rl_loss"],
+        spr_loss=step.aux["spr_loss"],
+        updates=jnp.ones((), jnp.int32),
+        finite=step.finite,
+    )
+    return (
+        state._replace(
+            params=step.params,
+            target_params=step.target_params,
+            opt_state=step.opt_state,
+            replay=new_replay,
+            rng=rng,
+            update_step=state.update_step + 1,
+            predictor_state=step.aux["predictor_state"],
+            norm_state=step.aux["norm_state"],
+            target_norm_state=step.target_norm_state,
+        ),
+        metrics,
+    )
+
+  # ---------------------------------------------------------------- diagnostics
+  def diagnostics(self, state: TrainState) -> dict[str, jax.Array]:
+    """Representation diagnostics of the current networks on one replay batch: a flat dict of
+    float scalars (`spr.diagnostics.latent_diagnostics`; metrics.jsonl writes them as `diag_*`).
+
+    Reads the state and changes nothing: the batch is drawn with a key folded off `state.rng`
+    (the training stream does not advance) and nothing is written back, so a run follows the same
+    trajectory with or without diagnostics. The networks are in evaluation mode on unaugmented
+    frames (BatchNorm reads its running statistics, noisy layers use their mean weights).
+    Logged: srank of the encoder latents and of the projections (Kumar et al. 2021), dormant
+    units of the encoder and of the head's first layer (Sokar et al. 2023), online/target
+    projection drift, the self-predictive cosine for each k = 1..K, the shape of the run's
+    predictor (the learned linear map, or the closed-form one from the run's EMA statistics:
+    stable rank, singular-value spread, distance to the orthogonal group, Richemond et al.
+    2023), and the gradient norm of the training loss per parameter role on this batch.
+    """
+    cfg, net = self.config, self.network.apply
+    sample_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, _DIAGNOSTICS_STREAM))
+    batch, _, is_weights, anneal = self.training_batch(state, sample_key, 1.0)
+    grads = jax.grad(
+        lambda p: self.loss(
+            p,
+            state.target_params,
+            batch,
+            is_weights,
+            loss_key,
+            **anneal,
+            predictor_state=state.predictor_state,
+            norm_state=state.norm_state,
+            target_norm_state=state.target_norm_state,
+        )[0]
+    )(state.params)
+    params, norm_state = state.params, state.norm_state
+    target_params, target_norm = self.target_view(state)
+    obs = batch["observations"]  # [B, K+1, 4, 84, 84]
+    b, k_plus_1 = obs.shape[:2]
+    frames = objectives.scale_frames(obs.reshape((b * k_plus_1,) + obs.shape[2:]))
+    latents = self.encoder(params, frames[::k_plus_1], norm_state)  # s_i of each sample
+    projections = net.project(params, None, latents)
+    target_latents = self.encoder(target_params, frames, target_norm)
+    target_projections = net.project(target_params, None, target_latents).reshape(b, k_plus_1, -1)
+    extra = {}
+    if k_plus_1 > 1:
+      rolled = objectives.transition_rollout(
+          lambda z, a: net.transition(params, None, z, a), latents, batch["actions"][:, :-1]
+      )
+      rolled_projections = net.project(params, None, jnp.concatenate(rolled))  # [K*B, D]
+      predictions, _ = self.predictor(
+          params, rolled_projections, target_projections[:, 1:], state.predictor_state
+      )
+      extra = dict(
+          predictions=predictions.reshape(k_plus_1 - 1, b, -1).transpose(1, 0, 2),
+          spr_targets=target_projections[:, 1:],
+          spr_mask=losses.batched_spr_sequence_mask(batch["terminals"][:, :k_plus_1]),
+      )
+    return diagnostics.latent_diagnostics(
+        latents,
+        projections,
+        target_projections=target_projections[:, 0],
+        predictor_weights={cfg.predictor: self.predictor_weights(state)},
+        grads=grads,
+        **extra,
+    )
+
+  def predictor_weights(self, state: TrainState) -> jax.Array:
+    """The SPR predictor as a matrix W [D, D] (predictions = projections @ W (+ bias)): the
+    learned linear layer's kernel, or the closed-form W of the run's EMA statistics."""
+    if self.config.predictor == "linear":
+      [kernel] = [
+          mod["w"] for name, mod in state.params.items() if param_roles.role(name) == "predictor"
+      ]
+      return kernel
+    stats = state.predictor_state
+    return predictors.FROM_STATS[self.config.predictor](
+        stats.sigma, stats.cross, self.config.predictor_ridge
+    )
 
   # ---------------------------------------------------------------- acting
-  def _greedy_actions(self, acting: tuple[Params, Any], stacks: jax.Array,
-                      noise_rng: jax.Array | None = None) -> jax.Array:
+  def _greedy_actions(
+      self, acting: tuple[Params, Any], stacks: jax.Array, noise_rng: jax.Array | None = None
+  ) -> jax.Array:
     """Greedy actions `[N]` for uint8 stacks `[N, 4, 84, 84]` with `acting` = (params, norm
     state) from `acting_params`: no augmentation, BatchNorm with its running statistics; noisy
     layers sample noise only when `noise_rng` is given (training), mean weights otherwise."""
@@ -306,14 +506,23 @@ class SPRLearner:
 
     def mix(old, key):
       fresh = self.network.init(key, dummy)
-      return {m: {k: (cfg.shrink_factor * v + cfg.perturb_factor * fresh[m][k]
-                      if _shrink_perturbed(m) else fresh[m][k]) for k, v in mod.items()}
-              for m, mod in old.items()}
+      return {
+          m: {
+              k: (
+                  cfg.shrink_factor * v + cfg.perturb_factor * fresh[m][k]
+                  if _shrink_perturbed(m)
+                  else fresh[m][k]
+              )
+              for k, v in mod.items()
+          }
+          for m, mod in old.items()
+      }
 
     params = mix(state.params, k_online)
     target = self.target.map(lambda t: mix(t, k_target), state.target_params)
-    return state._replace(params=params, target_params=target,
-                          opt_state=self.optimizer.init(params), rng=rng)
+    return state._replace(
+        params=params, target_params=target, opt_state=self.optimizer.init(params), rng=rng
+    )
 
   def epsilon(self, env_step: jax.Array) -> jax.Array:
     """Training epsilon of action a_j, j = `env_step` (chosen once j transitions are stored).
@@ -327,8 +536,9 @@ class SPRLearner:
     if cfg.epsilon_decay_steps == 0:
       return jnp.where(env_step <= cfg.learn_start, 1.0, cfg.epsilon_train)
     left = (cfg.epsilon_decay_steps + cfg.learn_start - env_step - 1).astype(jnp.float32)
-    bonus = jnp.clip((1.0 - cfg.epsilon_train) * left / cfg.epsilon_decay_steps, 0.0,
-                     1.0 - cfg.epsilon_train)
+    bonus = jnp.clip(
+        (1.0 - cfg.epsilon_train) * left / cfg.epsilon_decay_steps, 0.0, 1.0 - cfg.epsilon_train
+    )
     return cfg.epsilon_train + bonus
 
   def acting_params(self, state: TrainState) -> tuple[Params, Any]:
@@ -338,16 +548,31 @@ class SPRLearner:
       return self.target_view(state)
     return state.params, state.norm_state
 
-  def _step(self, state: TrainState, frame: jax.Array, action: jax.Array, reward: jax.Array,
-            terminal: jax.Array, next_stack: jax.Array, num_updates: int, reset: bool = False):
+  def _step(
+      self,
+      state: TrainState,
+      frame: jax.Array,
+      action: jax.Array,
+      reward: jax.Array,
+      terminal: jax.Array,
+      next_stack: jax.Array,
+      num_updates: int,
+      reset: bool = False,
+  ):
     """Adds (frame, action, clipped reward, terminal), runs `num_updates` updates, then picks
     the action for `next_stack`: uniformly random before `learn_start`, else greedy with noise
     (SPR); epsilon-greedy with the acting parameters when the config has an epsilon schedule
     (BBF). `reset` (static; the caller decides it with `is_reset_step`) applies a BBF
     shrink-and-perturb reset after the updates."""
     cfg = self.config
-    new_replay = replay.replay_add(state.replay, frame, action, reward, terminal,
-                                   **replay.protocol_options(cfg.replay_protocol)["add"])
+    new_replay = replay.replay_add(
+        state.replay,
+        frame,
+        action,
+        reward,
+        terminal,
+        **replay.protocol_options(cfg.replay_protocol)["add"],
+    )
     state = state._replace(replay=new_replay, env_step=state.env_step + 1)
     zero = jnp.zeros((), jnp.float32)
     metrics = StepMetrics(zero, zero, zero, jnp.zeros((), jnp.int32), jnp.ones((), bool))
@@ -359,10 +584,12 @@ class SPRLearner:
         state, m = self.update(state)
         per_update.append(m)
       metrics = StepMetrics(
-          loss=sum(m.loss for m in per_update), rl_loss=sum(m.rl_loss for m in per_update),
+          loss=sum(m.loss for m in per_update),
+          rl_loss=sum(m.rl_loss for m in per_update),
           spr_loss=sum(m.spr_loss for m in per_update),
           updates=sum(m.updates for m in per_update),
-          finite=jnp.all(jnp.stack([m.finite for m in per_update])))
+          finite=jnp.all(jnp.stack([m.finite for m in per_update])),
+      )
     if reset:
       state = self.reset(state)
     rng, act_key, noise_key = jax.random.split(state.rng, 3)
@@ -396,19 +623,23 @@ def bootstrap_offset(config: SPRConfig, n):
   return n - 1 if config.n_step_convention == "bbf" else n
 
 
-def bootstrap_stacks(replay_state, indices: jax.Array, n: jax.Array, n_min: int,
-                     n_max: int) -> jax.Array:
+def bootstrap_stacks(
+    replay_state, indices: jax.Array, n: jax.Array, n_min: int, n_max: int
+) -> jax.Array:
   """Bootstrap stacks s_{t+n} `[B, 4, 84, 84]` for a traced n in [n_min, n_max] (BBF's annealed
   n): one small gather per possible n (replay stacks need a static offset), then a select."""
-  options = [replay.replay_gather(replay_state, indices, m, 0).next_observations
-             for m in range(n_min, n_max + 1)]
+  options = [
+      replay.replay_gather(replay_state, indices, m, 0).next_observations
+      for m in range(n_min, n_max + 1)
+  ]
   return jnp.stack(options)[jnp.clip(n, n_min, n_max) - n_min]
 
 
 def annealing(config: SPRConfig) -> bool:
   return config.anneal_updates > 0 and (
       (config.n_step_final and config.n_step_final != config.n_step)
-      or (config.gamma_start and config.gamma_start != config.gamma))
+      or (config.gamma_start and config.gamma_start != config.gamma)
+  )
 
 
 def updates_at(config: SPRConfig, stored: int) -> int:
@@ -454,6 +685,18 @@ def param_count(params: Params) -> int:
   return sum(x.size for x in jax.tree.leaves(params))
 
 
-__all__ = ["SPRLearner", "TrainState", "StepMetrics", "make_optimizer", "grouped_clip", "q_values",
-           "learner_for", "param_count", "is_reset_step", "cycle_updates", "updates_through",
-           "annealing", "updates_at"]
+__all__ = [
+    "SPRLearner",
+    "TrainState",
+    "StepMetrics",
+    "make_optimizer",
+    "grouped_clip",
+    "q_values",
+    "learner_for",
+    "param_count",
+    "is_reset_step",
+    "cycle_updates",
+    "updates_through",
+    "annealing",
+    "updates_at",
+]
