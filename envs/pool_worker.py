@@ -8,6 +8,7 @@ The envs are built by `envs.games.make_env` (an `AtariEnv`, or a `CatchEnv` for 
 worker imports only the env modules (ale-py, gymnasium, numpy): no JAX, so a worker process
 starts in about a second and holds tens of MB, not the trainer's hundreds.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -19,7 +20,7 @@ import numpy as np
 
 from envs.atari import AtariEnv
 from envs.catch import CatchEnv
-from envs.games import make_env
+from envs import games
 
 
 class EnvHost:
@@ -36,7 +37,8 @@ class EnvHost:
       for handle, kw in zip(handles, kwargs):
         if handle in self.envs or handle in made:
           raise ValueError(f"env handle {handle} already exists")
-        made[handle] = make_env(**kw)
+        # Looked up at call time: everything that builds an env goes through the one factory.
+        made[handle] = games.make_env(**kw)
     except BaseException:
       for env in made.values():
         env.close()
@@ -52,8 +54,12 @@ class EnvHost:
     """`env.step(action)` of each handle: (frames uint8 [n, 84, 84], rewards float64 [n],
     terminals bool [n], infos)."""
     results = [self.envs[h].step(a) for h, a in zip(handles, actions)]
-    return (np.stack([r[0] for r in results]), np.array([r[1] for r in results], np.float64),
-            np.array([r[2] for r in results], np.bool_), [r[3] for r in results])
+    return (
+        np.stack([r[0] for r in results]),
+        np.array([r[1] for r in results], np.float64),
+        np.array([r[2] for r in results], np.bool_),
+        [r[3] for r in results],
+    )
 
   def get_state(self, handles: list[int]) -> list[dict]:
     return [self.envs[h].get_state() for h in handles]
