@@ -1,5 +1,6 @@
 """Self-predictive representation learning in RL: SPR/SGI/BBF agents on Atari 100k and the
 tabular theory of self-predictive learning (Tang et al. 2023, Richemond et al. 2023)."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -27,5 +28,6 @@ setup(
     ],
     # pytest-xdist: the suite runs as 2 worker processes, one test file each at a time (1.4x faster
     # on 2 cores: the entry-point tests wait on subprocesses and compilations).
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5"]},
+    # pyink, pinned: the formatter CI checks (pyproject.toml); another release formats otherwise.
+    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.5", "pyink==26.5.1"]},
 )

@@ -12,20 +12,59 @@
 - :func:`make_env` (from :mod:`envs.games`): the env of any game, Atari or Catch; every env the
   trainers and the evaluation play is built by it.
 """
-from envs.atari import (FRAME_SHAPE, FRAME_SKIP, MAX_FRAMES_PER_EPISODE, NOOP_MAX, STACK_SIZE,
-                        AtariEnv, clip_reward, make_preprocessed_env)
+
+from envs.atari import (
+    FRAME_SHAPE,
+    FRAME_SKIP,
+    MAX_FRAMES_PER_EPISODE,
+    NOOP_MAX,
+    STACK_SIZE,
+    AtariEnv,
+    clip_reward,
+    make_preprocessed_env,
+)
 from envs.evaluation import episode_seed, evaluate
 from envs.frame_stack import FrameStacker
 from envs.pool import EnvPool, EnvWorkerError
-from envs.games import (GAMES, NON_ATARI_GAMES, Game, canonical_name, get_game,
-                        human_normalized_score, human_score, is_atari, make_env,
-                        published_score, random_score)
+from envs.games import (
+    GAMES,
+    NON_ATARI_GAMES,
+    Game,
+    canonical_name,
+    get_game,
+    human_normalized_score,
+    human_score,
+    is_atari,
+    make_env,
+    published_score,
+    random_score,
+)
 from envs.catch import CatchEnv
 
 __all__ = [
-    "AtariEnv", "EnvPool", "EnvWorkerError", "FrameStacker", "clip_reward",
-    "make_preprocessed_env", "evaluate", "episode_seed", "GAMES", "Game", "get_game",
-    "canonical_name", "human_normalized_score", "human_score", "random_score", "published_score",
-    "CatchEnv", "NON_ATARI_GAMES", "is_atari", "make_env",
-    "FRAME_SHAPE", "FRAME_SKIP", "MAX_FRAMES_PER_EPISODE", "NOOP_MAX", "STACK_SIZE",
+    "AtariEnv",
+    "EnvPool",
+    "EnvWorkerError",
+    "FrameStacker",
+    "clip_reward",
+    "make_preprocessed_env",
+    "evaluate",
+    "episode_seed",
+    "GAMES",
+    "Game",
+    "get_game",
+    "canonical_name",
+    "human_normalized_score",
+    "human_score",
+    "random_score",
+    "published_score",
+    "CatchEnv",
+    "NON_ATARI_GAMES",
+    "is_atari",
+    "make_env",
+    "FRAME_SHAPE",
+    "FRAME_SKIP",
+    "MAX_FRAMES_PER_EPISODE",
+    "NOOP_MAX",
+    "STACK_SIZE",
 ]

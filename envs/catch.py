@@ -51,14 +51,21 @@ API::
     env.stack                              # (4, 84, 84) uint8
     state = env.get_state(); env.set_state(state)   # exact (RNG, ball, paddle, stack, counters)
 """
+
 from __future__ import annotations
 
 import copy
 
 import numpy as np
 
-from envs.atari import (FRAME_SHAPE, MAX_FRAMES_PER_EPISODE, NOOP_MAX, PROTOCOLS, SPR_HORIZON,
-                        STACK_SIZE)
+from envs.atari import (
+    FRAME_SHAPE,
+    MAX_FRAMES_PER_EPISODE,
+    NOOP_MAX,
+    PROTOCOLS,
+    SPR_HORIZON,
+    STACK_SIZE,
+)
 from envs.frame_stack import FrameStacker
 
 NAME = "Catch"
@@ -83,185 +90,208 @@ _STATE_VERSION = 1
 
 
 def render(ball_row: int, ball_col: int, paddle_col: int) -> np.ndarray:
-    """The (84, 84) uint8 frame of a board: ball and paddle cells 255, everything else 0.
+  """The (84, 84) uint8 frame of a board: ball and paddle cells 255, everything else 0.
 
-    Args:
-      ball_row: 0 (top) .. 9 (bottom row, only at the end of an episode).
-      ball_col, paddle_col: 0 (left) .. 4.
-    """
-    if not (0 <= ball_row < ROWS and 0 <= ball_col < COLUMNS and 0 <= paddle_col < COLUMNS):
-        raise ValueError(f"cell out of the {ROWS}x{COLUMNS} board: ball ({ball_row}, "
-                         f"{ball_col}), paddle column {paddle_col}")
-    frame = np.zeros(FRAME_SHAPE, np.uint8)
-    for row, col in ((ball_row, ball_col), (ROWS - 1, paddle_col)):
-        top, left = TOP + row * CELL_HEIGHT, LEFT + col * CELL_WIDTH
-        frame[top:top + CELL_HEIGHT, left:left + CELL_WIDTH] = ON
-    return frame
+  Args:
+    ball_row: 0 (top) .. 9 (bottom row, only at the end of an episode).
+    ball_col, paddle_col: 0 (left) .. 4.
+  """
+  if not (0 <= ball_row < ROWS and 0 <= ball_col < COLUMNS and 0 <= paddle_col < COLUMNS):
+    raise ValueError(
+        f"cell out of the {ROWS}x{COLUMNS} board: ball ({ball_row}, "
+        f"{ball_col}), paddle column {paddle_col}"
+    )
+  frame = np.zeros(FRAME_SHAPE, np.uint8)
+  for row, col in ((ball_row, ball_col), (ROWS - 1, paddle_col)):
+    top, left = TOP + row * CELL_HEIGHT, LEFT + col * CELL_WIDTH
+    frame[top : top + CELL_HEIGHT, left : left + CELL_WIDTH] = ON
+  return frame
 
 
 class CatchEnv:
-    """bsuite's Catch with ``AtariEnv``'s interface (see the module docstring).
+  """bsuite's Catch with ``AtariEnv``'s interface (see the module docstring).
 
-    Args:
-      game: "catch" in any case (the name :func:`envs.games.make_env` dispatches on).
-      seed: seeds the RNG of the ball's starting column.
-      training: recorded only (Catch has no lives, so no life-loss terminals).
-      sticky: must be 0 (no sticky actions in Catch).
-      noop_max: ignored (no no-ops in Catch).
-      max_frames_per_episode, horizon: must keep ``AtariEnv``'s defaults (no episode cap).
-      protocol: "dopamine" or "spr" (recorded; Catch plays the same under both).
-    """
+  Args:
+    game: "catch" in any case (the name :func:`envs.games.make_env` dispatches on).
+    seed: seeds the RNG of the ball's starting column.
+    training: recorded only (Catch has no lives, so no life-loss terminals).
+    sticky: must be 0 (no sticky actions in Catch).
+    noop_max: ignored (no no-ops in Catch).
+    max_frames_per_episode, horizon: must keep ``AtariEnv``'s defaults (no episode cap).
+    protocol: "dopamine" or "spr" (recorded; Catch plays the same under both).
+  """
 
-    def __init__(self, game: str = NAME, seed: int = 0, training: bool = True,
-                 sticky: float = 0.0, noop_max: int = NOOP_MAX,
-                 max_frames_per_episode: int = MAX_FRAMES_PER_EPISODE,
-                 protocol: str = "dopamine", horizon: int = SPR_HORIZON):
-        if "".join(ch for ch in str(game).lower() if ch.isalnum()) != NAME.lower():
-            raise ValueError(f"CatchEnv plays Catch, not {game!r}")
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown env protocol {protocol!r}: expected one of {PROTOCOLS}")
-        if float(sticky) != 0.0:
-            raise ValueError(f"Catch has no sticky actions, got sticky={sticky}")
-        if int(max_frames_per_episode) != MAX_FRAMES_PER_EPISODE or int(horizon) != SPR_HORIZON:
-            raise ValueError("Catch episodes last 9 steps and have no cap: leave "
-                             "max_frames_per_episode and horizon at their defaults")
-        if int(noop_max) < 0:
-            raise ValueError(f"noop_max must be >= 0, got {noop_max}")
-        del noop_max  # Catch has no no-ops
-        self.game = NAME
-        self.seed = int(seed)
-        self.training = bool(training)
-        self.sticky = 0.0
-        self.protocol = protocol
-        self._rng = np.random.default_rng(self.seed)
-        self._stacker = FrameStacker(STACK_SIZE, FRAME_SHAPE)
-        self._ball_row = 0
-        self._ball_col = 0
-        self._paddle_col = COLUMNS // 2
-        self._episode_return = 0.0
-        self._episode_length = 0
-        self._needs_reset = True
+  def __init__(
+      self,
+      game: str = NAME,
+      seed: int = 0,
+      training: bool = True,
+      sticky: float = 0.0,
+      noop_max: int = NOOP_MAX,
+      max_frames_per_episode: int = MAX_FRAMES_PER_EPISODE,
+      protocol: str = "dopamine",
+      horizon: int = SPR_HORIZON,
+  ):
+    if "".join(ch for ch in str(game).lower() if ch.isalnum()) != NAME.lower():
+      raise ValueError(f"CatchEnv plays Catch, not {game!r}")
+    if protocol not in PROTOCOLS:
+      raise ValueError(f"unknown env protocol {protocol!r}: expected one of {PROTOCOLS}")
+    if float(sticky) != 0.0:
+      raise ValueError(f"Catch has no sticky actions, got sticky={sticky}")
+    if int(max_frames_per_episode) != MAX_FRAMES_PER_EPISODE or int(horizon) != SPR_HORIZON:
+      raise ValueError(
+          "Catch episodes last 9 steps and have no cap: leave "
+          "max_frames_per_episode and horizon at their defaults"
+      )
+    if int(noop_max) < 0:
+      raise ValueError(f"noop_max must be >= 0, got {noop_max}")
+    del noop_max  # Catch has no no-ops
+    self.game = NAME
+    self.seed = int(seed)
+    self.training = bool(training)
+    self.sticky = 0.0
+    self.protocol = protocol
+    self._rng = np.random.default_rng(self.seed)
+    self._stacker = FrameStacker(STACK_SIZE, FRAME_SHAPE)
+    self._ball_row = 0
+    self._ball_col = 0
+    self._paddle_col = COLUMNS // 2
+    self._episode_return = 0.0
+    self._episode_length = 0
+    self._needs_reset = True
 
-    # ----------------------------------------------------------------------------- properties
-    @property
-    def num_actions(self) -> int:
-        return len(MOVES)
+  # ----------------------------------------------------------------------------- properties
+  @property
+  def num_actions(self) -> int:
+    return len(MOVES)
 
-    @property
-    def action_set(self) -> list[int]:
-        """ALE action ids of the actions (LEFT, NOOP, RIGHT), in the order of the indices."""
-        return list(ALE_ACTIONS)
+  @property
+  def action_set(self) -> list[int]:
+    """ALE action ids of the actions (LEFT, NOOP, RIGHT), in the order of the indices."""
+    return list(ALE_ACTIONS)
 
-    @property
-    def action_meanings(self) -> list[str]:
-        return list(ACTION_MEANINGS)
+  @property
+  def action_meanings(self) -> list[str]:
+    return list(ACTION_MEANINGS)
 
-    @property
-    def stack(self) -> np.ndarray:
-        """(4, 84, 84) uint8 stack of the current episode, oldest frame first (a copy)."""
-        return self._stacker.stack
+  @property
+  def stack(self) -> np.ndarray:
+    """(4, 84, 84) uint8 stack of the current episode, oldest frame first (a copy)."""
+    return self._stacker.stack
 
-    @property
-    def lives(self) -> int:
-        return 0  # no lives (the ALE reports 0 for such games)
+  @property
+  def lives(self) -> int:
+    return 0  # no lives (the ALE reports 0 for such games)
 
-    @property
-    def board(self) -> tuple[int, int, int]:
-        """(ball row, ball column, paddle column) of the current position (for tests and
-        analysis: the 10x5 board the frame draws)."""
-        return self._ball_row, self._ball_col, self._paddle_col
+  @property
+  def board(self) -> tuple[int, int, int]:
+    """(ball row, ball column, paddle column) of the current position (for tests and
+    analysis: the 10x5 board the frame draws)."""
+    return self._ball_row, self._ball_col, self._paddle_col
 
-    # ------------------------------------------------------------------------------- dynamics
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        """Starts a new episode; returns its first frame. With ``seed`` the RNG is first
-        re-seeded: ``env.reset(seed=s)`` then plays as ``CatchEnv("catch", s).reset()``."""
-        if seed is not None:
-            self.seed = int(seed)
-            self._rng = np.random.default_rng(self.seed)
-        return self._new_game()
+  # ------------------------------------------------------------------------------- dynamics
+  def reset(self, seed: int | None = None) -> np.ndarray:
+    """Starts a new episode; returns its first frame. With ``seed`` the RNG is first
+    re-seeded: ``env.reset(seed=s)`` then plays as ``CatchEnv("catch", s).reset()``."""
+    if seed is not None:
+      self.seed = int(seed)
+      self._rng = np.random.default_rng(self.seed)
+    return self._new_game()
 
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, dict]:
-        """Moves the paddle, drops the ball one row; auto-resets after the episode's end."""
-        if self._needs_reset:
-            raise RuntimeError("CatchEnv.step() called before reset()")
-        action = int(action)
-        if not 0 <= action < len(MOVES):
-            raise ValueError(f"action {action} out of range [0, {len(MOVES)})")
-        # bsuite's order: the paddle moves first, then the ball falls.
-        self._paddle_col = int(np.clip(self._paddle_col + MOVES[action], 0, COLUMNS - 1))
-        self._ball_row += 1
-        self._episode_length += 1
-        game_over = self._ball_row == ROWS - 1
-        reward = (1.0 if self._paddle_col == self._ball_col else -1.0) if game_over else 0.0
-        self._episode_return += reward
-        info = {"lives": 0, "life_lost": False, "game_over": game_over, "truncated": False}
-        if game_over:
-            info["episode_return"] = self._episode_return
-            info["episode_length"] = self._episode_length
-            frame = self._new_game()  # restarts the stack at the new episode's first frame
-        else:
-            frame = self._frame()
-            self._stacker.push(frame)
-        return frame, reward, game_over, info
+  def step(self, action: int) -> tuple[np.ndarray, float, bool, dict]:
+    """Moves the paddle, drops the ball one row; auto-resets after the episode's end."""
+    if self._needs_reset:
+      raise RuntimeError("CatchEnv.step() called before reset()")
+    action = int(action)
+    if not 0 <= action < len(MOVES):
+      raise ValueError(f"action {action} out of range [0, {len(MOVES)})")
+    # bsuite's order: the paddle moves first, then the ball falls.
+    self._paddle_col = int(np.clip(self._paddle_col + MOVES[action], 0, COLUMNS - 1))
+    self._ball_row += 1
+    self._episode_length += 1
+    game_over = self._ball_row == ROWS - 1
+    reward = (1.0 if self._paddle_col == self._ball_col else -1.0) if game_over else 0.0
+    self._episode_return += reward
+    info = {"lives": 0, "life_lost": False, "game_over": game_over, "truncated": False}
+    if game_over:
+      info["episode_return"] = self._episode_return
+      info["episode_length"] = self._episode_length
+      frame = self._new_game()  # restarts the stack at the new episode's first frame
+    else:
+      frame = self._frame()
+      self._stacker.push(frame)
+    return frame, reward, game_over, info
 
-    def _frame(self) -> np.ndarray:
-        return render(self._ball_row, self._ball_col, self._paddle_col)
+  def _frame(self) -> np.ndarray:
+    return render(self._ball_row, self._ball_col, self._paddle_col)
 
-    def _new_game(self) -> np.ndarray:
-        self._ball_row = 0
-        self._ball_col = int(self._rng.integers(COLUMNS))
-        self._paddle_col = COLUMNS // 2
-        self._episode_return = 0.0
-        self._episode_length = 0
-        self._needs_reset = False
-        frame = self._frame()
-        self._stacker.reset(frame)
-        return frame
+  def _new_game(self) -> np.ndarray:
+    self._ball_row = 0
+    self._ball_col = int(self._rng.integers(COLUMNS))
+    self._paddle_col = COLUMNS // 2
+    self._episode_return = 0.0
+    self._episode_length = 0
+    self._needs_reset = False
+    frame = self._frame()
+    self._stacker.reset(frame)
+    return frame
 
-    # ---------------------------------------------------------------------------------- state
-    def get_state(self) -> dict:
-        """Everything needed to continue bit-identically, as picklable plain data."""
-        return {
-            "version": _STATE_VERSION,
-            "game": self.game,
-            "seed": self.seed,  # informational: the RNG state is what matters
-            "training": self.training,
-            "protocol": self.protocol,
-            "rng": copy.deepcopy(self._rng.bit_generator.state),
-            "ball_row": self._ball_row,
-            "ball_col": self._ball_col,
-            "paddle_col": self._paddle_col,
-            "stacker": self._stacker.get_state(),
-            "episode_return": self._episode_return,
-            "episode_length": self._episode_length,
-            "needs_reset": self._needs_reset,
-        }
+  # ---------------------------------------------------------------------------------- state
+  def get_state(self) -> dict:
+    """Everything needed to continue bit-identically, as picklable plain data."""
+    return {
+        "version": _STATE_VERSION,
+        "game": self.game,
+        "seed": self.seed,  # informational: the RNG state is what matters
+        "training": self.training,
+        "protocol": self.protocol,
+        "rng": copy.deepcopy(self._rng.bit_generator.state),
+        "ball_row": self._ball_row,
+        "ball_col": self._ball_col,
+        "paddle_col": self._paddle_col,
+        "stacker": self._stacker.get_state(),
+        "episode_return": self._episode_return,
+        "episode_length": self._episode_length,
+        "needs_reset": self._needs_reset,
+    }
 
-    def set_state(self, state: dict) -> None:
-        """Restores a :meth:`get_state` dict (from this or another CatchEnv). A state of
-        another game (an ``AtariEnv`` state) or of the other env protocol is refused."""
-        if state.get("game") != NAME or state.get("version") != _STATE_VERSION:
-            raise ValueError(f"not a CatchEnv state (game {state.get('game')!r}, version "
-                             f"{state.get('version')!r})")
-        if state["protocol"] != self.protocol:
-            raise ValueError(f"this CatchEnv state was saved by a {state['protocol']!r}-protocol "
-                             f"env; this env has protocol {self.protocol!r}")
-        rng = np.random.default_rng()
-        rng.bit_generator.state = copy.deepcopy(state["rng"])
-        self._rng = rng
-        self.seed = int(state["seed"])
-        self.training = bool(state["training"])
-        self._ball_row = int(state["ball_row"])
-        self._ball_col = int(state["ball_col"])
-        self._paddle_col = int(state["paddle_col"])
-        self._stacker.set_state(state["stacker"])
-        self._episode_return = float(state["episode_return"])
-        self._episode_length = int(state["episode_length"])
-        self._needs_reset = bool(state["needs_reset"])
+  def set_state(self, state: dict) -> None:
+    """Restores a :meth:`get_state` dict (from this or another CatchEnv). A state of
+    another game (an ``AtariEnv`` state) or of the other env protocol is refused."""
+    if state.get("game") != NAME or state.get("version") != _STATE_VERSION:
+      raise ValueError(
+          f"not a CatchEnv state (game {state.get('game')!r}, version " f"{state.get('version')!r})"
+      )
+    if state["protocol"] != self.protocol:
+      raise ValueError(
+          f"this CatchEnv state was saved by a {state['protocol']!r}-protocol "
+          f"env; this env has protocol {self.protocol!r}"
+      )
+    rng = np.random.default_rng()
+    rng.bit_generator.state = copy.deepcopy(state["rng"])
+    self._rng = rng
+    self.seed = int(state["seed"])
+    self.training = bool(state["training"])
+    self._ball_row = int(state["ball_row"])
+    self._ball_col = int(state["ball_col"])
+    self._paddle_col = int(state["paddle_col"])
+    self._stacker.set_state(state["stacker"])
+    self._episode_return = float(state["episode_return"])
+    self._episode_length = int(state["episode_length"])
+    self._needs_reset = bool(state["needs_reset"])
 
-    def close(self) -> None:
-        pass
+  def close(self) -> None:
+    pass
 
 
-__all__ = ["CatchEnv", "render", "NAME", "ROWS", "COLUMNS", "EPISODE_LENGTH", "MOVES",
-           "ALE_ACTIONS", "ACTION_MEANINGS"]
+__all__ = [
+    "CatchEnv",
+    "render",
+    "NAME",
+    "ROWS",
+    "COLUMNS",
+    "EPISODE_LENGTH",
+    "MOVES",
+    "ALE_ACTIONS",
+    "ACTION_MEANINGS",
+]

@@ -30,6 +30,7 @@ Workers are started with `subprocess` (`python -c` importing only `envs.pool_wor
 and fork is unsafe once JAX's threads run. A worker exits when its pipe closes, so a killed
 trainer leaves no orphans.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,9 @@ def auto_workers(num_envs: int, cores: int | None = None) -> int:
 def resolve_workers(requested: int, num_envs: int) -> int:
   """`requested` workers (-1: `auto_workers`); 0 means the envs live in this process."""
   if requested < -1:
-    raise ValueError(f"env workers must be -1 (auto), 0 (in this process) or more, got "
-                     f"{requested}")
+    raise ValueError(
+        f"env workers must be -1 (auto), 0 (in this process) or more, got " f"{requested}"
+    )
   return auto_workers(num_envs) if requested == -1 else int(requested)
 
 
@@ -99,12 +101,17 @@ class _Process:
     # a folder named like a module in the working directory cannot shadow it.
     path = os.pathsep.join(p for p in sys.path if p)
     env = dict(os.environ, PYTHONPATH=path)
-    code = ("import sys; from envs.pool_worker import serve; "
-            "serve(int(sys.argv[1]), int(sys.argv[2]))")
+    code = (
+        "import sys; from envs.pool_worker import serve; "
+        "serve(int(sys.argv[1]), int(sys.argv[2]))"
+    )
     try:
       self.proc = subprocess.Popen(
           [sys.executable, "-P", "-c", code, str(to_child_r), str(from_child_w)],
-          pass_fds=(to_child_r, from_child_w), env=env, stdin=subprocess.DEVNULL)
+          pass_fds=(to_child_r, from_child_w),
+          env=env,
+          stdin=subprocess.DEVNULL,
+      )
     except BaseException:
       os.close(to_child_w)
       os.close(from_child_r)
@@ -207,8 +214,9 @@ class EnvPool:
     self._next_handle = 0
 
   # ------------------------------------------------------------------------------ plumbing
-  def _call(self, command: str, handles: Sequence[int], *columns: Sequence[Any]
-            ) -> tuple[list, list[list[int]], BaseException | None]:
+  def _call(
+      self, command: str, handles: Sequence[int], *columns: Sequence[Any]
+  ) -> tuple[list, list[list[int]], BaseException | None]:
     """Runs `command(handles_w, *columns_w)` on every worker w owning some of `handles` (all
     sent before any reply is read). Returns ([(positions, result)] of the workers that
     succeeded, [positions] of those whose command raised, the first such exception)."""
@@ -313,8 +321,7 @@ class EnvPool:
   def action_set(self, handle: int) -> list[int]:
     return self._action_set[handle]
 
-  def reset(self, handles: Sequence[int], seeds: Sequence[int | None] | None = None
-            ) -> np.ndarray:
+  def reset(self, handles: Sequence[int], seeds: Sequence[int | None] | None = None) -> np.ndarray:
     """`env.reset(seed=...)` of each handle (`seeds` None: no re-seeding); first frames."""
     seeds = [None] * len(handles) if seeds is None else list(seeds)
     done, failed, error = self._call("reset", handles, seeds)
@@ -326,8 +333,9 @@ class EnvPool:
       raise error
     return self._gather_array(done, len(handles), FRAME_SHAPE, np.uint8)
 
-  def step(self, handles: Sequence[int], actions: Sequence[int]
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+  def step(
+      self, handles: Sequence[int], actions: Sequence[int]
+  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
     """`env.step(action)` of each handle: (frames uint8 [n, 84, 84], raw rewards float64 [n],
     learner terminals bool [n], infos), as `AtariEnv.step` returns them one by one."""
     n = len(handles)
@@ -359,8 +367,9 @@ class EnvPool:
   def worker_stacks(self, handles: Sequence[int]) -> np.ndarray:
     """The stacks as the envs themselves hold them (a round trip to the workers; tests check
     that `stacks` agrees)."""
-    return self._gather_array(self._results("stacks", handles), len(handles),
-                              (STACK_SIZE,) + FRAME_SHAPE, np.uint8)
+    return self._gather_array(
+        self._results("stacks", handles), len(handles), (STACK_SIZE,) + FRAME_SHAPE, np.uint8
+    )
 
   def get_state(self, handles: Sequence[int]) -> list[dict]:
     """`env.get_state()` of each handle (what a checkpoint stores)."""

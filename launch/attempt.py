@@ -4,6 +4,7 @@
 starts the command with its output appended to log.txt, and on `close` writes exit.json and
 frees the lock.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,16 @@ class RunLock:
 
   def _payload(self, child_pid: int | None = None) -> str:
     job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or ""
-    return json.dumps({"pid": os.getpid(), "child_pid": child_pid, "host": socket.gethostname(),
-                       "job_id": job_id, "started": time.time(), "cmd": self._command})
+    return json.dumps(
+        {
+            "pid": os.getpid(),
+            "child_pid": child_pid,
+            "host": socket.gethostname(),
+            "job_id": job_id,
+            "started": time.time(),
+            "cmd": self._command,
+        }
+    )
 
   def _acquire(self) -> None:
     for _ in range(2):
@@ -50,7 +59,8 @@ class RunLock:
       except FileExistsError:
         if runstate.lock_is_live(self.path.parent):
           raise RunLockedError(
-              f"{self.path.parent} is owned by a live runner ({self.path})") from None
+              f"{self.path.parent} is owned by a live runner ({self.path})"
+          ) from None
         self.path.unlink(missing_ok=True)  # stale: its runner is gone
         continue
       with os.fdopen(fd, "w") as f:
@@ -106,7 +116,8 @@ class Attempt:
     self._log.write(
         f"### {time.strftime('%Y-%m-%d %H:%M:%S')} start on {socket.gethostname()} "
         f"(CUDA_VISIBLE_DEVICES={full_env.get('CUDA_VISIBLE_DEVICES', '')!r}): "
-        f"{' '.join(self.command[1:])}\n")
+        f"{' '.join(self.command[1:])}\n"
+    )
     self._log.flush()
     try:
       self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
@@ -153,8 +164,16 @@ class Attempt:
     rc = self.proc.returncode if self.proc.returncode is not None else -int(signal.SIGKILL)
     if not (self.workdir / run_files.FINAL).exists() or rc != 0:
       tmp = self.workdir / (runstate.EXIT + ".tmp")
-      tmp.write_text(json.dumps({"returncode": rc, "requeued": self.requeued,
-                                 "ended": time.time(), "host": socket.gethostname()}))
+      tmp.write_text(
+          json.dumps(
+              {
+                  "returncode": rc,
+                  "requeued": self.requeued,
+                  "ended": time.time(),
+                  "host": socket.gethostname(),
+              }
+          )
+      )
       tmp.replace(self.workdir / runstate.EXIT)
     self._lock.release()
     if not self._log.closed:

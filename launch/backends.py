@@ -1,5 +1,6 @@
 """Where a sweep's jobs run: submitit's local executor (`run_local`) or SLURM job arrays
 (`submit_slurm`), each job a `RunJob` that is requeued on a timeout or a preemption."""
+
 from __future__ import annotations
 
 import collections
@@ -48,8 +49,10 @@ class RunJob(helpers.Checkpointable):
     finally:
       self._attempt.close()
     if rc != 0:
-      raise RuntimeError(f"{self.spec.workdir}: {runstate.describe_rc(rc)}: "
-                         f"{runstate.last_log_line(self.spec.path)}")
+      raise RuntimeError(
+          f"{self.spec.workdir}: {runstate.describe_rc(rc)}: "
+          f"{runstate.last_log_line(self.spec.path)}"
+      )
     return "done" if self.spec.is_done() else "exited 0 without final.json"
 
   def checkpoint(self, *args, **kwargs) -> helpers.DelayedSubmission:
@@ -82,8 +85,9 @@ def detect_gpus(spec: str = "auto") -> list[int]:
   if visible is not None:
     return [int(x) for x in visible.split(",") if x.strip().isdigit()]
   try:
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20,
-                         check=False)
+    out = subprocess.run(
+        ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=False
+    )
   except (OSError, subprocess.SubprocessError):
     return []
   return list(range(sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))))
@@ -120,16 +124,22 @@ def _slot_env(slot: int, opts: LocalOptions) -> dict[str, str]:
   return env
 
 
-def run_local(specs: Sequence[JobSpec], folder: Path | str, opts: LocalOptions,
-              log: Callable[[str], None] = print) -> dict[str, runstate.RunState]:
+def run_local(
+    specs: Sequence[JobSpec],
+    folder: Path | str,
+    opts: LocalOptions,
+    log: Callable[[str], None] = print,
+) -> dict[str, runstate.RunState]:
   """Runs the specs with submitit's LocalExecutor, at most opts.max_parallel at a time, slot
   k on GPU opts.gpus[k % len(gpus)]. Blocks until all have ended; returns workdir -> state."""
   from submitit.local.local import LocalExecutor  # pylint: disable=import-outside-toplevel
 
   todo, done, busy = runnable(specs)
-  log(f"{len(specs)} runs: {len(done)} done (skipped), {len(busy)} running elsewhere (skipped), "
+  log(
+      f"{len(specs)} runs: {len(done)} done (skipped), {len(busy)} running elsewhere (skipped), "
       f"{len(todo)} to run, {opts.max_parallel} at a time"
-      + (f" on GPUs {list(opts.gpus)}" if opts.gpus else " (no GPU)"))
+      + (f" on GPUs {list(opts.gpus)}" if opts.gpus else " (no GPU)")
+  )
   executor = LocalExecutor(folder, max_num_timeout=opts.max_requeues)
   queue = collections.deque(todo)
   active: dict[int, tuple[JobSpec, object]] = {}
@@ -148,9 +158,11 @@ def run_local(specs: Sequence[JobSpec], folder: Path | str, opts: LocalOptions,
           continue
         gpu = gpu_for_slot(slot, opts.gpus)
         executor.update_parameters(
-            timeout_min=opts.timeout_min, signal_delay_s=opts.signal_delay_s,
+            timeout_min=opts.timeout_min,
+            signal_delay_s=opts.signal_delay_s,
             gpus_per_node=0 if gpu is None else 1,
-            visible_gpus=() if gpu is None else (gpu,))
+            visible_gpus=() if gpu is None else (gpu,),
+        )
         job = executor.submit(RunJob(spec, _slot_env(slot, opts), opts.grace_s))
         active[slot] = (spec, job)
         log(f"[start] {spec.workdir} (slot {slot}, GPU {'-' if gpu is None else gpu})")
@@ -188,16 +200,21 @@ def make_slurm_executor(folder: Path | str, opts: SlurmOptions):
   import submitit  # pylint: disable=import-outside-toplevel
 
   if int(opts.time_min) != opts.time_min or opts.time_min <= 0:
-    raise ValueError(
-        f"SLURM time must be a positive whole number of minutes, got {opts.time_min}")
+    raise ValueError(f"SLURM time must be a positive whole number of minutes, got {opts.time_min}")
   if opts.signal_delay_s <= opts.grace_s:
     raise ValueError(
-        "signal_delay_s must exceed grace_s (time to stop the trainer before the kill)")
-  executor = submitit.AutoExecutor(folder=folder, cluster="slurm",
-                                   slurm_max_num_timeout=opts.max_requeues)
+        "signal_delay_s must exceed grace_s (time to stop the trainer before the kill)"
+    )
+  executor = submitit.AutoExecutor(
+      folder=folder, cluster="slurm", slurm_max_num_timeout=opts.max_requeues
+  )
   params = dict(
-      name=opts.job_name, timeout_min=int(opts.time_min), nodes=1, tasks_per_node=1,
-      gpus_per_node=int(opts.gpus_per_job), cpus_per_task=int(opts.cpus_per_job),
+      name=opts.job_name,
+      timeout_min=int(opts.time_min),
+      nodes=1,
+      tasks_per_node=1,
+      gpus_per_node=int(opts.gpus_per_job),
+      cpus_per_task=int(opts.cpus_per_job),
       slurm_array_parallelism=int(opts.array_parallelism),
       slurm_signal_delay_s=int(opts.signal_delay_s),
   )
@@ -213,12 +230,19 @@ def make_slurm_executor(folder: Path | str, opts: SlurmOptions):
   return executor
 
 
-def submit_slurm(specs: Sequence[JobSpec], folder: Path | str, opts: SlurmOptions,
-                 log: Callable[[str], None] = print, executor=None) -> list:
+def submit_slurm(
+    specs: Sequence[JobSpec],
+    folder: Path | str,
+    opts: SlurmOptions,
+    log: Callable[[str], None] = print,
+    executor=None,
+) -> list:
   """Submits every run that is not done or running as one SLURM job array; returns the jobs."""
   todo, done, busy = runnable(specs)
-  log(f"{len(specs)} runs: {len(done)} done (skipped), {len(busy)} running (skipped), "
-      f"{len(todo)} to submit")
+  log(
+      f"{len(specs)} runs: {len(done)} done (skipped), {len(busy)} running (skipped), "
+      f"{len(todo)} to submit"
+  )
   if not todo:
     return []
   executor = executor or make_slurm_executor(folder, opts)

@@ -23,6 +23,7 @@ longer, more varied episodes than uniform noise); `checkpoint` an agent trained 
 
 Exit codes (launch/common.py): 0 done, 2 bad input, 74 a file-system error.
 """
+
 from __future__ import annotations
 
 import time
@@ -54,13 +55,15 @@ def _checkpoint_policy(workdir: str, game: str, num_actions: int):
   from spr import checkpoint, workdir as wd
 
   from pathlib import Path
+
   path = Path(workdir)
   if not (path / wd.CONFIG).exists():
     raise ValueError(f"--workdir: {path / wd.CONFIG} not found (not a launch.train run)")
   stored = wd.read_json(path / wd.CONFIG)
   if stored.get("game") != game:
-    raise ValueError(f"--workdir: the agent in {path} was trained on {stored.get('game')}, "
-                     f"not {game}")
+    raise ValueError(
+        f"--workdir: the agent in {path} was trained on {stored.get('game')}, " f"not {game}"
+    )
   config = spr_config.config_from_json(stored)
   learner = SPRLearner(config, num_actions)
   template = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
@@ -93,8 +96,7 @@ def main():
   with common.bad_input():
     game = games.canonical_name(_GAME.value)
   # Dopamine's env: the DQN Replay data was collected with it (sticky actions included).
-  env = AtariEnv(game, seed=_SEED.value, training=False, sticky=_STICKY.value,
-                 protocol="dopamine")
+  env = AtariEnv(game, seed=_SEED.value, training=False, sticky=_STICKY.value, protocol="dopamine")
   rng = np.random.default_rng(_SEED.value + 7_919)
   greedy = None
   if _POLICY.value == "checkpoint":
@@ -104,6 +106,7 @@ def main():
     with common.bad_input():  # not a launch.train run of this game, or no usable checkpoint
       greedy = _checkpoint_policy(_WORKDIR.value, game, env.num_actions)
   from pathlib import Path
+
   run_dir = Path(_OUT.value) / game / _RUN.value
   writer = CheckpointWriter(run_dir, _SIZE.value, first_index=_FIRST.value)
   frame = env.reset()
@@ -116,22 +119,29 @@ def main():
       if rng.random() < _EPSILON.value:
         action = int(rng.integers(env.num_actions))
     else:
-      action = (int(rng.integers(env.num_actions)) if rng.random() < _EPSILON.value
-                else greedy(env.stack))
+      action = (
+          int(rng.integers(env.num_actions)) if rng.random() < _EPSILON.value else greedy(env.stack)
+      )
     next_frame, reward, terminal, info = env.step(action)
     writer.add(frame, action, clip_reward(reward), terminal)
     if info.get("game_over"):
       returns.append(info["episode_return"])
     frame = next_frame
     if (step + 1) % 10_000 == 0:
-      logging.info("collected %d/%d transitions, %d games (mean score %.1f), %.0f steps/s",
-                   step + 1, _STEPS.value, len(returns),
-                   float(np.mean(returns)) if returns else float("nan"),
-                   (step + 1) / (time.perf_counter() - t0))
+      logging.info(
+          "collected %d/%d transitions, %d games (mean score %.1f), %.0f steps/s",
+          step + 1,
+          _STEPS.value,
+          len(returns),
+          float(np.mean(returns)) if returns else float("nan"),
+          (step + 1) / (time.perf_counter() - t0),
+      )
   writer.flush()
-  print(f"{game}: {_STEPS.value} transitions in checkpoints {writer.written} of {run_dir}, "
-        f"{len(returns)} complete games (mean score "
-        f"{float(np.mean(returns)) if returns else float('nan'):.1f})")
+  print(
+      f"{game}: {_STEPS.value} transitions in checkpoints {writer.written} of {run_dir}, "
+      f"{len(returns)} complete games (mean score "
+      f"{float(np.mean(returns)) if returns else float('nan'):.1f})"
+  )
 
 
 def run():

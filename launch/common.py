@@ -15,6 +15,7 @@ gpu_suite.py, theory/check.py) defines `main()` and runs it with `run(main)`. Ex
 Every error is one `error: ...` line on stderr; a checkpointed stop is one line that is not an
 error. Any other exception is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,12 +34,17 @@ IO_ERROR = 74
 # cannot have been raised, and importing the agents here would load JAX into every entry point
 # (and into `--help`). A class is listed where it is defined and where entry points import it.
 _STOPPED = (("spr.runtime", "Preempted"), ("agents.spr.trainer", "Preempted"))  # has .code
-_NON_FINITE = (("spr.runtime", "NonFiniteLossError"), ("agents.spr.trainer", "NonFiniteLossError"),
-               ("agents.sgi.pretrainer", "NonFiniteLossError"))
-_BAD_INPUT = (("spr.workdir", "WorkdirError"),  # another config in the workdir, or in use
-              ("spr.checkpoint", "CheckpointError"),  # no usable checkpoint, or an unsafe file
-              ("spr.dqn_replay", "DataError"),  # missing or corrupt logged data
-              ("agents.sgi.finetune", "PretrainedMismatch"))  # --init_from does not fit the run
+_NON_FINITE = (
+    ("spr.runtime", "NonFiniteLossError"),
+    ("agents.spr.trainer", "NonFiniteLossError"),
+    ("agents.sgi.pretrainer", "NonFiniteLossError"),
+)
+_BAD_INPUT = (
+    ("spr.workdir", "WorkdirError"),  # another config in the workdir, or in use
+    ("spr.checkpoint", "CheckpointError"),  # no usable checkpoint, or an unsafe file
+    ("spr.dqn_replay", "DataError"),  # missing or corrupt logged data
+    ("agents.sgi.finetune", "PretrainedMismatch"),
+)  # --init_from does not fit the run
 
 
 def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type, ...]:

@@ -4,6 +4,7 @@ A run is `python -m MODULE ARGS...` whose workdir follows docs/CONTRACTS.md. Run
 command again on the same workdir resumes from its last checkpoint, and a finished run
 (final.json) exits 0 at once; the backends (launch/backends.py) rely on that and nothing more.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,8 +54,13 @@ class JobSpec:
       attempt.close()
 
 
-def build_spec(point: grid.GridPoint, root: Path | str, sweep: grid.SweepDef, module: str = "",
-               env: dict[str, str] | None = None) -> JobSpec:
+def build_spec(
+    point: grid.GridPoint,
+    root: Path | str,
+    sweep: grid.SweepDef,
+    module: str = "",
+    env: dict[str, str] | None = None,
+) -> JobSpec:
   """GridPoint -> JobSpec for launch.train / launch.pretrain (same job definition for both)."""
   module = module or ENTRY_MODULES[sweep.entry]
   wd = grid.run_dir(root, point.label, point.game, point.seed)
@@ -80,9 +86,15 @@ def init_from_path(template: str, point: grid.GridPoint) -> str:
   `{game}` is the canonical name (`{ale_game}`, the same, is what older templates say); a
   pretraining workdir an older sweep wrote under the ROM id (`ms_pacman`) is used when only that
   one exists."""
+
   def fill(game: str) -> str:
-    return template.format(label=point.label, config=point.config, game=game,
-                           ale_game=game if point.game != grid.JOINT else "", seed=point.seed)
+    return template.format(
+        label=point.label,
+        config=point.config,
+        game=game,
+        ale_game=game if point.game != grid.JOINT else "",
+        seed=point.seed,
+    )
 
   path = fill(point.game)
   older = fill(grid.rom_id(point.game)) if point.game != grid.JOINT else path

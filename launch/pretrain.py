@@ -12,6 +12,7 @@ checkpoint; finetune with `python -m launch.train --config=sgi --init_from=W`.
 Exit codes (launch/common.py): 0 done, 2 bad input (flags, missing/corrupt data), 3 non-finite
 loss, 74 a file-system error.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,16 +25,23 @@ from launch import common
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Root of the data: <data_dir>/<Game>/<run>/...")
 _GAMES = flags.DEFINE_string("games", "Pong", "Comma-separated games to pretrain on.")
 _RUNS = flags.DEFINE_string("runs", "", "Comma-separated run folders (default: all).")
-_CHECKPOINTS = flags.DEFINE_string("checkpoints", "", "Comma-separated checkpoint indices "
-                                   "(default: all found).")
-_CACHE_DIR = flags.DEFINE_string("cache_dir", "", "Folder for the decompressed .npy frames "
-                                 "(default: npy_cache/ beside each replay_logs).")
+_CHECKPOINTS = flags.DEFINE_string(
+    "checkpoints", "", "Comma-separated checkpoint indices " "(default: all found)."
+)
+_CACHE_DIR = flags.DEFINE_string(
+    "cache_dir",
+    "",
+    "Folder for the decompressed .npy frames " "(default: npy_cache/ beside each replay_logs).",
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (created; resumed if present).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed (network init, sampling, augmentation).")
-_CONFIG = flags.DEFINE_string("config", "sgi_m", f"Named configuration: {sorted(sgi_config.CONFIGS)}.")
+_CONFIG = flags.DEFINE_string(
+    "config", "sgi_m", f"Named configuration: {sorted(sgi_config.CONFIGS)}."
+)
 _OVERRIDES = {
-    f.name: flags.DEFINE_string(f.name, None, f"Override of config field {f.name} "
-                                f"(default of 'sgi_m': {f.default!r}).")
+    f.name: flags.DEFINE_string(
+        f.name, None, f"Override of config field {f.name} " f"(default of 'sgi_m': {f.default!r})."
+    )
     for f in dataclasses.fields(sgi_config.SGIConfig)
 }
 
@@ -58,15 +66,25 @@ def main():
     if not games:
       raise ValueError("--games is empty")
     checkpoints = [int(c) for c in _list(_CHECKPOINTS.value)]
-    overrides = {n: sgi_config.parse_value(n, f.value) for n, f in _OVERRIDES.items()
-                 if f.value is not None}
+    overrides = {
+        n: sgi_config.parse_value(n, f.value) for n, f in _OVERRIDES.items() if f.value is not None
+    }
     config = sgi_config.make_config(_CONFIG.value, overrides)
-    final = pretrainer.pretrain(_DATA_DIR.value, games, config, _WORKDIR.value,
-                                config_name=_CONFIG.value, seed=_SEED.value,
-                                runs=_list(_RUNS.value) or None, checkpoints=checkpoints or None,
-                                cache_dir=_CACHE_DIR.value or None)
-  print(f"pretrained on {','.join(final['games'])}: {final['steps']} steps, "
-        f"{final['samples_per_s']:.1f} samples/s ({_WORKDIR.value}/pretrained.npz)")
+    final = pretrainer.pretrain(
+        _DATA_DIR.value,
+        games,
+        config,
+        _WORKDIR.value,
+        config_name=_CONFIG.value,
+        seed=_SEED.value,
+        runs=_list(_RUNS.value) or None,
+        checkpoints=checkpoints or None,
+        cache_dir=_CACHE_DIR.value or None,
+    )
+  print(
+      f"pretrained on {','.join(final['games'])}: {final['steps']} steps, "
+      f"{final['samples_per_s']:.1f} samples/s ({_WORKDIR.value}/pretrained.npz)"
+  )
 
 
 def run():

@@ -18,6 +18,7 @@ Run states (read_state), first match wins:
                A sweep resumes it from its checkpoint.
   pending      nothing written yet.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,8 +82,11 @@ def cause_in_log(path: Path | str) -> str:
       return line
   for line in reversed(lines):
     head = line.split(":", 1)[0]
-    if ":" in line and head.replace(".", "").replace("_", "").isalnum() and (
-        head.endswith(("Error", "Exception", "Interrupt"))):
+    if (
+        ":" in line
+        and head.replace(".", "").replace("_", "").isalnum()
+        and (head.endswith(("Error", "Exception", "Interrupt")))
+    ):
       return line
   for line in reversed(lines):
     if not line.startswith("Pass --helpshort or --helpfull"):
@@ -170,8 +174,12 @@ def read_state(workdir: Path | str) -> RunState:
   if lock_is_live(wd):
     return RunState("running", step, budget)
   if run_files.final_is_broken(wd):
-    return RunState("failed", step, budget,
-                    "final.json does not parse; rerun the run to redo its final evaluation")
+    return RunState(
+        "failed",
+        step,
+        budget,
+        "final.json does not parse; rerun the run to redo its final evaluation",
+    )
   ex = read_json_object(wd / EXIT)
   if ex is not None:
     rc = int(ex.get("returncode", 1))

@@ -19,6 +19,7 @@ input (or a workdir in use), 3 non-finite loss (the last good checkpoint is kept
 file-system error, 130 / 143 stopped by Ctrl-C / SIGTERM after writing a checkpoint (rerun to
 resume).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,22 +32,31 @@ from launch import common, grid
 _GAME = flags.DEFINE_string("game", "Pong", "Atari 100k game (ALE name, case-insensitive).")
 _SEED = flags.DEFINE_integer("seed", 0, "Run seed (network init, exploration, env no-ops).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (created; resumed if present).")
-_CONFIG = flags.DEFINE_string("config", "spr", f"Named configuration: {sorted(spr_config.CONFIGS)}.")
+_CONFIG = flags.DEFINE_string(
+    "config", "spr", f"Named configuration: {sorted(spr_config.CONFIGS)}."
+)
 _GAMES = flags.DEFINE_string("games", None, "Several games, comma-separated: multi-run mode.")
 _DONE_CHECKPOINTS = flags.DEFINE_enum(
-    "done_checkpoints", "last", ["last", "all", "none"],
+    "done_checkpoints",
+    "last",
+    ["last", "all", "none"],
     "Checkpoints a finished run keeps: the last (what re-running its final evaluation needs), "
-    "all, or none (only its outputs: config.json, metrics.jsonl, eval.csv, final.json).")
+    "all, or none (only its outputs: config.json, metrics.jsonl, eval.csv, final.json).",
+)
 _SEEDS = flags.DEFINE_string("seeds", None, "Several seeds ('0-3', '0,2,5'): multi-run mode.")
 _ENV_WORKERS = flags.DEFINE_integer(
-    "env_workers", -1, "Worker processes stepping the emulators: the evaluation envs, and in "
+    "env_workers",
+    -1,
+    "Worker processes stepping the emulators: the evaluation envs, and in "
     "multi-run mode the training envs too (0: all in this process; -1: one per core but one, "
-    "none on a machine with 2 cores or fewer). Results do not depend on it.")
+    "none on a machine with 2 cores or fewer). Results do not depend on it.",
+)
 
 # One override flag per config field, parsed by the config module (typed, with clear errors).
 _OVERRIDES = {
-    f.name: flags.DEFINE_string(f.name, None, f"Override of config field {f.name} "
-                                f"(default of 'spr': {f.default!r}).")
+    f.name: flags.DEFINE_string(
+        f.name, None, f"Override of config field {f.name} " f"(default of 'spr': {f.default!r})."
+    )
     for f in dataclasses.fields(spr_config.SPRConfig)
 }
 
@@ -73,20 +83,30 @@ def main():
   if _SEED.value < 0:
     common.fail(f"--seed must be >= 0, got {_SEED.value}")
   if _ENV_WORKERS.value < -1:
-    common.fail(f"--env_workers must be -1 (auto), 0 (in this process) or more, got "
-                f"{_ENV_WORKERS.value}")
+    common.fail(
+        f"--env_workers must be -1 (auto), 0 (in this process) or more, got "
+        f"{_ENV_WORKERS.value}"
+    )
   if _GAMES.value is not None or _SEEDS.value is not None:
     return _main_many(config)
-  final = trainer.train(game, _SEED.value, config, _WORKDIR.value, config_name=_CONFIG.value,
-                        env_workers=_ENV_WORKERS.value)
+  final = trainer.train(
+      game,
+      _SEED.value,
+      config,
+      _WORKDIR.value,
+      config_name=_CONFIG.value,
+      env_workers=_ENV_WORKERS.value,
+  )
   _prune_done(_WORKDIR.value)
   _print_final(final, _WORKDIR.value)
 
 
 def _print_final(final: dict, workdir) -> None:
-  print(f"{final['game']} seed {final['seed']}: mean score {final['mean_score']:.2f} over "
-        f"{final['eval_episodes']} episodes, HNS {final['hns']:.3f} "
-        f"({final['steps']} steps, {workdir}/final.json)")
+  print(
+      f"{final['game']} seed {final['seed']}: mean score {final['mean_score']:.2f} over "
+      f"{final['eval_episodes']} episodes, HNS {final['hns']:.3f} "
+      f"({final['steps']} steps, {workdir}/final.json)"
+  )
 
 
 def _prune_done(workdir) -> None:
@@ -95,6 +115,7 @@ def _prune_done(workdir) -> None:
   from pathlib import Path
 
   from spr import checkpoint
+
   keep = {"last": 1, "all": None, "none": 0}[_DONE_CHECKPOINTS.value]
   if keep is not None:
     checkpoint.prune(Path(workdir) / "checkpoints", keep)
@@ -106,13 +127,19 @@ def _main_many(config) -> None:
   from envs import games
 
   with common.bad_input():
-    game_list = [games.canonical_name(g) for g in
-                 (_GAMES.value.split(",") if _GAMES.value else [_GAME.value]) if g.strip()]
+    game_list = [
+        games.canonical_name(g)
+        for g in (_GAMES.value.split(",") if _GAMES.value else [_GAME.value])
+        if g.strip()
+    ]
     seeds = grid.parse_seeds(_SEEDS.value) if _SEEDS.value else [_SEED.value]
   if len(set(game_list)) != len(game_list):
     common.fail(f"duplicate games in --games={_GAMES.value}")
-  specs = [multi_trainer.RunSpec(g, s, multi_trainer.run_workdir(_WORKDIR.value, g, s))
-           for g in game_list for s in seeds]
+  specs = [
+      multi_trainer.RunSpec(g, s, multi_trainer.run_workdir(_WORKDIR.value, g, s))
+      for g in game_list
+      for s in seeds
+  ]
   finals = multi_trainer.train_many(specs, config, _CONFIG.value, env_workers=_ENV_WORKERS.value)
   for spec, final in zip(specs, finals):
     _prune_done(spec.workdir)

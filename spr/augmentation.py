@@ -20,6 +20,7 @@ materialising the padded batch. It was benchmarked against `jnp.pad(mode=
 'edge')` + a vmapped `lax.dynamic_slice` (see `random_shift_pad_slice`) and
 was faster on CPU.
 """
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -60,14 +61,12 @@ def shift_with_offsets(images: Array, offsets: Array, pad: int = 4) -> Array:
   cols = jnp.clip(jnp.arange(w)[None, :] + offsets[:, 1:] - pad, 0, w - 1)
 
   def one(img, r, c):
-    return jnp.take(jnp.take(img, r, axis=1, mode='clip'), c, axis=2,
-                    mode='clip')
+    return jnp.take(jnp.take(img, r, axis=1, mode='clip'), c, axis=2, mode='clip')
 
   return jax.vmap(one)(images, rows, cols)
 
 
-def random_shift(rng: PRNGKey, images: Array, pad: int = 4,
-                 channels_last: bool = False) -> Array:
+def random_shift(rng: PRNGKey, images: Array, pad: int = 4, channels_last: bool = False) -> Array:
   """Random shift (DrQ, Kostrikov et al. 2020; SPR, Schwarzer et al. 2021).
 
   Replicate-pads by `pad` pixels and randomly crops back to the input size,
@@ -89,8 +88,9 @@ def random_shift(rng: PRNGKey, images: Array, pad: int = 4,
   return _from_nchw(shift_with_offsets(x, offsets, pad), channels_last)
 
 
-def random_shift_pad_slice(rng: PRNGKey, images: Array, pad: int = 4,
-                           channels_last: bool = False) -> Array:
+def random_shift_pad_slice(
+    rng: PRNGKey, images: Array, pad: int = 4, channels_last: bool = False
+) -> Array:
   """Reference implementation: jnp.pad(mode='edge') + vmapped dynamic_slice.
 
   Same draws and same output as `random_shift` for the same key (kept for
@@ -125,15 +125,18 @@ def intensity(rng: PRNGKey, images: Array, scale: float = 0.05) -> Array:
   """
   chex.assert_rank(images, 4)
   if not jnp.issubdtype(images.dtype, jnp.floating):
-    raise TypeError(f'intensity needs float images, got {images.dtype}; '
-                    'use augment() or convert uint8 / 255 first.')
+    raise TypeError(
+        f'intensity needs float images, got {images.dtype}; '
+        'use augment() or convert uint8 / 255 first.'
+    )
   r = jax.random.normal(rng, (images.shape[0],), dtype=images.dtype)
   noise = 1.0 + scale * jnp.clip(r, -2.0, 2.0)
   return images * noise.reshape((-1,) + (1,) * (images.ndim - 1))
 
 
-def augment(rng: PRNGKey, images: Array, pad: int = 4, scale: float = 0.05,
-            channels_last: bool = False) -> Array:
+def augment(
+    rng: PRNGKey, images: Array, pad: int = 4, scale: float = 0.05, channels_last: bool = False
+) -> Array:
   """SPR training augmentation: random shift, then intensity.
 
   uint8 input is shifted as uint8 (pure indexing, cheaper) and then converted

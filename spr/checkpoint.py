@@ -33,6 +33,7 @@ before this format are pickles: they are read only when the caller passes allow_
 the environment sets SPR_ALLOW_PICKLE=1 (for files you trust; loading a pickle runs any code it
 holds). A pickle found where an `.npz` is expected is always refused.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -112,10 +113,14 @@ class _Encoder:
     if type(x) is dict:
       if all(type(k) is str for k in x) and _TAG not in x:
         return {k: self(v, f"{path}.{k}") for k, v in x.items()}
-      return {_TAG: "dict", "v": [[self(k, f"{path}.<key>"), self(v, f"{path}[{k!r}]")]
-                                  for k, v in x.items()]}
-    raise TypeError(f"{path}: cannot store a {type(x).__module__}.{type(x).__qualname__} "
-                    "(arrays, bytes, numbers, bool, None, str, lists, tuples and dicts only)")
+      return {
+          _TAG: "dict",
+          "v": [[self(k, f"{path}.<key>"), self(v, f"{path}[{k!r}]")] for k, v in x.items()],
+      }
+    raise TypeError(
+        f"{path}: cannot store a {type(x).__module__}.{type(x).__qualname__} "
+        "(arrays, bytes, numbers, bool, None, str, lists, tuples and dicts only)"
+    )
 
 
 def encode(value: Any, root: str = "content") -> tuple[Any, dict[str, np.ndarray], dict[str, str]]:
@@ -183,7 +188,8 @@ def _refuse_pickle(path: Path) -> UnsafeFileError:
       f"{path} is a pickle file from an older version of this code; it is not loaded because "
       f"unpickling a file runs any code it holds. If you trust it (you wrote it), rerun with "
       f"{ALLOW_PICKLE_ENV}=1 in the environment; the run then continues in the safe "
-      f"{SUFFIX} format.")
+      f"{SUFFIX} format."
+  )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -199,17 +205,24 @@ def _fsync_dir(path: Path) -> None:
     os.close(fd)
 
 
-def write_file(path: str | os.PathLike, content: Any, kind: str, config: dict | None = None
-               ) -> Path:
+def write_file(
+    path: str | os.PathLike, content: Any, kind: str, config: dict | None = None
+) -> Path:
   """Writes `content` (see `encode`) and `config` (JSON) to the `.npz` file `path` atomically:
   a temporary file in the same folder, fsync, rename. Nothing is left behind on failure."""
   path = Path(path)
   data, arrays, paths = encode(content)
-  meta = dict(format=FORMAT, kind=kind, version=FORMAT_VERSION,
-              config=None if config is None else json.loads(json.dumps(config)),
-              arrays={n: dict(path=paths[n], dtype=a.dtype.str, shape=list(a.shape),
-                              sha256=_sha256(a)) for n, a in arrays.items()},
-              content=data)
+  meta = dict(
+      format=FORMAT,
+      kind=kind,
+      version=FORMAT_VERSION,
+      config=None if config is None else json.loads(json.dumps(config)),
+      arrays={
+          n: dict(path=paths[n], dtype=a.dtype.str, shape=list(a.shape), sha256=_sha256(a))
+          for n, a in arrays.items()
+      },
+      content=data,
+  )
   blob = json.dumps(meta).encode("utf-8")
   tmp = path.with_name("." + path.name + ".tmp")
   try:
@@ -231,13 +244,16 @@ def _read_meta(z, path: Path) -> dict:
   try:
     meta = json.loads(z[_META].tobytes().decode("utf-8"))
   except (ValueError, RecursionError, zipfile.BadZipFile, OSError, EOFError) as e:
-    raise DamagedFileError(f"{path}: its {_META} record is damaged ({type(e).__name__}: {e})"
-                           ) from None
+    raise DamagedFileError(
+        f"{path}: its {_META} record is damaged ({type(e).__name__}: {e})"
+    ) from None
   if not isinstance(meta, dict) or meta.get("format") != FORMAT:
     raise DamagedFileError(f"{path}: its {_META} record is not an {FORMAT} record")
   if not isinstance(meta.get("version"), int) or meta["version"] > FORMAT_VERSION:
-    raise CheckpointError(f"{path} was written in format version {meta.get('version')!r} by a "
-                          f"newer version of this code; this one reads up to {FORMAT_VERSION}")
+    raise CheckpointError(
+        f"{path} was written in format version {meta.get('version')!r} by a "
+        f"newer version of this code; this one reads up to {FORMAT_VERSION}"
+    )
   return meta
 
 
@@ -246,10 +262,14 @@ def _open_npz(path: Path):
     magic = f.read(4)
   if magic != _ZIP_MAGIC:
     if magic[:1] == b"\x80":  # the PROTO opcode that starts every pickle since protocol 2
-      raise UnsafeFileError(f"{path} is a pickle, not an {SUFFIX} file: refused (loading a "
-                            "pickle runs any code it holds)")
-    raise DamagedFileError(f"{path}: not an {SUFFIX} file (it starts with {magic!r}: damaged "
-                           "or another kind of file)")
+      raise UnsafeFileError(
+          f"{path} is a pickle, not an {SUFFIX} file: refused (loading a "
+          "pickle runs any code it holds)"
+      )
+    raise DamagedFileError(
+        f"{path}: not an {SUFFIX} file (it starts with {magic!r}: damaged "
+        "or another kind of file)"
+    )
   try:
     return np.load(path, allow_pickle=False)
   except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
@@ -271,8 +291,11 @@ def _read_npz(path: Path, kind: str | None) -> tuple[dict, Any]:
     if kind is not None and meta.get("kind") != kind:
       raise CheckpointError(f"{path} holds a {meta.get('kind')!r} file, not a {kind!r} file")
     table = meta.get("arrays")
-    if (not isinstance(table, dict) or set(z.files) != set(table) | {_META}
-        or not all(isinstance(info, dict) for info in table.values())):
+    if (
+        not isinstance(table, dict)
+        or set(z.files) != set(table) | {_META}
+        or not all(isinstance(info, dict) for info in table.values())
+    ):
       raise DamagedFileError(f"{path}: its arrays do not match its {_META} record")
     arrays = {}
     for name, info in table.items():
@@ -280,14 +303,17 @@ def _read_npz(path: Path, kind: str | None) -> tuple[dict, Any]:
       try:
         a = z[name]
       except (ValueError, zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DamagedFileError(f"{path}: {where} is damaged ({type(e).__name__}: {e})"
-                               ) from None
+        raise DamagedFileError(f"{path}: {where} is damaged ({type(e).__name__}: {e})") from None
       if a.dtype.str != info.get("dtype") or list(a.shape) != info.get("shape"):
-        raise DamagedFileError(f"{path}: {where} is {a.dtype.str}{list(a.shape)}, its record "
-                               f"says {info.get('dtype')}{info.get('shape')}")
+        raise DamagedFileError(
+            f"{path}: {where} is {a.dtype.str}{list(a.shape)}, its record "
+            f"says {info.get('dtype')}{info.get('shape')}"
+        )
       if _sha256(a) != info.get("sha256"):
-        raise DamagedFileError(f"{path}: {where} fails its sha256 checksum (the file was "
-                               "changed or damaged after it was written)")
+        raise DamagedFileError(
+            f"{path}: {where} fails its sha256 checksum (the file was "
+            "changed or damaged after it was written)"
+        )
       arrays[name] = a
   try:
     content = decode(meta.get("content"), arrays)
@@ -296,8 +322,9 @@ def _read_npz(path: Path, kind: str | None) -> tuple[dict, Any]:
   return meta, content
 
 
-def read_file(path: str | os.PathLike, kind: str | None = None,
-              allow_pickle: bool | None = None) -> dict:
+def read_file(
+    path: str | os.PathLike, kind: str | None = None, allow_pickle: bool | None = None
+) -> dict:
   """Reads and verifies a file written by `write_file` (or `save`), returning
   `{"kind", "version", "config", "content"}`. A `.pkl` file is read as a legacy pickle (content:
   the unpickled object) only with the opt-in (`pickle_allowed`).
@@ -320,8 +347,9 @@ def read_file(path: str | os.PathLike, kind: str | None = None,
       raise DamagedFileError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
     return dict(kind=kind, version=1, config=None, content=content)
   meta, content = _read_npz(path, kind)
-  return dict(kind=meta["kind"], version=meta["version"], config=meta.get("config"),
-              content=content)
+  return dict(
+      kind=meta["kind"], version=meta["version"], config=meta.get("config"), content=content
+  )
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -338,7 +366,7 @@ def prune(directory: str | os.PathLike, keep: int) -> None:
   folder, when it holds nothing else)."""
   path = Path(directory)
   steps = checkpoint_steps(path)
-  for step in steps[:len(steps) - keep] if keep > 0 else steps:
+  for step in steps[: len(steps) - keep] if keep > 0 else steps:
     for suffix in (SUFFIX, LEGACY_SUFFIX):
       (path / f"ckpt_{step}{suffix}").unlink(missing_ok=True)
   if keep == 0 and path.is_dir() and not any(path.iterdir()):
@@ -352,8 +380,14 @@ def checkpoint_file(directory: str | os.PathLike, step: int) -> Path:
   return pkl if not npz.exists() and pkl.exists() else npz
 
 
-def save(directory: str | os.PathLike, step: int, tree: Any, host_state: dict, keep: int = 2,
-         config: dict | None = None) -> Path:
+def save(
+    directory: str | os.PathLike,
+    step: int,
+    tree: Any,
+    host_state: dict,
+    keep: int = 2,
+    config: dict | None = None,
+) -> Path:
   """Writes `ckpt_<step>.npz` atomically, then prunes the folder.
 
   Args:
@@ -372,8 +406,12 @@ def save(directory: str | os.PathLike, step: int, tree: Any, host_state: dict, k
   path = Path(directory)
   path.mkdir(parents=True, exist_ok=True)
   leaves = [np.asarray(x) for x in jax.device_get(jax.tree.leaves(tree))]
-  final = write_file(path / f"ckpt_{int(step)}{SUFFIX}",
-                     dict(step=int(step), leaves=leaves, host=host_state), "checkpoint", config)
+  final = write_file(
+      path / f"ckpt_{int(step)}{SUFFIX}",
+      dict(step=int(step), leaves=leaves, host=host_state),
+      "checkpoint",
+      config,
+  )
   steps = checkpoint_steps(path)
   kept = [s for s in steps if s <= int(step)][-keep:] if keep > 0 else [int(step)]
   for old in steps:
@@ -396,9 +434,15 @@ def _read_checkpoint(file: Path, allow_pickle: bool | None) -> tuple[int, list, 
   return step, list(leaves), host, record["config"]
 
 
-def restore(directory: str | os.PathLike, template: Any, step: int | None = None, *,
-            expect_config: dict | None = None, legacy: dict | None = None,
-            allow_pickle: bool | None = None) -> Restored:
+def restore(
+    directory: str | os.PathLike,
+    template: Any,
+    step: int | None = None,
+    *,
+    expect_config: dict | None = None,
+    legacy: dict | None = None,
+    allow_pickle: bool | None = None,
+) -> Restored:
   """Loads the checkpoint at `step` (default: the newest usable one), verified.
 
   Args:
@@ -428,30 +472,42 @@ def restore(directory: str | os.PathLike, template: Any, step: int | None = None
       found, leaves, host, config = _read_checkpoint(file, allow_pickle)
     except (DamagedFileError, FileNotFoundError) as e:
       damaged.append(str(e) if isinstance(e, DamagedFileError) else f"{file}: missing")
-      logging.warning("unusable checkpoint: %s; %s", damaged[-1],
-                      "trying the previous one" if s != steps[0] else "no older checkpoint")
+      logging.warning(
+          "unusable checkpoint: %s; %s",
+          damaged[-1],
+          "trying the previous one" if s != steps[0] else "no older checkpoint",
+      )
       continue
     if expect_config is not None and config is not None:
       check_config(config, expect_config, legacy, where=str(file))
     leaves_t, treedef = jax.tree.flatten(template)
     if len(leaves) != len(leaves_t):
-      raise CheckpointError(f"{file}: holds {len(leaves)} arrays, this configuration needs "
-                            f"{len(leaves_t)}: it was written by another configuration")
+      raise CheckpointError(
+          f"{file}: holds {len(leaves)} arrays, this configuration needs "
+          f"{len(leaves_t)}: it was written by another configuration"
+      )
     for i, (a, t) in enumerate(zip(leaves, leaves_t)):
       a = np.asarray(a)
       if a.shape != tuple(t.shape) or a.dtype != t.dtype:
         raise CheckpointError(
             f"{file}: array {i} is {a.dtype}{list(a.shape)}, this configuration needs "
-            f"{t.dtype}{list(t.shape)}: it was written by another configuration")
+            f"{t.dtype}{list(t.shape)}: it was written by another configuration"
+        )
     if damaged:
-      logging.warning("resuming from %s (step %d), the newest usable checkpoint: %d newer "
-                      "one(s) were damaged", file, found, len(damaged))
+      logging.warning(
+          "resuming from %s (step %d), the newest usable checkpoint: %d newer "
+          "one(s) were damaged",
+          file,
+          found,
+          len(damaged),
+      )
     return Restored(found, jax.tree.unflatten(treedef, leaves), host, config)
   raise CheckpointError(f"no usable checkpoint in {directory}: " + "; ".join(damaged))
 
 
-def check_config(recorded: dict, current: dict, legacy: dict | None = None,
-                 where: str = "the checkpoint") -> None:
+def check_config(
+    recorded: dict, current: dict, legacy: dict | None = None, where: str = "the checkpoint"
+) -> None:
   """Raises spr.workdir.WorkdirError naming each setting where `recorded` (what a checkpoint
   was written with) differs from `current`. As in `spr.workdir.prepare`, a key of `current`
   missing from `recorded` reads as its `legacy` value (or `legacy[key](recorded)`)."""
@@ -459,8 +515,10 @@ def check_config(recorded: dict, current: dict, legacy: dict | None = None,
 
   diffs = settings_diff(recorded, current, legacy)
   if diffs:
-    raise WorkdirError(f"{where} was written by a run with a different config ({diffs}); "
-                       "resume with its settings or use another --workdir")
+    raise WorkdirError(
+        f"{where} was written by a run with a different config ({diffs}); "
+        "resume with its settings or use another --workdir"
+    )
 
 
 def read_settings(config_file: str | os.PathLike) -> dict | None:
@@ -491,8 +549,9 @@ def recorded_config(directory: str | os.PathLike) -> tuple[Path, dict] | None:
   return None
 
 
-def restore_missing_config(config_file: str | os.PathLike, directory: str | os.PathLike
-                           ) -> Path | None:
+def restore_missing_config(
+    config_file: str | os.PathLike, directory: str | os.PathLike
+) -> Path | None:
   """If `config_file` (a run's config.json) is missing while `directory` holds checkpoints that
   recorded the run's settings, writes them back (atomically) and returns the checkpoint read;
   else None. Run before `spr.workdir.prepare`, so that a resume with other settings is refused

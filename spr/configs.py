@@ -6,6 +6,7 @@ its own fields and checks, and re-declares a shared field only to give it anothe
 dataclass keeps the field's place and its check. config.json is the flat `to_json()` dict, and
 command-line flags are the field names, so a field's name is its flag and its config.json key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,7 @@ C = TypeVar("C", bound="AgentConfig")
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
   """Hyperparameters every agent of the family has. Defaults are the SPR agent's."""
+
   steps: int = 100_000  # length of the run, in the agent's steps (env steps or gradient updates)
   batch_size: int = 32
   # Network; a pretrained network fits a finetuning run only when these agree (agents/sgi/finetune).
@@ -50,8 +52,10 @@ class AgentConfig:
     return [
         (self.steps > 0, "steps must be > 0"),
         (self.batch_size > 0, "batch_size must be > 0"),
-        (self.resnet_norm in ("batch", "layer", "none"),
-         "resnet_norm must be 'batch', 'layer' or 'none'"),
+        (
+            self.resnet_norm in ("batch", "layer", "none"),
+            "resnet_norm must be 'batch', 'layer' or 'none'",
+        ),
         (self.num_atoms >= 2, "num_atoms must be >= 2"),
         (self.v_min < self.v_max, "v_min must be < v_max"),
         (self.spr_weight >= 0, "spr_weight must be >= 0"),
@@ -59,8 +63,10 @@ class AgentConfig:
         (0.0 < self.target_tau <= 1.0, "target_tau must be in (0, 1]"),
         (self.learning_rate > 0 and self.adam_eps > 0, "learning_rate and adam_eps must be > 0"),
         (self.grad_clip >= 0, "grad_clip must be >= 0"),
-        (self.checkpoint_every > 0 and self.log_every > 0,
-         "checkpoint_every and log_every must be > 0"),
+        (
+            self.checkpoint_every > 0 and self.log_every > 0,
+            "checkpoint_every and log_every must be > 0",
+        ),
         (self.checkpoint_keep >= 1, "checkpoint_keep must be >= 1"),
     ]
 
@@ -74,8 +80,9 @@ class AgentConfig:
   def network(self) -> NetworkConfig:
     """The network: each NetworkConfig field this config has, the others at their defaults."""
     own = {f.name for f in dataclasses.fields(self)}
-    values = {f.name: getattr(self, f.name) for f in dataclasses.fields(NetworkConfig)
-              if f.name in own}
+    values = {
+        f.name: getattr(self, f.name) for f in dataclasses.fields(NetworkConfig) if f.name in own
+    }
     return NetworkConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
   def to_json(self) -> dict[str, Any]:
@@ -116,8 +123,12 @@ def parse_override(config_cls: type[C], name: str, text: str) -> Any:
     raise ValueError(f"malformed value {text!r} for --{name} (expected {kind})") from None
 
 
-def make_named(config_cls: type[C], named: dict[str, dict[str, Any]], name: str,
-               overrides: dict[str, Any] | None = None) -> C:
+def make_named(
+    config_cls: type[C],
+    named: dict[str, dict[str, Any]],
+    name: str,
+    overrides: dict[str, Any] | None = None,
+) -> C:
   """`config_cls` built from the named configuration `name` plus typed `overrides`, validated."""
   if name not in named:
     raise ValueError(f"unknown config {name!r}; valid: {', '.join(sorted(named))}")
@@ -129,5 +140,6 @@ def make_named(config_cls: type[C], named: dict[str, dict[str, Any]], name: str,
 def from_json(config_cls: type[C], data: dict[str, Any]) -> C:
   """Rebuilds a config from its config.json dict (lists back to tuples, other keys ignored)."""
   names = {f.name for f in dataclasses.fields(config_cls)}
-  return config_cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items()
-                       if k in names})
+  return config_cls(
+      **{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+  )

@@ -23,6 +23,7 @@ theory/metrics.py has `stable_rank` and `polar_distance` for the tabular theory;
 same quantities as `stable_rank` and `orthogonality_gap` here (the latter from the polar factor
 instead of the singular values).
 """
+
 from typing import Dict, Mapping, Optional
 
 import chex
@@ -140,7 +141,7 @@ def _singular_values(w: Array) -> Array:
 
 def _stable_rank(s: Array) -> Array:
   top = s[0] ** 2
-  return jnp.where(top > 0, jnp.sum(s ** 2) / jnp.where(top > 0, top, 1.0), 0.0)
+  return jnp.where(top > 0, jnp.sum(s**2) / jnp.where(top > 0, top, 1.0), 0.0)
 
 
 def _spread(s: Array) -> Array:
@@ -223,8 +224,11 @@ def predictor_metrics(w: Array) -> Dict[str, Array]:
     {"stable_rank", "eigenvalue_spread", "orthogonality_gap"}: float scalars.
   """
   s = _singular_values(w)
-  return {"stable_rank": _stable_rank(s), "eigenvalue_spread": _spread(s),
-          "orthogonality_gap": _orthogonality_gap(s)}
+  return {
+      "stable_rank": _stable_rank(s),
+      "eigenvalue_spread": _spread(s),
+      "orthogonality_gap": _orthogonality_gap(s),
+  }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,8 +378,9 @@ def latent_diagnostics(
       out[f"spr_cos_k{k + 1}"] = per_k[k]
     cos = _cosine(_as_float(predictions), _as_float(spr_targets))
     m = spr_mask.astype(cos.dtype)
-    out["spr_cos"] = jnp.where(jnp.sum(m) > 0, jnp.sum(cos * m) / jnp.maximum(jnp.sum(m), 1.0),
-                               jnp.nan)
+    out["spr_cos"] = jnp.where(
+        jnp.sum(m) > 0, jnp.sum(cos * m) / jnp.maximum(jnp.sum(m), 1.0), jnp.nan
+    )
   for name, w in (predictor_weights or {}).items():
     for key, value in predictor_metrics(w).items():
       out[f"predictor_{name}_{key}"] = value

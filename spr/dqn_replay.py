@@ -40,6 +40,7 @@ games and checkpoints. A hindsight goal is a state s_{t+j} of the same episode a
 j uniform in [min(2, n), min(W-1, n)], n = the number of states after t left in the episode
 (SGI's `sample_goals` draws j in 2..W-1 from the W-step sequence it samples).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -53,14 +54,15 @@ from pathlib import Path
 import numpy as np
 
 STORE = ("observation", "action", "reward", "terminal")
-DTYPES = {"observation": np.uint8, "action": np.int32, "reward": np.float32,
-          "terminal": np.uint8}
+DTYPES = {"observation": np.uint8, "action": np.int32, "reward": np.float32, "terminal": np.uint8}
 FRAME_SHAPE = (84, 84)
 STACK = 4
 DEFAULT_CHECKPOINT_SIZE = 1_000_000
 # Any file of a checkpoint names its suffix; a suffix with a missing file is then an error naming it.
-_CKPT = re.compile(r"^(?:\$store\$_(?:observation|action|reward|terminal)|add_count|invalid_range)"
-                   r"_ckpt\.(\d+)\.gz$")
+_CKPT = re.compile(
+    r"^(?:\$store\$_(?:observation|action|reward|terminal)|add_count|invalid_range)"
+    r"_ckpt\.(\d+)\.gz$"
+)
 
 
 class DataError(ValueError):
@@ -72,11 +74,14 @@ def store_path(run_dir: str | os.PathLike, name: str, index: int) -> Path:
   return Path(run_dir) / "replay_logs" / f"{prefix}{name}_ckpt.{int(index)}.gz"
 
 
-def invalid_range(cursor: int, capacity: int, stack_size: int = STACK,
-                  update_horizon: int = 1) -> np.ndarray:
+def invalid_range(
+    cursor: int, capacity: int, stack_size: int = STACK, update_horizon: int = 1
+) -> np.ndarray:
   """dopamine's `invalid_range`: indices [cursor - horizon, cursor + stack - 1] mod capacity."""
-  return np.array([(cursor - update_horizon + i) % capacity
-                   for i in range(stack_size + update_horizon)], dtype=np.int64)
+  return np.array(
+      [(cursor - update_horizon + i) % capacity for i in range(stack_size + update_horizon)],
+      dtype=np.int64,
+  )
 
 
 # ------------------------------------------------------------------------------------- writer
@@ -87,8 +92,14 @@ def _save_gz(path: Path, array: np.ndarray) -> None:
   os.replace(tmp, path)
 
 
-def write_checkpoint(run_dir: str | os.PathLike, index: int, observation: np.ndarray,
-                     action: np.ndarray, reward: np.ndarray, terminal: np.ndarray) -> None:
+def write_checkpoint(
+    run_dir: str | os.PathLike,
+    index: int,
+    observation: np.ndarray,
+    action: np.ndarray,
+    reward: np.ndarray,
+    terminal: np.ndarray,
+) -> None:
   """Writes one checkpoint `index` of a run in the DQN Replay layout (a fresh, unwrapped buffer).
 
   Args:
@@ -99,10 +110,16 @@ def write_checkpoint(run_dir: str | os.PathLike, index: int, observation: np.nda
   n = len(observation)
   observation = np.asarray(observation)
   if observation.dtype != np.uint8 or observation.shape[1:] != FRAME_SHAPE:
-    raise ValueError(f"observation must be uint8 [N, 84, 84], got {observation.dtype}"
-                     f"{list(observation.shape)}")
-  arrays = dict(observation=observation, action=np.asarray(action, np.int32),
-                reward=np.asarray(reward, np.float32), terminal=np.asarray(terminal, np.uint8))
+    raise ValueError(
+        f"observation must be uint8 [N, 84, 84], got {observation.dtype}"
+        f"{list(observation.shape)}"
+    )
+  arrays = dict(
+      observation=observation,
+      action=np.asarray(action, np.int32),
+      reward=np.asarray(reward, np.float32),
+      terminal=np.asarray(terminal, np.uint8),
+  )
   for name, a in arrays.items():
     if a.shape[:1] != (n,):
       raise ValueError(f"{name} has length {a.shape[:1]}, observation has {n}")
@@ -117,8 +134,9 @@ def write_checkpoint(run_dir: str | os.PathLike, index: int, observation: np.nda
 class CheckpointWriter:
   """Accumulates transitions and writes a checkpoint every `size` of them."""
 
-  def __init__(self, run_dir: str | os.PathLike, size: int = DEFAULT_CHECKPOINT_SIZE,
-               first_index: int = 0):
+  def __init__(
+      self, run_dir: str | os.PathLike, size: int = DEFAULT_CHECKPOINT_SIZE, first_index: int = 0
+  ):
     self.run_dir, self.size, self.index = Path(run_dir), int(size), int(first_index)
     self._obs = np.zeros((self.size,) + FRAME_SHAPE, np.uint8)
     self._act = np.zeros(self.size, np.int32)
@@ -137,8 +155,9 @@ class CheckpointWriter:
   def flush(self) -> None:
     if self._n:
       n = self._n
-      write_checkpoint(self.run_dir, self.index, self._obs[:n], self._act[:n], self._rew[:n],
-                       self._term[:n])
+      write_checkpoint(
+          self.run_dir, self.index, self._obs[:n], self._act[:n], self._rew[:n], self._term[:n]
+      )
       self.written.append(self.index)
       self.index += 1
       self._n = 0
@@ -160,8 +179,10 @@ def _check(path: Path, array: np.ndarray, name: str, length: int | None) -> None
   shape_ok = array.shape[1:] == (FRAME_SHAPE if name == "observation" else ())
   if array.dtype != want or not shape_ok or array.ndim == 0:
     tail = "[N, 84, 84]" if name == "observation" else "[N]"
-    raise DataError(f"{path}: {name} is {array.dtype}{list(array.shape)}, expected "
-                    f"{np.dtype(want).name}{tail}")
+    raise DataError(
+        f"{path}: {name} is {array.dtype}{list(array.shape)}, expected "
+        f"{np.dtype(want).name}{tail}"
+    )
   if length is not None and array.shape[0] != length:
     raise DataError(f"{path}: {name} has {array.shape[0]} entries, the observations have {length}")
 
@@ -193,7 +214,7 @@ def _cached_observations(gz: Path, cache: Path) -> np.ndarray:
           data = src.read(min(chunk, total - done))
           if not data:
             raise DataError(f"{gz}: truncated ({done} of {total} observation bytes)")
-          flat[done:done + len(data)] = np.frombuffer(data, np.uint8)
+          flat[done : done + len(data)] = np.frombuffer(data, np.uint8)
           done += len(data)
         out.flush()
         del out, flat
@@ -214,6 +235,7 @@ def _cached_observations(gz: Path, cache: Path) -> np.ndarray:
 @dataclass
 class Checkpoint:
   """One checkpoint of one run: memory-mapped frames plus in-memory transition arrays."""
+
   game: str
   run: str
   index: int
@@ -236,8 +258,12 @@ class Checkpoint:
     return [(0, n)] if cursor == 0 else [(0, cursor), (cursor, n)]
 
 
-def load_checkpoint(run_dir: str | os.PathLike, index: int, game: str = "",
-                    cache_dir: str | os.PathLike | None = None) -> Checkpoint:
+def load_checkpoint(
+    run_dir: str | os.PathLike,
+    index: int,
+    game: str = "",
+    cache_dir: str | os.PathLike | None = None,
+) -> Checkpoint:
   """Opens checkpoint `index` of `run_dir`, checking every file; raises DataError naming a bad one."""
   run_dir = Path(run_dir)
   gz = store_path(run_dir, "observation", index)
@@ -259,22 +285,39 @@ def load_checkpoint(run_dir: str | os.PathLike, index: int, game: str = "",
   if obs.dtype != np.uint8 or obs.shape[1:] != FRAME_SHAPE:
     raise DataError(f"{cache}: observation cache is {obs.dtype}{list(obs.shape)}; delete it")
   if obs.shape[0] != n:
-    raise DataError(f"{gz}: observation has {obs.shape[0]} entries, "
-                    f"{store_path(run_dir, 'action', index).name} has {n}")
+    raise DataError(
+        f"{gz}: observation has {obs.shape[0]} entries, "
+        f"{store_path(run_dir, 'action', index).name} has {n}"
+    )
   path = store_path(run_dir, "add_count", index)
   add_count = _load_gz(path)
   if add_count.shape != () or not np.issubdtype(add_count.dtype, np.integer) or add_count < 0:
-    raise DataError(f"{path}: add_count must be a non-negative integer scalar, got "
-                    f"{add_count.dtype}{list(add_count.shape)}")
+    raise DataError(
+        f"{path}: add_count must be a non-negative integer scalar, got "
+        f"{add_count.dtype}{list(add_count.shape)}"
+    )
   path = store_path(run_dir, "invalid_range", index)
   invalid = _load_gz(path)
-  if invalid.ndim != 1 or not np.issubdtype(invalid.dtype, np.integer) or (
-      invalid.size and (invalid.min() < 0 or invalid.max() >= max(n, 1))):
-    raise DataError(f"{path}: invalid_range must be integer indices in [0, {n}), got "
-                    f"{invalid.dtype}{list(invalid.shape)}")
-  return Checkpoint(game=game, run=run_dir.name, index=int(index), observation=obs,
-                    action=arrays["action"], reward=arrays["reward"],
-                    terminal=arrays["terminal"], add_count=int(add_count), invalid=invalid)
+  if (
+      invalid.ndim != 1
+      or not np.issubdtype(invalid.dtype, np.integer)
+      or (invalid.size and (invalid.min() < 0 or invalid.max() >= max(n, 1)))
+  ):
+    raise DataError(
+        f"{path}: invalid_range must be integer indices in [0, {n}), got "
+        f"{invalid.dtype}{list(invalid.shape)}"
+    )
+  return Checkpoint(
+      game=game,
+      run=run_dir.name,
+      index=int(index),
+      observation=obs,
+      action=arrays["action"],
+      reward=arrays["reward"],
+      terminal=arrays["terminal"],
+      add_count=int(add_count),
+      invalid=invalid,
+  )
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[int]:
@@ -284,8 +327,12 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[int]:
   return sorted({int(m.group(1)) for m in map(_CKPT.match, os.listdir(logs)) if m})
 
 
-def discover(data_dir: str | os.PathLike, games: list[str], runs: list[str] | None = None,
-             checkpoints: list[int] | None = None) -> list[tuple[str, Path, int]]:
+def discover(
+    data_dir: str | os.PathLike,
+    games: list[str],
+    runs: list[str] | None = None,
+    checkpoints: list[int] | None = None,
+) -> list[tuple[str, Path, int]]:
   """(game, run_dir, index) of the requested checkpoints; every requested one must exist."""
   found = []
   for game in games:
@@ -345,8 +392,13 @@ class SequenceSampler:
     game:        int32 [B]               index into `games`
   """
 
-  def __init__(self, checkpoints: list[Checkpoint], spr_steps: int, goal_window: int = 50,
-               games: list[str] | None = None):
+  def __init__(
+      self,
+      checkpoints: list[Checkpoint],
+      spr_steps: int,
+      goal_window: int = 50,
+      games: list[str] | None = None,
+  ):
     if spr_steps < 1:
       raise ValueError("spr_steps must be >= 1")
     self.checkpoints = checkpoints
@@ -428,18 +480,41 @@ class SequenceSampler:
       offsets[rows] = j
       goal_frames[rows] = self._stack_frames(c, t + j, STACK)
       game[rows] = self.games.index(ckpt.game)
-    return dict(frames=frames, actions=actions, rewards=rewards, terminals=terminals,
-                goal_frames=goal_frames, goal_offset=offsets, game=game)
+    return dict(
+        frames=frames,
+        actions=actions,
+        rewards=rewards,
+        terminals=terminals,
+        goal_frames=goal_frames,
+        goal_offset=offsets,
+        game=game,
+    )
 
 
-def open_dataset(data_dir: str | os.PathLike, games: list[str], runs: list[str] | None = None,
-                 checkpoints: list[int] | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> list[Checkpoint]:
+def open_dataset(
+    data_dir: str | os.PathLike,
+    games: list[str],
+    runs: list[str] | None = None,
+    checkpoints: list[int] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[Checkpoint]:
   """Opens (and checks) every requested checkpoint of every game."""
-  return [load_checkpoint(run_dir, i, game=game, cache_dir=cache_dir)
-          for game, run_dir, i in discover(data_dir, games, runs, checkpoints)]
+  return [
+      load_checkpoint(run_dir, i, game=game, cache_dir=cache_dir)
+      for game, run_dir, i in discover(data_dir, games, runs, checkpoints)
+  ]
 
 
-__all__ = ["DataError", "Checkpoint", "CheckpointWriter", "SequenceSampler", "write_checkpoint",
-           "load_checkpoint", "open_dataset", "discover", "invalid_range", "episode_index",
-           "store_path"]
+__all__ = [
+    "DataError",
+    "Checkpoint",
+    "CheckpointWriter",
+    "SequenceSampler",
+    "write_checkpoint",
+    "load_checkpoint",
+    "open_dataset",
+    "discover",
+    "invalid_range",
+    "episode_index",
+    "store_path",
+]

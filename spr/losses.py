@@ -31,6 +31,7 @@ What was checked against the reference code (mila-iqia/spr, PyTorch/rlpyt):
   `--t0-mpr-loss-weight 0`, `--model-mpr-weight 5`; the IS weights multiply
   both before the batch mean.
 """
+
 import functools
 from typing import Optional
 
@@ -50,6 +51,7 @@ SPR_PRIORITY_EPS = 1e-6
 # ---------------------------------------------------------------------------
 # C51 projection and distributional double-DQN loss.
 # ---------------------------------------------------------------------------
+
 
 def categorical_projection(z_src: Array, probs: Array, z_dst: Array) -> Array:
   """Projects a categorical distribution onto a fixed support (C51).
@@ -79,8 +81,7 @@ def categorical_projection(z_src: Array, probs: Array, z_dst: Array) -> Array:
   v_min, v_max = z_dst[0], z_dst[-1]
   delta_z = z_dst[1] - z_dst[0]
   z_src = jnp.clip(z_src, v_min, v_max)
-  coeffs = jnp.clip(
-      1.0 - jnp.abs(z_src[None, :] - z_dst[:, None]) / delta_z, 0.0, 1.0)
+  coeffs = jnp.clip(1.0 - jnp.abs(z_src[None, :] - z_dst[:, None]) / delta_z, 0.0, 1.0)
   return jnp.sum(coeffs * probs[None, :], axis=-1)
 
 
@@ -110,8 +111,7 @@ def categorical_double_q_target(
   Returns:
     Target probabilities, shape [N], wrapped in `stop_gradient`.
   """
-  chex.assert_rank([r_t, discount_t, logits_t_target, q_t_selector, support],
-                   [0, 0, 2, 1, 1])
+  chex.assert_rank([r_t, discount_t, logits_t_target, q_t_selector, support], [0, 0, 2, 1, 1])
   chex.assert_equal_shape_prefix([logits_t_target, q_t_selector], 1)
   chex.assert_equal_shape_suffix([logits_t_target, support], 1)
   a_star = jnp.argmax(q_t_selector)
@@ -160,8 +160,7 @@ def categorical_double_q_loss(
   chex.assert_rank([logits_tm1, a_tm1], [2, 0])
   chex.assert_equal_shape([logits_tm1, logits_t_target])
   chex.assert_type(a_tm1, int)
-  target = categorical_double_q_target(r_t, discount_t, logits_t_target,
-                                       q_t_selector, support)
+  target = categorical_double_q_target(r_t, discount_t, logits_t_target, q_t_selector, support)
   log_p_tm1 = jax.nn.log_softmax(logits_tm1[a_tm1])
   return -jnp.sum(target * log_p_tm1)
 
@@ -185,37 +184,47 @@ def categorical_kl_priority(
   Returns:
     Scalar, stop-gradient KL divergence.
   """
-  target = categorical_double_q_target(r_t, discount_t, logits_t_target,
-                                       q_t_selector, support)
+  target = categorical_double_q_target(r_t, discount_t, logits_t_target, q_t_selector, support)
   log_p_tm1 = jax.nn.log_softmax(logits_tm1[a_tm1])
   target = jnp.clip(target, eps, 1.0)
   kl = jnp.sum(target * (jnp.log(target) - log_p_tm1))
   return jax.lax.stop_gradient(jnp.clip(kl, eps, 1.0 / eps))
 
 
-def batched_categorical_double_q_loss(logits_tm1: Array, a_tm1: Array,
-                                      r_t: Array, discount_t: Array,
-                                      logits_t_target: Array,
-                                      q_t_selector: Array,
-                                      support: Array) -> Array:
+def batched_categorical_double_q_loss(
+    logits_tm1: Array,
+    a_tm1: Array,
+    r_t: Array,
+    discount_t: Array,
+    logits_t_target: Array,
+    q_t_selector: Array,
+    support: Array,
+) -> Array:
   """vmap of `categorical_double_q_loss` over a leading batch axis of every
   argument except `support` ([N]); returns per-sample losses [B]."""
   fn = functools.partial(categorical_double_q_loss, support=support)
-  return jax.vmap(fn)(logits_tm1, a_tm1, r_t, discount_t, logits_t_target,
-                      q_t_selector)
+  return jax.vmap(fn)(logits_tm1, a_tm1, r_t, discount_t, logits_t_target, q_t_selector)
 
-def batched_categorical_kl_priority(logits_tm1, a_tm1, r_t, discount_t,
-                                    logits_t_target, q_t_selector, support,
-                                    eps: float = SPR_PRIORITY_EPS) -> Array:
+
+def batched_categorical_kl_priority(
+    logits_tm1,
+    a_tm1,
+    r_t,
+    discount_t,
+    logits_t_target,
+    q_t_selector,
+    support,
+    eps: float = SPR_PRIORITY_EPS,
+) -> Array:
   """vmap of `categorical_kl_priority` over a leading batch axis -> [B]."""
   fn = functools.partial(categorical_kl_priority, support=support, eps=eps)
-  return jax.vmap(fn)(logits_tm1, a_tm1, r_t, discount_t, logits_t_target,
-                      q_t_selector)
+  return jax.vmap(fn)(logits_tm1, a_tm1, r_t, discount_t, logits_t_target, q_t_selector)
 
 
 # ---------------------------------------------------------------------------
 # n-step returns.
 # ---------------------------------------------------------------------------
+
 
 def n_step_return(
     rewards: Array,
@@ -278,9 +287,13 @@ def n_step_return(
   return ret, discount
 
 
-def batched_n_step_return(rewards: Array, terminals: Array, gamma: Numeric,
-                          n: Optional[Numeric] = None,
-                          convention: str = 'textbook') -> tuple[Array, Array]:
+def batched_n_step_return(
+    rewards: Array,
+    terminals: Array,
+    gamma: Numeric,
+    n: Optional[Numeric] = None,
+    convention: str = 'textbook',
+) -> tuple[Array, Array]:
   """vmap of `n_step_return` over [B, n_max] rewards/terminals (shared gamma,
   n, convention) -> ([B], [B])."""
   fn = functools.partial(n_step_return, gamma=gamma, n=n, convention=convention)
@@ -290,6 +303,7 @@ def batched_n_step_return(rewards: Array, terminals: Array, gamma: Numeric,
 # ---------------------------------------------------------------------------
 # SPR self-predictive loss.
 # ---------------------------------------------------------------------------
+
 
 def l2_normalize(x: Array, eps: float) -> Array:
   """x / max(||x||_2, eps) over the last axis (torch F.normalize semantics).
@@ -333,9 +347,9 @@ def self_predictive_loss(
   return per_step * mask.astype(per_step.dtype)
 
 
-def batched_self_predictive_loss(predictions: Array, targets: Array,
-                                 mask: Array,
-                                 eps: float = SPR_NORMALIZE_EPS) -> Array:
+def batched_self_predictive_loss(
+    predictions: Array, targets: Array, mask: Array, eps: float = SPR_NORMALIZE_EPS
+) -> Array:
   """vmap of `self_predictive_loss`: [B, K, D], [B, K, D], [B, K] -> [B, K]."""
   fn = functools.partial(self_predictive_loss, eps=eps)
   return jax.vmap(fn)(predictions, targets, mask)
@@ -433,9 +447,9 @@ GOAL_DISTANCE_SCALE = 5.0
 GOAL_REWARD_SCALE = 10.0
 
 
-def latent_goal_distance(latent: Array, goal: Array,
-                         scale: Numeric = GOAL_DISTANCE_SCALE,
-                         eps: float = SPR_NORMALIZE_EPS) -> Array:
+def latent_goal_distance(
+    latent: Array, goal: Array, scale: Numeric = GOAL_DISTANCE_SCALE, eps: float = SPR_NORMALIZE_EPS
+) -> Array:
   """SGI's goal distance d(s, g) = 1 - exp(-scale * ||n(s) - n(g)||^2).
 
   mila-iqia/SGI src/scrl.py `exp_distance` / `norm_dist`: n = F.normalize(p=2,
@@ -456,8 +470,9 @@ def latent_goal_distance(latent: Array, goal: Array,
   return 1.0 - jnp.exp(-scale * jnp.sum(jnp.square(x - g), axis=-1))
 
 
-def hindsight_goal_returns(distances: Array, nonterminal: Array, gamma: Numeric,
-                           reward_scale: Numeric = GOAL_REWARD_SCALE) -> Array:
+def hindsight_goal_returns(
+    distances: Array, nonterminal: Array, gamma: Numeric, reward_scale: Numeric = GOAL_REWARD_SCALE
+) -> Array:
   """Discounted goal returns of one sequence, exactly as SGI's `calculate_returns`.
 
   Reward for moving closer to the goal in latent space:
@@ -479,16 +494,22 @@ def hindsight_goal_returns(distances: Array, nonterminal: Array, gamma: Numeric,
   """
   chex.assert_rank([distances, nonterminal], 1)
   if distances.shape[0] != nonterminal.shape[0] + 1:
-    raise ValueError(f"distances needs one more entry than nonterminal, got "
-                     f"{distances.shape} and {nonterminal.shape}")
+    raise ValueError(
+        f'distances needs one more entry than nonterminal, got '
+        f'{distances.shape} and {nonterminal.shape}'
+    )
   deltas = distances[:-1] - distances[1:]
   discounts = jnp.cumprod(nonterminal.astype(distances.dtype) * gamma)
   return jnp.cumsum(reward_scale * deltas * discounts)
 
 
-def hindsight_goals(rng: chex.PRNGKey, goal_latents: Array,
-                    noise_weight: Numeric = 0.5, permute_prob: float = 0.2,
-                    eps: float = SPR_NORMALIZE_EPS) -> Array:
+def hindsight_goals(
+    rng: chex.PRNGKey,
+    goal_latents: Array,
+    noise_weight: Numeric = 0.5,
+    permute_prob: float = 0.2,
+    eps: float = SPR_NORMALIZE_EPS,
+) -> Array:
   """SGI's goal relabelling: hindsight target latents, noised, permuted, renormalised.
 
   mila-iqia/SGI src/scrl.py `add_noise` then `permute_goals`, then the model's
@@ -527,8 +548,7 @@ def hindsight_goals(rng: chex.PRNGKey, goal_latents: Array,
   return (goals - lo) / jnp.maximum(hi - lo, 1e-8)
 
 
-def inverse_dynamics_loss(logits: Array, actions: Array,
-                          mask: Optional[Array] = None) -> Array:
+def inverse_dynamics_loss(logits: Array, actions: Array, mask: Optional[Array] = None) -> Array:
   """Inverse dynamics cross-entropy of one sequence, averaged over its K steps.
 
   SGI (src/models.py, `inverse_model`): an MLP on [online projection of the
@@ -556,8 +576,9 @@ def inverse_dynamics_loss(logits: Array, actions: Array,
   return jnp.mean(per_step)
 
 
-def batched_inverse_dynamics_loss(logits: Array, actions: Array,
-                                  mask: Optional[Array] = None) -> Array:
+def batched_inverse_dynamics_loss(
+    logits: Array, actions: Array, mask: Optional[Array] = None
+) -> Array:
   """vmap of `inverse_dynamics_loss`: [B, K, A], [B, K] (, [B, K]) -> [B]."""
   if mask is None:
     return jax.vmap(inverse_dynamics_loss)(logits, actions)

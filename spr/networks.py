@@ -8,6 +8,7 @@ Initialisation follows PyTorch's defaults (what the SPR code ran): weights and b
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for convolutions and linear layers; factorised noisy layers as
 Fortunato et al. (2018) with the SPR/rlpyt sigma initialisation.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,20 +64,42 @@ def _check_init(init: str) -> None:
     raise ValueError(f"unknown init {init!r}: expected one of {INITS}")
 
 
-def _conv(channels: int, kernel: int, stride: int, padding: str, in_channels: int, name: str,
-          init: str = "torch"):
+def _conv(
+    channels: int,
+    kernel: int,
+    stride: int,
+    padding: str,
+    in_channels: int,
+    name: str,
+    init: str = "torch",
+):
   if init == "xavier":
-    return hk.Conv2D(channels, kernel, stride=stride, padding=padding, w_init=XAVIER_INIT,
-                     b_init=jnp.zeros, name=name)
-  return hk.Conv2D(channels, kernel, stride=stride, padding=padding, w_init=TORCH_INIT,
-                   b_init=torch_bias_init(in_channels * kernel * kernel), name=name)
+    return hk.Conv2D(
+        channels,
+        kernel,
+        stride=stride,
+        padding=padding,
+        w_init=XAVIER_INIT,
+        b_init=jnp.zeros,
+        name=name,
+    )
+  return hk.Conv2D(
+      channels,
+      kernel,
+      stride=stride,
+      padding=padding,
+      w_init=TORCH_INIT,
+      b_init=torch_bias_init(in_channels * kernel * kernel),
+      name=name,
+  )
 
 
 class NatureEncoder(hk.Module):
   """Nature-DQN CNN (Mnih et al. 2015): 32/64/64 channels, kernels 8/4/3, strides 4/2/1, VALID."""
 
-  def __init__(self, channels: Sequence[int] = (32, 64, 64), name: str = "encoder",
-               init: str = "torch"):
+  def __init__(
+      self, channels: Sequence[int] = (32, 64, 64), name: str = "encoder", init: str = "torch"
+  ):
     super().__init__(name=name)
     self.channels = tuple(channels)
     self.init = init
@@ -94,8 +117,14 @@ class ImpalaEncoder(hk.Module):
   """Impala CNN (Espeholt et al. 2018) as BBF uses it: width-scaled 16/32/32 stages, each a conv3x3,
   max-pool 3x3 stride 2 and two residual blocks, no normalisation, ReLU at the end."""
 
-  def __init__(self, width: int = 4, stages: Sequence[int] = (16, 32, 32), blocks: int = 2,
-               name: str = "encoder", init: str = "torch"):
+  def __init__(
+      self,
+      width: int = 4,
+      stages: Sequence[int] = (16, 32, 32),
+      blocks: int = 2,
+      name: str = "encoder",
+      init: str = "torch",
+  ):
     super().__init__(name=name)
     self.stages = tuple(int(s * width) for s in stages)
     self.blocks = blocks
@@ -144,8 +173,15 @@ class TransitionModel(hk.Module):
   `norm=False`: BBF's ConvTMCell (spr_networks.py), conv3x3 -> ReLU -> conv3x3 -> ReLU ->
   renormalise, no BatchNorm (the "norm0" module is then absent)."""
 
-  def __init__(self, num_actions: int, hidden: int = 64, name: str = "transition",
-               norm: bool = True, init: str = "torch", renorm_eps: float = 0.0):
+  def __init__(
+      self,
+      num_actions: int,
+      hidden: int = 64,
+      name: str = "transition",
+      norm: bool = True,
+      init: str = "torch",
+      renorm_eps: float = 0.0,
+  ):
     super().__init__(name=name)
     self.num_actions = num_actions
     self.hidden = hidden
@@ -156,8 +192,10 @@ class TransitionModel(hk.Module):
   def __call__(self, latent: jax.Array, action: jax.Array) -> jax.Array:
     """latent `[B, H, W, C]`, action int `[B]` -> next latent `[B, H, W, C]`."""
     b, h, w, c = latent.shape
-    planes = jnp.broadcast_to(jax.nn.one_hot(action, self.num_actions, dtype=latent.dtype)
-                              [:, None, None, :], (b, h, w, self.num_actions))
+    planes = jnp.broadcast_to(
+        jax.nn.one_hot(action, self.num_actions, dtype=latent.dtype)[:, None, None, :],
+        (b, h, w, self.num_actions),
+    )
     x = jnp.concatenate([latent, planes], axis=-1)
     x = jax.nn.relu(_conv(self.hidden, 3, 1, "SAME", c + self.num_actions, "conv0", self.init)(x))
     if self.norm:
@@ -174,8 +212,9 @@ class NoisyLinear(hk.Module):
   `noise_rng=None` the layer is deterministic (mean weights): evaluation, and the SPR projection.
   """
 
-  def __init__(self, output_size: int, std_init: float = 0.5, name: str | None = None,
-               init: str = "torch"):
+  def __init__(
+      self, output_size: int, std_init: float = 0.5, name: str | None = None, init: str = "torch"
+  ):
     super().__init__(name=name)
     self.output_size = output_size
     self.std_init = std_init
@@ -183,7 +222,7 @@ class NoisyLinear(hk.Module):
 
   def __call__(self, x: jax.Array, noise_rng: jax.Array | None) -> jax.Array:
     n_in, n_out = x.shape[-1], self.output_size
-    bound = 1.0 / n_in ** 0.5
+    bound = 1.0 / n_in**0.5
     uniform = hk.initializers.RandomUniform(-bound, bound)
     if self.init == "xavier":
       # BBF: Dense(kernel_init=xavier_uniform) with zero bias; its NoisyNetwork keeps the
@@ -195,10 +234,12 @@ class NoisyLinear(hk.Module):
       b_mu = hk.get_parameter("b_mu", (n_out,), init=uniform)
     if noise_rng is None and self.std_init == 0.0:
       return x @ w_mu + b_mu
-    w_sigma = hk.get_parameter("w_sigma", (n_in, n_out),
-                               init=hk.initializers.Constant(self.std_init / n_in ** 0.5))
-    b_sigma = hk.get_parameter("b_sigma", (n_out,),
-                               init=hk.initializers.Constant(self.std_init / n_out ** 0.5))
+    w_sigma = hk.get_parameter(
+        "w_sigma", (n_in, n_out), init=hk.initializers.Constant(self.std_init / n_in**0.5)
+    )
+    b_sigma = hk.get_parameter(
+        "b_sigma", (n_out,), init=hk.initializers.Constant(self.std_init / n_out**0.5)
+    )
     if noise_rng is None:
       return x @ w_mu + b_mu
     f = lambda e: jnp.sign(e) * jnp.sqrt(jnp.abs(e))
@@ -228,8 +269,9 @@ class SampleNorm(hk.Module):
     axes = tuple(range(1, x.ndim))
     mean = jnp.mean(x, axis=axes, keepdims=True)
     var = jnp.var(x, axis=axes, keepdims=True)
-    scale = hk.get_parameter("scale", (x.shape[-1],),
-                             init=jnp.zeros if self.zero_scale else jnp.ones)
+    scale = hk.get_parameter(
+        "scale", (x.shape[-1],), init=jnp.zeros if self.zero_scale else jnp.ones
+    )
     offset = hk.get_parameter("offset", (x.shape[-1],), init=jnp.zeros)
     return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + offset
 
@@ -245,8 +287,13 @@ class BatchNorm(hk.Module):
   sees them; the learners carry them as `norm_state` next to the parameters.
   """
 
-  def __init__(self, eps: float = 1e-5, momentum: float = 0.1, zero_scale: bool = False,
-               name: str | None = None):
+  def __init__(
+      self,
+      eps: float = 1e-5,
+      momentum: float = 0.1,
+      zero_scale: bool = False,
+      name: str | None = None,
+  ):
     super().__init__(name=name)
     self.eps, self.momentum, self.zero_scale = eps, momentum, zero_scale
 
@@ -264,8 +311,9 @@ class BatchNorm(hk.Module):
       m = self.momentum
       # No gradient flows into running statistics (torch updates them under no_grad).
       hk.set_state("mean", jax.lax.stop_gradient((1 - m) * running_mean + m * mean))
-      hk.set_state("var", jax.lax.stop_gradient(
-          (1 - m) * running_var + m * var * (n / max(n - 1, 1))))
+      hk.set_state(
+          "var", jax.lax.stop_gradient((1 - m) * running_var + m * var * (n / max(n - 1, 1)))
+      )
     else:
       mean, var = running_mean, running_var
     return (x - mean) * jax.lax.rsqrt(var + self.eps) * scale + offset
@@ -290,8 +338,15 @@ class InvertedResidual(hk.Module):
   shortcut is a conv with kernel = stride = `stride` when stride != 1. Fixup-style init
   N(0, 2 / (out * k * k)) * num_layers^-1/4 for the block's convolutions."""
 
-  def __init__(self, channels: int, stride: int, expand: float, num_layers: int,
-               norm: str = "layer", name: str | None = None):
+  def __init__(
+      self,
+      channels: int,
+      stride: int,
+      expand: float,
+      num_layers: int,
+      norm: str = "layer",
+      name: str | None = None,
+  ):
     super().__init__(name=name)
     self.channels, self.stride, self.expand = channels, stride, expand
     self.num_layers, self.norm = num_layers, norm
@@ -299,23 +354,42 @@ class InvertedResidual(hk.Module):
   def __call__(self, x: jax.Array, training: bool = False) -> jax.Array:
     in_ch = x.shape[-1]
     hidden = int(round(in_ch * self.expand))
-    fix = self.num_layers ** -0.25
+    fix = self.num_layers**-0.25
     s = self.stride
     if s != 1:
-      shortcut = hk.Conv2D(self.channels, s, stride=s, padding="VALID",
-                           w_init=_kaiming_normal(self.channels * s * s),
-                           b_init=torch_bias_init(in_ch * s * s), name="downsample")(x)
+      shortcut = hk.Conv2D(
+          self.channels,
+          s,
+          stride=s,
+          padding="VALID",
+          w_init=_kaiming_normal(self.channels * s * s),
+          b_init=torch_bias_init(in_ch * s * s),
+          name="downsample",
+      )(x)
     else:
       shortcut = x
-    y = hk.Conv2D(hidden, 1, w_init=_kaiming_normal(hidden, fix),
-                  b_init=torch_bias_init(in_ch), name="expand")(x)
+    y = hk.Conv2D(
+        hidden, 1, w_init=_kaiming_normal(hidden, fix), b_init=torch_bias_init(in_ch), name="expand"
+    )(x)
     y = jax.nn.relu(_norm(self.norm, False, "norm0", training)(y))
     y = jnp.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    y = hk.DepthwiseConv2D(1, 3, stride=s, padding="VALID", w_init=_kaiming_normal(hidden * 9, fix),
-                           b_init=torch_bias_init(9), name="depthwise")(y)
+    y = hk.DepthwiseConv2D(
+        1,
+        3,
+        stride=s,
+        padding="VALID",
+        w_init=_kaiming_normal(hidden * 9, fix),
+        b_init=torch_bias_init(9),
+        name="depthwise",
+    )(y)
     y = jax.nn.relu(_norm(self.norm, False, "norm1", training)(y))
-    y = hk.Conv2D(self.channels, 1, w_init=_kaiming_normal(self.channels, fix),
-                  b_init=torch_bias_init(hidden), name="project")(y)
+    y = hk.Conv2D(
+        self.channels,
+        1,
+        w_init=_kaiming_normal(self.channels, fix),
+        b_init=torch_bias_init(hidden),
+        name="project",
+    )(y)
     y = _norm(self.norm, self.norm != "none", "norm2", training)(y)
     return shortcut + y
 
@@ -326,8 +400,15 @@ class SGIResNetEncoder(hk.Module):
   ratio `expand`. SGI-M: scale 1, 3 blocks, expand 2; SGI-M/L: scale 1.5, 5 blocks, expand 4.
   No final ReLU (the latent is min-max renormalised after it)."""
 
-  def __init__(self, channels: Sequence[int] = (32, 64, 64), blocks: int = 3, expand: float = 2,
-               strides: Sequence[int] = (3, 2, 2), norm: str = "layer", name: str = "encoder"):
+  def __init__(
+      self,
+      channels: Sequence[int] = (32, 64, 64),
+      blocks: int = 3,
+      expand: float = 2,
+      strides: Sequence[int] = (3, 2, 2),
+      norm: str = "layer",
+      name: str = "encoder",
+  ):
     super().__init__(name=name)
     self.channels, self.blocks, self.expand = tuple(channels), blocks, expand
     self.strides, self.norm = tuple(strides), norm
@@ -336,8 +417,9 @@ class SGIResNetEncoder(hk.Module):
     num_layers = self.blocks * len(self.channels)
     for i, (ch, s) in enumerate(zip(self.channels, self.strides)):
       for j in range(self.blocks):
-        x = InvertedResidual(ch, s if j == 0 else 1, self.expand, num_layers, self.norm,
-                             name=f"group{i}_block{j}")(x, training)
+        x = InvertedResidual(
+            ch, s if j == 0 else 1, self.expand, num_layers, self.norm, name=f"group{i}_block{j}"
+        )(x, training)
     return x
 
 
@@ -360,8 +442,9 @@ class GoalFiLM(hk.Module):
     x = jax.nn.relu(_conv(2 * c, 3, 1, "SAME", c, "conv0")(goal_map))
     x = jax.nn.relu(_conv(2 * c, 3, 1, "SAME", 2 * c, "conv1")(x))
     x = x.reshape(x.shape[0], -1)
-    out = hk.Linear(4 * self.hidden, w_init=TORCH_INIT, b_init=torch_bias_init(x.shape[-1]),
-                    name="linear")(x)
+    out = hk.Linear(
+        4 * self.hidden, w_init=TORCH_INIT, b_init=torch_bias_init(x.shape[-1]), name="linear"
+    )(x)
     out = out.reshape(x.shape[0], 2, 2, self.hidden)
     return out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1]
 
@@ -369,6 +452,7 @@ class GoalFiLM(hk.Module):
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
   """Architecture of an SPR-family network."""
+
   encoder: str = "nature"  # "nature" | "impala" | "sgi_m" | "sgi_ml" (SGI_ENCODERS)
   encoder_channels: tuple[int, ...] = (32, 64, 64)  # nature; sgi_* (times the size's scale)
   impala_width: int = 4  # impala only
@@ -412,14 +496,24 @@ class SPRNetwork(hk.Module):
       self._encoder = ImpalaEncoder(config.impala_width, init=config.init)
     elif config.encoder in SGI_ENCODERS:
       scale, blocks, expand = SGI_ENCODERS[config.encoder]
-      self._encoder = SGIResNetEncoder(tuple(int(c * scale) for c in config.encoder_channels),
-                                       blocks, expand, norm=config.resnet_norm)
+      self._encoder = SGIResNetEncoder(
+          tuple(int(c * scale) for c in config.encoder_channels),
+          blocks,
+          expand,
+          norm=config.resnet_norm,
+      )
     else:
-      raise ValueError(f"unknown encoder {config.encoder!r}: expected 'nature', 'impala' or "
-                       f"one of {sorted(SGI_ENCODERS)}")
-    self._transition = TransitionModel(num_actions, config.transition_hidden,
-                                       norm=config.transition_norm, init=config.init,
-                                       renorm_eps=config.renorm_eps)
+      raise ValueError(
+          f"unknown encoder {config.encoder!r}: expected 'nature', 'impala' or "
+          f"one of {sorted(SGI_ENCODERS)}"
+      )
+    self._transition = TransitionModel(
+        num_actions,
+        config.transition_hidden,
+        norm=config.transition_norm,
+        init=config.init,
+        renorm_eps=config.renorm_eps,
+    )
     std = config.noisy_std if config.noisy else 0.0
     init = config.init
     if config.head == "shared":
@@ -429,14 +523,20 @@ class SPRNetwork(hk.Module):
     self._value_out = NoisyLinear(config.num_atoms, std, name="value_out", init=init)
     if config.head == "dueling":
       self._adv_hidden = NoisyLinear(config.hidden, std, name="advantage_hidden", init=init)
-    self._adv_out = NoisyLinear(num_actions * config.num_atoms, std, name="advantage_out",
-                                init=init)
+    self._adv_out = NoisyLinear(
+        num_actions * config.num_atoms, std, name="advantage_out", init=init
+    )
     if init == "xavier":
-      self._predictor = hk.Linear(2 * config.hidden, w_init=XAVIER_INIT, b_init=jnp.zeros,
-                                  name="predictor")
+      self._predictor = hk.Linear(
+          2 * config.hidden, w_init=XAVIER_INIT, b_init=jnp.zeros, name="predictor"
+      )
     else:
-      self._predictor = hk.Linear(2 * config.hidden, w_init=TORCH_INIT,
-                                  b_init=torch_bias_init(2 * config.hidden), name="predictor")
+      self._predictor = hk.Linear(
+          2 * config.hidden,
+          w_init=TORCH_INIT,
+          b_init=torch_bias_init(2 * config.hidden),
+          name="predictor",
+      )
 
   def encode(self, observations: jax.Array, training: bool = False) -> jax.Array:
     """Float observations `[B, C, 84, 84]` in [0, 1] -> renormalised latent `[B, h, w, c]`.
@@ -444,8 +544,9 @@ class SPRNetwork(hk.Module):
     `training` only matters for an encoder with BatchNorm running statistics (the SGI ResNet
     with resnet_norm="batch"): batch statistics and a running-statistics update when True, the
     running statistics when False (acting and evaluation)."""
-    return renormalize(self._encoder(jnp.transpose(observations, (0, 2, 3, 1)), training),
-                       self.config.renorm_eps)
+    return renormalize(
+        self._encoder(jnp.transpose(observations, (0, 2, 3, 1)), training), self.config.renorm_eps
+    )
 
   def transition(self, latent: jax.Array, action: jax.Array) -> jax.Array:
     return self._transition(latent, action)
@@ -460,16 +561,21 @@ class SPRNetwork(hk.Module):
     """
     if self.config.head == "shared":
       x = latent.reshape(latent.shape[0], -1)
-      keys = [None] * 3 if (noise_rng is None or not self.config.noisy) else list(
-          jax.random.split(noise_rng, 3))
+      keys = (
+          [None] * 3
+          if (noise_rng is None or not self.config.noisy)
+          else list(jax.random.split(noise_rng, 3))
+      )
       h = jax.nn.relu(self._shared_hidden(x, keys[0]))
       value = self._value_out(h, keys[1])[:, None, :]
-      adv = self._adv_out(h, keys[2]).reshape(x.shape[0], self.num_actions,
-                                              self.config.num_atoms)
+      adv = self._adv_out(h, keys[2]).reshape(x.shape[0], self.num_actions, self.config.num_atoms)
       return value + adv - jnp.mean(adv, axis=1, keepdims=True)
-    x = scale_gradient(latent.reshape(latent.shape[0], -1), 2 ** -0.5)
-    keys = [None] * 4 if (noise_rng is None or not self.config.noisy) else list(
-        jax.random.split(noise_rng, 4))
+    x = scale_gradient(latent.reshape(latent.shape[0], -1), 2**-0.5)
+    keys = (
+        [None] * 4
+        if (noise_rng is None or not self.config.noisy)
+        else list(jax.random.split(noise_rng, 4))
+    )
     value = self._value_out(jax.nn.relu(self._value_hidden(x, keys[0])), keys[1])
     adv = self._adv_out(jax.nn.relu(self._adv_hidden(x, keys[2])), keys[3])
     value = value[:, None, :]
@@ -494,6 +600,7 @@ class SPRApply(NamedTuple):
   `norm_state` may be None for a network without BatchNorm running statistics. A NamedTuple, so
   positional unpacking (`encode, transition, q_logits, project, predict = net.apply`) still works.
   """
+
   encode: Callable  # (params, norm_state, obs [B, C, 84, 84]) -> latent, evaluation mode
   transition: Callable  # (params, norm_state, latent, action [B]) -> next latent
   q_logits: Callable  # (params, norm_state, latent, noise_rng | None) -> [B, A, N]
@@ -503,6 +610,7 @@ class SPRApply(NamedTuple):
 
 class SGIApply(NamedTuple):
   """`SPRApply` plus SGI's pretraining heads (same calling convention)."""
+
   encode: Callable
   transition: Callable
   q_logits: Callable
@@ -525,8 +633,12 @@ class NetworkFunctions:
     encoding (batch statistics, running statistics moved as torch's BatchNorm does).
   """
 
-  def __init__(self, transformed: hk.MultiTransformedWithState, has_norm_state: bool,
-               apply_type: type = SPRApply):
+  def __init__(
+      self,
+      transformed: hk.MultiTransformedWithState,
+      has_norm_state: bool,
+      apply_type: type = SPRApply,
+  ):
     self._t = transformed
     self.has_norm_state = has_norm_state
     # Jitted: one compilation of the whole initialisation (cached across processes) instead of
@@ -538,9 +650,11 @@ class NetworkFunctions:
 
     encode, *rest = transformed.apply
     self.apply = apply_type(
-        lambda params, norm_state, obs: encode(params, self._state(norm_state), None, obs,
-                                               False)[0],
-        *(wrap(f) for f in rest))
+        lambda params, norm_state, obs: encode(params, self._state(norm_state), None, obs, False)[
+            0
+        ],
+        *(wrap(f) for f in rest),
+    )
     self._encode = encode
 
   def _state(self, norm_state):
@@ -586,8 +700,9 @@ def make_spr_network(config: NetworkConfig, num_actions: int) -> NetworkFunction
 
     return init, (net.encode, net.transition, net.q_logits, net.project, net.predict)
 
-  return NetworkFunctions(hk.multi_transform_with_state(functions), has_running_stats(config),
-                          SPRApply)
+  return NetworkFunctions(
+      hk.multi_transform_with_state(functions), has_running_stats(config), SPRApply
+  )
 
 
 class SGINetwork(SPRNetwork):
@@ -612,20 +727,20 @@ class SGINetwork(SPRNetwork):
     std = config.noisy_std if config.noisy else 0.0
     self._film = GoalFiLM(config.hidden)
     self._goal_value_out = NoisyLinear(config.num_atoms, std, name="goal_value_out")
-    self._goal_adv_out = NoisyLinear(num_actions * config.num_atoms, std,
-                                     name="goal_advantage_out")
-    self._inverse_hidden = hk.Linear(256, w_init=TORCH_INIT,
-                                     b_init=torch_bias_init(4 * config.hidden),
-                                     name="inverse_hidden")
-    self._inverse_out = hk.Linear(num_actions, w_init=TORCH_INIT, b_init=torch_bias_init(256),
-                                  name="inverse_out")
+    self._goal_adv_out = NoisyLinear(num_actions * config.num_atoms, std, name="goal_advantage_out")
+    self._inverse_hidden = hk.Linear(
+        256, w_init=TORCH_INIT, b_init=torch_bias_init(4 * config.hidden), name="inverse_hidden"
+    )
+    self._inverse_out = hk.Linear(
+        num_actions, w_init=TORCH_INIT, b_init=torch_bias_init(256), name="inverse_out"
+    )
 
   def goal_q_logits(self, latent: jax.Array, goal: jax.Array) -> jax.Array:
     """Goal-conditioned dueling C51 logits `[B, A, N]` (no noise) for latent `[B, h, w, c]` and
     flattened goals `[B, h * w * c]`."""
     b = latent.shape[0]
     # 1/sqrt(2) gradient scaling into the head, as q_logits (SGI's goal forward does it too).
-    x = scale_gradient(latent.reshape(b, -1), 2 ** -0.5)
+    x = scale_gradient(latent.reshape(b, -1), 2**-0.5)
     adv_bias, adv_scale, value_bias, value_scale = self._film(goal.reshape(latent.shape))
     adv_h = jax.nn.relu(self._adv_hidden(x, None)) * adv_scale + adv_bias
     value_h = jax.nn.relu(self._value_hidden(x, None)) * value_scale + value_bias
@@ -656,8 +771,16 @@ def make_sgi_network(config: NetworkConfig, num_actions: int) -> NetworkFunction
       net.inverse(proj, proj)
       return net.predict(proj)
 
-    return init, (net.encode, net.transition, net.q_logits, net.project, net.predict,
-                  net.goal_q_logits, net.inverse)
+    return init, (
+        net.encode,
+        net.transition,
+        net.q_logits,
+        net.project,
+        net.predict,
+        net.goal_q_logits,
+        net.inverse,
+    )
 
-  return NetworkFunctions(hk.multi_transform_with_state(functions), has_running_stats(config),
-                          SGIApply)
+  return NetworkFunctions(
+      hk.multi_transform_with_state(functions), has_running_stats(config), SGIApply
+  )

@@ -24,6 +24,7 @@ Representations", ICLR 2021 (code mila-iqia/spr); Schwarzer et al., "Pretraining
 for Data-Efficient Reinforcement Learning", NeurIPS 2021 (code mila-iqia/SGI); Schwarzer et al.,
 "Bigger, Better, Faster", ICML 2023 (code google-research/bigger_better_faster).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,6 +50,7 @@ def q_values(logits: Array, support: Array) -> Array:
 # Inputs and encoder calls.
 # ---------------------------------------------------------------------------
 
+
 def scale_frames(frames: Array) -> Array:
   """uint8 frames -> float32 in [0, 1] (no augmentation: acting, evaluation)."""
   return frames.astype(jnp.float32) / 255.0
@@ -63,8 +65,9 @@ def input_preparation(augment: bool) -> Callable[[chex.PRNGKey, Array], Array]:
   return lambda key, frames: scale_frames(frames)
 
 
-def encode_chunked(encode: Callable, params: Params, norm_state: Any, images: Array,
-                   chunk: int) -> Array:
+def encode_chunked(
+    encode: Callable, params: Params, norm_state: Any, images: Array, chunk: int
+) -> Array:
   """`encode(params, norm_state, images)` over chunks of `chunk` images (an unrolled loop).
 
   The same values as one call for an encoder that acts per sample (evaluation mode): on XLA:CPU a
@@ -84,14 +87,16 @@ def encode_chunked(encode: Callable, params: Params, norm_state: Any, images: Ar
   n = images.shape[0]
   if chunk <= 0 or n <= chunk:
     return encode(params, norm_state, images)
-  return jnp.concatenate([encode(params, norm_state, images[i:i + chunk])
-                          for i in range(0, n, chunk)])
+  return jnp.concatenate(
+      [encode(params, norm_state, images[i : i + chunk]) for i in range(0, n, chunk)]
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class Encoder:
   """How a learner calls its network's encoder: `network` is a `spr.networks.NetworkFunctions`,
   `chunk` the chunk size of evaluation-mode calls (`encode_chunked`)."""
+
   network: Any
   chunk: int = 0
 
@@ -110,6 +115,7 @@ class Encoder:
 
 class NetViews(NamedTuple):
   """The parameters one loss reads, each in the role it plays."""
+
   online: Params  # differentiated
   fixed: Params  # the online parameters without gradient (double-DQN selector, BN passes)
   target: Params  # the target view (EMA target, or the online parameters), no gradient
@@ -130,15 +136,21 @@ def net_views(params: Params, target: Params, bootstrap_with_target: bool = True
 class LatentInputs(NamedTuple):
   """A batch's network inputs, float in [0, 1], independently augmented (the SPR code draws one
   augmentation per network input)."""
+
   current: Array  # s_i, [B, C, H, W]: the online pass with gradient
   sequence: Array  # [B * M, C, H, W]: the target's pass, M = K (s_{i+1..i+K}) or K + 1 (s_i..)
   bootstrap: Array  # s_{i+n}, [B, C, H, W], for the bootstrap network
   selector: Array  # s_{i+n} for the double-DQN selector (`bootstrap` itself when shared)
 
 
-def latent_inputs(prepare: Callable, keys: Array, observations: Array,
-                  next_observations: Array, first_frame: int,
-                  shared_next: bool) -> LatentInputs:
+def latent_inputs(
+    prepare: Callable,
+    keys: Array,
+    observations: Array,
+    next_observations: Array,
+    first_frame: int,
+    shared_next: bool,
+) -> LatentInputs:
   """Prepares the inputs of an SPR batch with `keys[0..3]` (current, sequence, bootstrap,
   selector).
 
@@ -158,8 +170,11 @@ def latent_inputs(prepare: Callable, keys: Array, observations: Array,
   b = observations.shape[0]
   seq = observations if first_frame == 0 else observations[:, first_frame:]
   m = seq.shape[1]
-  sequence = (prepare(keys[1], seq.reshape((b * m,) + seq.shape[2:])) if m
-              else jnp.zeros((0,) + seq.shape[2:], jnp.float32))
+  sequence = (
+      prepare(keys[1], seq.reshape((b * m,) + seq.shape[2:]))
+      if m
+      else jnp.zeros((0,) + seq.shape[2:], jnp.float32)
+  )
   current = prepare(keys[0], observations[:, 0])
   bootstrap = prepare(keys[2], next_observations)
   selector = bootstrap if shared_next else prepare(keys[3], next_observations)
@@ -168,6 +183,7 @@ def latent_inputs(prepare: Callable, keys: Array, observations: Array,
 
 class BatchLatents(NamedTuple):
   """The latents one SPR update needs, and the BatchNorm running statistics they leave."""
+
   online: Array  # [B, h, w, c]: s_i, online, with gradient
   future: Array  # [B * K, h, w, c] (sample-major): s_{i+1..i+K}, target (SPR targets)
   bootstrap: Array  # [B, h, w, c]: s_{i+n}, bootstrap network
@@ -184,11 +200,18 @@ class PerSampleLatents:
 
   `groups`: the no-gradient calls, each (a `NetViews` field, indices into (sequence, bootstrap,
   selector)); see `latent_plan`. The online latent of s_i is a call of its own."""
+
   groups: tuple[tuple[str, tuple[int, ...]], ...]
   first_frame: int = 1
 
-  def __call__(self, encoder: Encoder, views: NetViews, inputs: LatentInputs,
-               norm_state: Any = (), target_norm_state: Any = ()) -> BatchLatents:
+  def __call__(
+      self,
+      encoder: Encoder,
+      views: NetViews,
+      inputs: LatentInputs,
+      norm_state: Any = (),
+      target_norm_state: Any = (),
+  ) -> BatchLatents:
     """The latents of one SPR batch (the same signature for every plan).
 
     Args:
@@ -202,16 +225,19 @@ class PerSampleLatents:
       `BatchLatents`.
     """
     images = (inputs.sequence, inputs.bootstrap, inputs.selector)
-    out = encode_grouped(encoder, [(getattr(views, role), [images[i] for i in idx])
-                                   for role, idx in self.groups])
+    out = encode_grouped(
+        encoder, [(getattr(views, role), [images[i] for i in idx]) for role, idx in self.groups]
+    )
     future, bootstrap, selector = out
     latent = encoder(views.online, inputs.current)
-    return BatchLatents(latent, future, bootstrap, selector, norm_state, norm_state,
-                        target_norm_state)
+    return BatchLatents(
+        latent, future, bootstrap, selector, norm_state, norm_state, target_norm_state
+    )
 
 
-def encode_grouped(encoder: Encoder, calls: Sequence[tuple[Params, Sequence[Array]]]
-                   ) -> list[Array]:
+def encode_grouped(
+    encoder: Encoder, calls: Sequence[tuple[Params, Sequence[Array]]]
+) -> list[Array]:
   """One evaluation-mode encoder call per (params, images) entry over its images concatenated;
   returns the latents of every image array, in order."""
   out = []
@@ -219,7 +245,7 @@ def encode_grouped(encoder: Encoder, calls: Sequence[tuple[Params, Sequence[Arra
     latents = encoder(params, images[0] if len(images) == 1 else jnp.concatenate(images))
     start = 0
     for x in images:
-      out.append(latents[start:start + x.shape[0]])
+      out.append(latents[start : start + x.shape[0]])
       start += x.shape[0]
   return out
 
@@ -234,11 +260,18 @@ class BatchNormLatents:
   selector; `selector_pass` False: no such forward, whose statistics would move in torch only if
   it ran). Running statistics move on the online and target encoders; the bootstrap network's
   pass changes none that is kept (torch's copy of the online net, re-synced)."""
+
   selector_pass: bool = True
   first_frame: int = 0
 
-  def __call__(self, encoder: Encoder, views: NetViews, inputs: LatentInputs,
-               norm_state: Any = (), target_norm_state: Any = ()) -> BatchLatents:
+  def __call__(
+      self,
+      encoder: Encoder,
+      views: NetViews,
+      inputs: LatentInputs,
+      norm_state: Any = (),
+      target_norm_state: Any = (),
+  ) -> BatchLatents:
     """As `PerSampleLatents.__call__`; `inputs.sequence` holds s_i..s_{i+K}."""
     latent, norm_main = encoder.train(views.online, norm_state, inputs.current)
     seq, target_norm_state = encoder.train(views.target, target_norm_state, inputs.sequence)
@@ -250,15 +283,17 @@ class BatchNormLatents:
       selector, norm_state = encoder.train(views.fixed, norm_main, inputs.selector)
     else:
       selector, norm_state = bootstrap, norm_main
-    return BatchLatents(latent, future, bootstrap, selector, norm_main, norm_state,
-                        target_norm_state)
+    return BatchLatents(
+        latent, future, bootstrap, selector, norm_main, norm_state, target_norm_state
+    )
 
 
 LatentPlan = PerSampleLatents | BatchNormLatents
 
 
-def latent_plan(has_norm_state: bool, stored_target: bool, bootstrap_with_target: bool,
-                double_dqn: bool = True) -> LatentPlan:
+def latent_plan(
+    has_norm_state: bool, stored_target: bool, bootstrap_with_target: bool, double_dqn: bool = True
+) -> LatentPlan:
   """The encoder-call plan of an SPR loss, chosen once from the config.
 
   Per-sample encoders: the no-gradient inputs (sequence -> target, bootstrap -> bootstrap
@@ -280,6 +315,7 @@ def latent_plan(has_norm_state: bool, stored_target: bool, bootstrap_with_target
 
 class SGILatents(NamedTuple):
   """The latents of an SGI pretraining batch."""
+
   online: Array  # [B, h, w, c]: s_t, online, with gradient
   sequence: Array  # [B * (K+1), h, w, c] (sample-major): s_t..s_{t+K}, target
   goal: Array  # [B, h, w, c]: the hindsight goal state, target
@@ -289,20 +325,33 @@ class SGILatents(NamedTuple):
   target_norm_state: Any
 
 
-def sgi_per_sample_latents(encoder: Encoder, views: NetViews, sequence: Array, goal: Array,
-                           current: Array, next_input: Array, norm_state: Any = (),
-                           target_norm_state: Any = ()) -> SGILatents:
+def sgi_per_sample_latents(
+    encoder: Encoder,
+    views: NetViews,
+    sequence: Array,
+    goal: Array,
+    current: Array,
+    next_input: Array,
+    norm_state: Any = (),
+    target_norm_state: Any = (),
+) -> SGILatents:
   """SGI's latents for per-sample encoders: one target call over the sequence and the goal."""
   seq, goal_lat = encode_grouped(encoder, [(views.target, [sequence, goal])])
   latent = encoder(views.online, current)
   next_online, _ = encoder.train(views.fixed, norm_state, next_input)
-  return SGILatents(latent, seq, goal_lat, next_online, norm_state, norm_state,
-                    target_norm_state)
+  return SGILatents(latent, seq, goal_lat, next_online, norm_state, norm_state, target_norm_state)
 
 
-def sgi_batch_norm_latents(encoder: Encoder, views: NetViews, sequence: Array, goal: Array,
-                           current: Array, next_input: Array, norm_state: Any = (),
-                           target_norm_state: Any = ()) -> SGILatents:
+def sgi_batch_norm_latents(
+    encoder: Encoder,
+    views: NetViews,
+    sequence: Array,
+    goal: Array,
+    current: Array,
+    next_input: Array,
+    norm_state: Any = (),
+    target_norm_state: Any = (),
+) -> SGILatents:
   """SGI's latents with BatchNorm: separate training-mode calls in SGI's order (mila-iqia/SGI
   src/models.py): target on the goal frames, online on s_t, target on s_t..s_{t+K}, online on
   s_{t+1} (the double-DQN selector, from the statistics after the pass on s_t)."""
@@ -317,6 +366,7 @@ def sgi_batch_norm_latents(encoder: Encoder, views: NetViews, sequence: Array, g
 # The EMA target.
 # ---------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class EmaTarget:
   """A stored target network moved by an EMA of weight `tau` on the online parameters.
@@ -326,6 +376,7 @@ class EmaTarget:
   update_state_dict; with tau 1 the target then lags one update behind), or after it (BBF).
   BatchNorm running statistics are EMA'd towards the online ones as they were after the online
   pass on s_i (torch's update_state_dict copies buffers too, inside that forward)."""
+
   tau: float
   before_update: bool = True
 
@@ -342,12 +393,15 @@ class EmaTarget:
     """`fn` applied to the stored target (e.g. a BBF reset)."""
     return fn(stored)
 
-  def moved(self, before: Params, after: Params, stored: Params, norm_main: Any,
-            stored_norm: Any) -> tuple[Params, Any]:
+  def moved(
+      self, before: Params, after: Params, stored: Params, norm_main: Any, stored_norm: Any
+  ) -> tuple[Params, Any]:
     """(target params, target running statistics) after one update."""
     source = before if self.before_update else after
-    return (optax.incremental_update(source, stored, self.tau),
-            optax.incremental_update(norm_main, stored_norm, self.tau))
+    return (
+        optax.incremental_update(source, stored, self.tau),
+        optax.incremental_update(norm_main, stored_norm, self.tau),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,8 +421,9 @@ class OnlineTarget:
     del fn, stored
     return ()
 
-  def moved(self, before: Params, after: Params, stored: Params, norm_main: Any,
-            stored_norm: Any) -> tuple[Params, Any]:
+  def moved(
+      self, before: Params, after: Params, stored: Params, norm_main: Any, stored_norm: Any
+  ) -> tuple[Params, Any]:
     del before, after, stored, norm_main, stored_norm
     return (), ()
 
@@ -385,6 +440,7 @@ def target_rule(stored: bool, tau: float, before_update: bool) -> TargetRule:
 # C51 double-DQN loss and replay priorities.
 # ---------------------------------------------------------------------------
 
+
 def kl_priorities(rl_args: tuple, rl_loss: Array, support: Array) -> Array:
   """The SPR code's priorities: clamped KL(target || prediction), not the cross-entropy
   (mila-iqia/spr src/algos.py; `losses.categorical_kl_priority`)."""
@@ -400,13 +456,21 @@ def ce_priorities(rl_args: tuple, rl_loss: Array, support: Array) -> Array:
 
 
 PRIORITIES: dict[str, Callable[[tuple, Array, Array], Array]] = {
-    "kl": kl_priorities, "ce": ce_priorities}
+    "kl": kl_priorities,
+    "ce": ce_priorities,
+}
 
 
 def categorical_double_q_objective(
-    logits_tm1: Array, a_tm1: Array, r_t: Array, discount_t: Array, logits_t_target: Array,
-    q_t_selector: Array, support: Array,
-    priority: Callable[[tuple, Array, Array], Array] = kl_priorities) -> tuple[Array, Array]:
+    logits_tm1: Array,
+    a_tm1: Array,
+    r_t: Array,
+    discount_t: Array,
+    logits_t_target: Array,
+    q_t_selector: Array,
+    support: Array,
+    priority: Callable[[tuple, Array, Array], Array] = kl_priorities,
+) -> tuple[Array, Array]:
   """C51 double-DQN loss of a batch and the replay priorities it gives.
 
   Bellemare et al. 2017, van Hasselt et al. 2016, as SPR runs them (mila-iqia/spr src/algos.py
@@ -432,17 +496,28 @@ def categorical_double_q_objective(
   return loss, priority(args, loss, support)
 
 
-def online_selector(q_logits: Callable, params: Params, latent: Array, bootstrap_logits: Array,
-                    noise_rng: Array | None, support: Array) -> Array:
+def online_selector(
+    q_logits: Callable,
+    params: Params,
+    latent: Array,
+    bootstrap_logits: Array,
+    noise_rng: Array | None,
+    support: Array,
+) -> Array:
   """Double DQN: a* from the online network's Q values `[B, A]` at `latent` (s_{i+n}), with
   `noise_rng` (the same noise as the online head: the SPR code resets noise once per loss)."""
   del bootstrap_logits
   return q_values(q_logits(params, None, latent, noise_rng), support)
 
 
-def bootstrap_selector(q_logits: Callable, params: Params, latent: Array,
-                       bootstrap_logits: Array, noise_rng: Array | None,
-                       support: Array) -> Array:
+def bootstrap_selector(
+    q_logits: Callable,
+    params: Params,
+    latent: Array,
+    bootstrap_logits: Array,
+    noise_rng: Array | None,
+    support: Array,
+) -> Array:
   """No double DQN: a* from the bootstrap network's own Q values `[B, A]`."""
   del q_logits, params, latent, noise_rng
   return q_values(bootstrap_logits, support)
@@ -452,8 +527,13 @@ def bootstrap_selector(q_logits: Callable, params: Params, latent: Array,
 # SPR: K-step rollout and self-predictive loss.
 # ---------------------------------------------------------------------------
 
-def transition_rollout(transition: Callable[[Array, Array], Array], latent: Array,
-                       actions: Array, observe: Callable[[Array], Any] | None = None) -> list:
+
+def transition_rollout(
+    transition: Callable[[Array, Array], Array],
+    latent: Array,
+    actions: Array,
+    observe: Callable[[Array], Any] | None = None,
+) -> list:
   """Rolls a latent transition model K steps with the replayed actions (Schwarzer et al. 2021,
   Sec. 2.2): z_0 = `latent`, z_{k+1} = transition(z_k, a_k).
 
@@ -505,8 +585,9 @@ def closed_form_predictor(name: str, ema: float, ridge: float) -> Predictor:
     del params
     b, k = targets.shape[:2]
     pairs_target = targets.transpose(1, 0, 2).reshape(k * b, -1)
-    weights, state = solve(jax.lax.stop_gradient(projections), pairs_target, state, ema=ema,
-                           ridge=ridge)
+    weights, state = solve(
+        jax.lax.stop_gradient(projections), pairs_target, state, ema=ema, ridge=ridge
+    )
     return projections @ jax.lax.stop_gradient(weights), state
 
   return predictor
@@ -530,10 +611,19 @@ def self_predictive_objective(predictions: Array, targets: Array, mask: Array) -
   return jnp.mean(per_step, axis=1)
 
 
-def spr_rollout_loss(transition: Callable, project: Callable, predictor: Predictor,
-                     params: Params, target: Params, latent: Array, future: Array,
-                     actions: Array, terminals: Array, predictor_state: Any,
-                     weight: float) -> tuple[Array, Any]:
+def spr_rollout_loss(
+    transition: Callable,
+    project: Callable,
+    predictor: Predictor,
+    params: Params,
+    target: Params,
+    latent: Array,
+    future: Array,
+    actions: Array,
+    terminals: Array,
+    predictor_state: Any,
+    weight: float,
+) -> tuple[Array, Any]:
   """SPR's self-predictive loss (Schwarzer et al. 2021, Eq. 2-4; mila-iqia/spr src/models.py
   `do_spr_loss`, src/algos.py `loss`): roll the transition model K steps from the online latent of
   s_i, project (online) and predict, and compare with the target's projections of s_{i+1..i+K},
@@ -559,13 +649,14 @@ def spr_rollout_loss(transition: Callable, project: Callable, predictor: Predict
   chex.assert_rank([actions, terminals], 2)
   # Project and predict all K steps in one matmul each ([K*B, ...], k-major): the same values as
   # per step, and one large GEMM is much cheaper than K small ones.
-  rolled = jnp.concatenate(transition_rollout(lambda z, a: transition(params, None, z, a),
-                                              latent, actions[:, :k]))
+  rolled = jnp.concatenate(
+      transition_rollout(lambda z, a: transition(params, None, z, a), latent, actions[:, :k])
+  )
   targets = project(target, None, future).reshape(b, k, -1)
   projections = project(params, None, rolled)  # [K*B, D], k-major
   predictions, predictor_state = predictor(params, projections, targets, predictor_state)
   predictions = predictions.reshape(k, b, -1).transpose(1, 0, 2)  # [B, K, D]
-  mask = losses.batched_spr_sequence_mask(terminals[:, :k + 1])
+  mask = losses.batched_spr_sequence_mask(terminals[:, : k + 1])
   return weight * self_predictive_objective(predictions, targets, mask), predictor_state
 
 
@@ -573,8 +664,10 @@ def spr_rollout_loss(transition: Callable, project: Callable, predictor: Predict
 # SGI: goal-conditioned RL with hindsight goals, inverse dynamics.
 # ---------------------------------------------------------------------------
 
-def hindsight_goal_reward(latents: Array, goals: Array, gamma: float, distance_scale: float,
-                          reward_scale: float) -> Array:
+
+def hindsight_goal_reward(
+    latents: Array, goals: Array, gamma: float, distance_scale: float, reward_scale: float
+) -> Array:
   """SGI's one-step goal return (goal n-step 1; mila-iqia/SGI src/algos.py, src/scrl.py):
   gamma * reward_scale * (d(s_t, g) - d(s_{t+1}, g)) with `losses.latent_goal_distance` on
   target latents, no gradient (`losses.hindsight_goal_returns`).
@@ -591,13 +684,23 @@ def hindsight_goal_reward(latents: Array, goals: Array, gamma: float, distance_s
   b = latents.shape[0]
   dist = losses.latent_goal_distance(latents, goals[:, None, :], distance_scale)  # [B, 2]
   returns = jax.vmap(losses.hindsight_goal_returns, in_axes=(0, 0, None, None))(
-      dist, jnp.ones((b, 1), jnp.float32), gamma, reward_scale)[:, -1]
+      dist, jnp.ones((b, 1), jnp.float32), gamma, reward_scale
+  )[:, -1]
   return jax.lax.stop_gradient(returns)
 
 
-def goal_objective(goal_q_logits: Callable, views: NetViews, latent: Array, next_target: Array,
-                   next_online: Array, goals: Array, actions: Array, returns: Array,
-                   gamma: float, support: Array) -> Array:
+def goal_objective(
+    goal_q_logits: Callable,
+    views: NetViews,
+    latent: Array,
+    next_target: Array,
+    next_online: Array,
+    goals: Array,
+    actions: Array,
+    returns: Array,
+    gamma: float,
+    support: Array,
+) -> Array:
   """SGI's goal-conditioned C51 double-DQN loss (mila-iqia/SGI src/algos.py): the online goal
   head at s_t, the bootstrap from the target's goal head at s_{t+1}, a* from the online goal head
   at s_{t+1}, discount gamma (no terminals: the sampler never crosses one).
@@ -618,12 +721,17 @@ def goal_objective(goal_q_logits: Callable, views: NetViews, latent: Array, next
   next_logits = goal_q_logits(views.target, None, next_target, goals)
   selector = q_values(goal_q_logits(views.fixed, None, next_online, goals), support)
   discounts = jnp.full(returns.shape, gamma, jnp.float32)
-  return losses.batched_categorical_double_q_loss(logits, actions, returns, discounts,
-                                                  next_logits, selector, support)
+  return losses.batched_categorical_double_q_loss(
+      logits, actions, returns, discounts, next_logits, selector, support
+  )
 
 
-def inverse_objective(inverse: Callable[[Array, Array], Array], projections: Array,
-                      next_projections: Array, actions: Array) -> tuple[Array, Array]:
+def inverse_objective(
+    inverse: Callable[[Array, Array], Array],
+    projections: Array,
+    next_projections: Array,
+    actions: Array,
+) -> tuple[Array, Array]:
   """SGI's inverse dynamics (mila-iqia/SGI src/models.py `inverse_model`): an MLP on (online
   projection at k, target projection at k+1) predicts a_k; cross-entropy, mean over k.
 
@@ -639,15 +747,19 @@ def inverse_objective(inverse: Callable[[Array, Array], Array], projections: Arr
   chex.assert_equal_shape([projections, next_projections])
   chex.assert_equal_shape_prefix([projections, actions], 2)
   b, k = actions.shape
-  logits = inverse(projections.reshape(b * k, -1),
-                   next_projections.reshape(b * k, -1)).reshape(b, k, -1)
-  return (losses.batched_inverse_dynamics_loss(logits, actions),
-          jnp.mean(jnp.argmax(logits, -1) == actions))
+  logits = inverse(projections.reshape(b * k, -1), next_projections.reshape(b * k, -1)).reshape(
+      b, k, -1
+  )
+  return (
+      losses.batched_inverse_dynamics_loss(logits, actions),
+      jnp.mean(jnp.argmax(logits, -1) == actions),
+  )
 
 
 # ---------------------------------------------------------------------------
 # State and update.
 # ---------------------------------------------------------------------------
+
 
 def init_network(network: Any, rng: Array) -> tuple[Params, Any, Array]:
   """(parameters, BatchNorm running statistics or (), remaining key) of a fresh network."""
@@ -659,6 +771,7 @@ def init_network(network: Any, rng: Array) -> tuple[Params, Any, Array]:
 
 class Update(NamedTuple):
   """What one gradient update produced."""
+
   loss: Array
   aux: dict
   params: Params
@@ -668,17 +781,26 @@ class Update(NamedTuple):
   finite: Array  # bool: the loss and the gradient norm are finite
 
 
-def gradient_update(loss_fn: Callable, optimizer: optax.GradientTransformation,
-                    target: TargetRule, params: Params, target_params: Params, opt_state: Any,
-                    *args, **kwargs) -> Update:
+def gradient_update(
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    target: TargetRule,
+    params: Params,
+    target_params: Params,
+    opt_state: Any,
+    *args,
+    **kwargs,
+) -> Update:
   """One optimiser step on `loss_fn(params, target_params, *args, **kwargs) -> (loss, aux)`,
   then the target's move (`TargetRule.moved`, from `aux["norm_state_main"]` and
   `aux["target_norm_state"]`)."""
-  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, *args,
-                                                                  **kwargs)
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, target_params, *args, **kwargs
+  )
   updates, opt_state = optimizer.update(grads, opt_state, params)
   new_params = optax.apply_updates(params, updates)
-  new_target, target_norm = target.moved(params, new_params, target_params,
-                                         aux["norm_state_main"], aux["target_norm_state"])
+  new_target, target_norm = target.moved(
+      params, new_params, target_params, aux["norm_state_main"], aux["target_norm_state"]
+  )
   finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
   return Update(loss, aux, new_params, opt_state, new_target, target_norm, finite)

@@ -13,6 +13,7 @@ Roles:
   predictor   the SPR predictor
   inverse     SGI's inverse dynamics model
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -74,7 +75,10 @@ def grouped_clip(max_norm: float) -> optax.GradientTransformation:
   """Gradient-norm clipping as the SPR and SGI code: each clip group (`clip_group`) clipped to
   `max_norm` by its own global norm; the predictor and the inverse model not at all."""
   return optax.multi_transform(
-      {"stem": optax.clip_by_global_norm(max_norm),
-       "transition": optax.clip_by_global_norm(max_norm),
-       "unclipped": optax.identity()},
-      lambda params: labels(params, clip_group))
+      {
+          "stem": optax.clip_by_global_norm(max_norm),
+          "transition": optax.clip_by_global_norm(max_norm),
+          "unclipped": optax.identity(),
+      },
+      lambda params: labels(params, clip_group),
+  )

@@ -32,6 +32,7 @@ works on population statistics (used by the tabular theory with Sigma = Phi^T D 
 the matrix functions ``newton_schulz_sqrt``, ``visser_sqrt``, ``stiefel_projection`` are
 exported for direct use.
 """
+
 from typing import Callable, Dict, NamedTuple, Tuple
 
 import chex
@@ -49,6 +50,7 @@ class PredictorState(NamedTuple):
     cross: [f, f] EMA of the cross-correlation z^T z_target / B.
     count: [] int32, number of batches seen.
   """
+
   sigma: Array
   cross: Array
   count: Array
@@ -75,8 +77,9 @@ def batch_statistics(z: Array, z_target: Array) -> Tuple[Array, Array]:
   return z.T @ z / b, z.T @ z_target / b
 
 
-def update_state(state: PredictorState, z: Array, z_target: Array,
-                 ema: float = 0.0) -> PredictorState:
+def update_state(
+    state: PredictorState, z: Array, z_target: Array, ema: float = 0.0
+) -> PredictorState:
   """EMA update of the predictor statistics with one batch.
 
   Args:
@@ -94,7 +97,8 @@ def update_state(state: PredictorState, z: Array, z_target: Array,
   return PredictorState(
       sigma=decay * state.sigma + (1.0 - decay) * sigma_b,
       cross=decay * state.cross + (1.0 - decay) * cross_b,
-      count=state.count + 1)
+      count=state.count + 1,
+  )
 
 
 def _eye_like(m: Array) -> Array:
@@ -210,22 +214,21 @@ def ne_from_stats(sigma: Array, cross: Array, ridge: float = 0.0) -> Array:
   return (2.0 * eye - sigma) @ cross + ridge * eye
 
 
-def visser_from_stats(sigma: Array, cross: Array, ridge: float = 0.0,
-                      num_iters: int = 50, eta: float = 0.5) -> Array:
+def visser_from_stats(
+    sigma: Array, cross: Array, ridge: float = 0.0, num_iters: int = 50, eta: float = 0.5
+) -> Array:
   """Visser predictor W ~ Sigma^{1/2} (cross unused)."""
   del cross
   return visser_sqrt(sigma, num_iters, eta) + ridge * _eye_like(sigma)
 
 
-def ns_from_stats(sigma: Array, cross: Array, ridge: float = 0.0,
-                  num_iters: int = 20) -> Array:
+def ns_from_stats(sigma: Array, cross: Array, ridge: float = 0.0, num_iters: int = 20) -> Array:
   """Newton-Schulz predictor W ~ Sigma^{1/2} (cross unused)."""
   del cross
   return newton_schulz_sqrt(sigma, num_iters)[0] + ridge * _eye_like(sigma)
 
 
-def ns2_from_stats(sigma: Array, cross: Array, ridge: float = 0.0,
-                   num_iters: int = 20) -> Array:
+def ns2_from_stats(sigma: Array, cross: Array, ridge: float = 0.0, num_iters: int = 20) -> Array:
   """NS^2 predictor: two chained Newton-Schulz runs, W ~ (Sigma^{1/2})^{1/2} = Sigma^{1/4}.
 
   Richemond et al. say only that NS^2 "chains two runs" (THEORY.md sec. 3); we read it as the
@@ -237,9 +240,14 @@ def ns2_from_stats(sigma: Array, cross: Array, ridge: float = 0.0,
   return newton_schulz_sqrt(root, num_iters)[0] + ridge * _eye_like(sigma)
 
 
-def stiefel_from_stats(sigma: Array, cross: Array, ridge: float = 0.0,
-                       num_iters: int = 20, use_cross: bool = False,
-                       scale: str = "polar") -> Array:
+def stiefel_from_stats(
+    sigma: Array,
+    cross: Array,
+    ridge: float = 0.0,
+    num_iters: int = 20,
+    use_cross: bool = False,
+    scale: str = "polar",
+) -> Array:
   """Stiefel predictor W ~ (M^T M)^{-1/2} M^T, M = Sigma (Richemond et al.) or C (``use_cross``).
 
   For a symmetric positive definite Sigma the polar factor is I; ``use_cross=True`` applies it
@@ -249,8 +257,9 @@ def stiefel_from_stats(sigma: Array, cross: Array, ridge: float = 0.0,
   return stiefel_projection(m, num_iters, scale) + ridge * _eye_like(sigma)
 
 
-def directpred_from_stats(sigma: Array, cross: Array, ridge: float = 0.0,
-                          eps: float = 0.0) -> Array:
+def directpred_from_stats(
+    sigma: Array, cross: Array, ridge: float = 0.0, eps: float = 0.0
+) -> Array:
   """DirectPred (Tian et al. 2021): F = Q diag(l) Q^T, W = Q diag(sqrt(max(l,0)/max l) + eps) Q^T."""
   del cross
   chex.assert_rank(sigma, 2)
@@ -260,8 +269,9 @@ def directpred_from_stats(sigma: Array, cross: Array, ridge: float = 0.0,
   return (q * p) @ q.T + ridge * _eye_like(sigma)
 
 
-def directcopy_from_stats(sigma: Array, cross: Array, ridge: float = 0.0,
-                          eps: float = 0.1) -> Array:
+def directcopy_from_stats(
+    sigma: Array, cross: Array, ridge: float = 0.0, eps: float = 0.1
+) -> Array:
   """DirectCopy (Wang et al. 2021): W = F + eps I, F the (EMA) correlation."""
   del cross
   chex.assert_rank(sigma, 2)
@@ -283,16 +293,23 @@ FROM_STATS: Dict[str, Callable[..., Array]] = {
 def _make_predictor_fn(name: str) -> Callable[..., Tuple[Array, PredictorState]]:
   from_stats = FROM_STATS[name]
 
-  def predictor_fn(z: Array, z_target: Array, state: PredictorState, *,
-                   ema: float = 0.0, ridge: float = 0.0, **options
-                   ) -> Tuple[Array, PredictorState]:
+  def predictor_fn(
+      z: Array,
+      z_target: Array,
+      state: PredictorState,
+      *,
+      ema: float = 0.0,
+      ridge: float = 0.0,
+      **options,
+  ) -> Tuple[Array, PredictorState]:
     new_state = update_state(state, z, z_target, ema)
     return from_stats(new_state.sigma, new_state.cross, ridge, **options), new_state
 
   predictor_fn.__name__ = name
   predictor_fn.__doc__ = (
       f"Batched {name} predictor: (z [B, f], z_target [B, f], state, *, ema, ridge) -> "
-      f"(W [f, f], new_state). See ``{from_stats.__name__}``.")
+      f"(W [f, f], new_state). See ``{from_stats.__name__}``."
+  )
   return predictor_fn
 
 
@@ -306,6 +323,12 @@ directpred = _make_predictor_fn("directpred")
 directcopy = _make_predictor_fn("directcopy")
 
 PREDICTORS: Dict[str, Callable[..., Tuple[Array, PredictorState]]] = {
-    "lrp": lrp, "ne": ne, "visser": visser, "ns": newton_schulz, "ns2": ns2,
-    "stiefel": stiefel, "directpred": directpred, "directcopy": directcopy,
+    "lrp": lrp,
+    "ne": ne,
+    "visser": visser,
+    "ns": newton_schulz,
+    "ns2": ns2,
+    "stiefel": stiefel,
+    "directpred": directpred,
+    "directcopy": directcopy,
 }

@@ -4,6 +4,7 @@ The online engine (agents/spr/engine.py) and SGI's offline pretraining loop
 (agents/sgi/pretrainer.py) are built from these, so a run of either checkpoints on SIGTERM or
 Ctrl-C, reports a non-finite loss the same way and logs around the same progress bar.
 """
+
 from __future__ import annotations
 
 import signal
@@ -57,8 +58,12 @@ class TermFlag:
     self.set = True
     self.signum = self.signum or signum
     if signum == signal.SIGINT:
-      print("\nCtrl-C: stopping after this step to write a checkpoint (Ctrl-C again to abort "
-            "without saving it)", file=sys.stderr, flush=True)
+      print(
+          "\nCtrl-C: stopping after this step to write a checkpoint (Ctrl-C again to abort "
+          "without saving it)",
+          file=sys.stderr,
+          flush=True,
+      )
 
   @property
   def name(self) -> str:
@@ -70,8 +75,9 @@ class TermFlag:
 
   def preempted(self, where: str) -> Preempted:
     """The exception a loop raises once it has checkpointed (`where`: what was saved)."""
-    return Preempted(f"{self.name}: checkpointed {where}; rerun the same command to resume",
-                     self.exit_code)
+    return Preempted(
+        f"{self.name}: checkpointed {where}; rerun the same command to resume", self.exit_code
+    )
 
   def __exit__(self, *exc):
     for sig, previous in self._previous.items():
@@ -125,8 +131,14 @@ def progress_bar(total: int, initial: int, enabled: bool | None, unit: str = "st
     from tqdm import tqdm
   except ImportError:  # pragma: no cover - tqdm is a dependency
     return None
-  bar = tqdm(total=total, initial=initial, disable=None if enabled is None else not enabled,
-             unit=unit, dynamic_ncols=True, file=sys.stderr)
+  bar = tqdm(
+      total=total,
+      initial=initial,
+      disable=None if enabled is None else not enabled,
+      unit=unit,
+      dynamic_ncols=True,
+      file=sys.stderr,
+  )
   _ACTIVE_BAR[0] = bar
   return bar
 

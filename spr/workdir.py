@@ -1,6 +1,7 @@
 """The files of a run's workdir (see docs/CONTRACTS.md): config.json, metrics.jsonl, eval.csv,
 final.json and checkpoints/. Shared by every entry point so that sweeps and reports read all
 runs alike."""
+
 from __future__ import annotations
 
 import csv
@@ -75,14 +76,21 @@ def acquire_lock(workdir: str | os.PathLike) -> Path:
     os.close(fd)
     try:
       holder = json.loads(lock_file.read_text())
-      who = (f"pid {holder.get('pid')} on {holder.get('host')} since "
-             f"{holder.get('since')}: {holder.get('command')}")
+      who = (
+          f"pid {holder.get('pid')} on {holder.get('host')} since "
+          f"{holder.get('since')}: {holder.get('command')}"
+      )
     except (OSError, ValueError):
       who = "another process"
-    raise WorkdirError(f"{path} is in use by {who}; wait for it to finish or stop it, or use "
-                       "another --workdir") from None
-  holder = dict(pid=os.getpid(), host=socket.gethostname(),
-                since=time.strftime("%Y-%m-%d %H:%M:%S"), command=" ".join(sys.argv))
+    raise WorkdirError(
+        f"{path} is in use by {who}; wait for it to finish or stop it, or use " "another --workdir"
+    ) from None
+  holder = dict(
+      pid=os.getpid(),
+      host=socket.gethostname(),
+      since=time.strftime("%Y-%m-%d %H:%M:%S"),
+      command=" ".join(sys.argv),
+  )
   os.ftruncate(fd, 0)
   os.write(fd, (json.dumps(holder) + "\n").encode())
   _HELD[key] = fd
@@ -96,9 +104,10 @@ def release_lock(workdir: str | os.PathLike) -> None:
     os.close(fd)
 
 
-def settings_diff(stored: dict[str, Any], current: dict[str, Any],
-                  legacy: dict[str, Any] | None = None) -> str:
-  """"k: old -> new, ..." for every setting where `stored` (a run's recorded config) differs from
+def settings_diff(
+    stored: dict[str, Any], current: dict[str, Any], legacy: dict[str, Any] | None = None
+) -> str:
+  """ "k: old -> new, ..." for every setting where `stored` (a run's recorded config) differs from
   `current`; "" when they agree. A key of `current` missing from `stored` (added to the code after
   the run was written) reads as its `legacy` value, or `legacy[key](stored)`."""
   stored = json.loads(json.dumps(stored))  # tuples -> lists, as stored
@@ -111,8 +120,9 @@ def settings_diff(stored: dict[str, Any], current: dict[str, Any],
   return ", ".join(f"{k}: {stored.get(k)!r} -> {current.get(k)!r}" for k in keys)
 
 
-def prepare(workdir: str | os.PathLike, config: dict[str, Any],
-            legacy: dict[str, Any] | None = None) -> Path:
+def prepare(
+    workdir: str | os.PathLike, config: dict[str, Any], legacy: dict[str, Any] | None = None
+) -> Path:
   """Creates `workdir` and its config.json, or checks that an existing run used `config`.
 
   Args:
@@ -140,7 +150,8 @@ def prepare(workdir: str | os.PathLike, config: dict[str, Any],
     diffs = settings_diff(stored, normalised, legacy)
     if diffs:
       raise WorkdirError(
-          f"{path} holds a run with a different config ({diffs}); use another --workdir")
+          f"{path} holds a run with a different config ({diffs}); use another --workdir"
+      )
   else:
     write_json_atomic(config_file, normalised)
   return path

@@ -9,6 +9,7 @@ removed from the environment once this process's backend has read it, and this p
 use the persistent cache (JAX keys it by the XLA_FLAGS variable, which no longer shows the
 level: the subprocesses would load its executables). An XLA_FLAGS set by the caller is left
 alone, and then everything uses it and the cache."""
+
 import os
 import tempfile
 
@@ -20,11 +21,14 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="spr-
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # Marked so that pytest-xdist's workers, which inherit the controller's environment, know the
 # flag is the suite's own.
-_FAST_COMPILE = ("XLA_FLAGS" not in os.environ
-                 or os.environ.get("SPR_TEST_FAST_COMPILE") == os.environ["XLA_FLAGS"])
+_FAST_COMPILE = (
+    "XLA_FLAGS" not in os.environ
+    or os.environ.get("SPR_TEST_FAST_COMPILE") == os.environ["XLA_FLAGS"]
+)
 if _FAST_COMPILE:
   os.environ["XLA_FLAGS"] = os.environ["SPR_TEST_FAST_COMPILE"] = (
-      "--xla_backend_optimization_level=0")
+      "--xla_backend_optimization_level=0"
+  )
 
 
 @pytest.fixture(scope="session", autouse=True)

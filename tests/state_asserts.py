@@ -1,4 +1,5 @@
 """Assertions shared by the env tests."""
+
 import numpy as np
 
 

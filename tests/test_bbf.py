@@ -1,5 +1,6 @@
 """The BBF configuration (Schwarzer et al., ICML 2023, as google-research bigger_better_faster
 runs it): schedules, shrink-and-perturb resets, AdamW, acting, and an end-to-end tiny run."""
+
 import dataclasses
 
 import jax
@@ -8,8 +9,15 @@ import numpy as np
 import pytest
 
 from agents.spr.config import make_config
-from agents.spr.learner import (SPRLearner, bootstrap_stacks, cycle_updates, is_reset_step,
-                                make_optimizer, updates_at, updates_through)
+from agents.spr.learner import (
+    SPRLearner,
+    bootstrap_stacks,
+    cycle_updates,
+    is_reset_step,
+    make_optimizer,
+    updates_at,
+    updates_through,
+)
 from spr import losses, replay
 
 
@@ -18,29 +26,44 @@ def test_bbf_configs():
   assert (bbf.updates_per_step, rr2.updates_per_step) == (8, 2)
   for c in (bbf, rr2):
     assert (c.encoder, c.impala_width, c.noisy, c.optimizer, c.weight_decay) == (
-        "impala", 4, False, "adamw", 0.1)
+        "impala",
+        4,
+        False,
+        "adamw",
+        0.1,
+    )
     assert (c.target_tau, c.act_with_target, c.n_step, c.n_step_final) == (0.005, True, 10, 3)
     assert (c.gamma_start, c.gamma, c.anneal_updates, c.replay_capacity) == (
-        0.97, 0.997, 10_000, 200_000)
+        0.97,
+        0.997,
+        10_000,
+        200_000,
+    )
     # Every 40k gradient updates at any replay ratio (BBF.gin: 20k env steps at ratio 2, "change
     # if you change the replay ratio"; SR_SPR.gin: 5k env steps at ratio 8).
     assert (c.reset_every_updates, c.reset_until, c.shrink_factor, c.perturb_factor) == (
-        40_000, 100_000, 0.5, 0.5)
+        40_000,
+        100_000,
+        0.5,
+        0.5,
+    )
     assert (c.n_step_convention, c.next_state_augmentation) == ("bbf", "shared")
   assert (bbf.reset_interval, rr2.reset_interval) == (5_000, 20_000)
   assert smoke.encoder == "impala" and smoke.reset_interval > 0 and smoke.anneal_updates > 0
   spr = make_config("spr")  # SPR keeps its behaviour
   assert (spr.optimizer, spr.reset_every, spr.anneal_updates, spr.act_with_target) == (
-      "adam", 0, 0, False)
+      "adam",
+      0,
+      0,
+      False,
+  )
 
 
 def test_reset_schedule_is_bbfs():
   rr2 = make_config("bbf_rr2")
-  assert [s for s in range(1, 100_001) if is_reset_step(rr2, s)] == [20_000, 40_000, 60_000,
-                                                                      80_000]
+  assert [s for s in range(1, 100_001) if is_reset_step(rr2, s)] == [20_000, 40_000, 60_000, 80_000]
   c = make_config("bbf")  # replay ratio 8: every 5k env steps = 40k updates, 19 resets
-  assert [s for s in range(1, 100_001) if is_reset_step(c, s)] == list(range(5_000, 95_001,
-                                                                             5_000))
+  assert [s for s in range(1, 100_001) if is_reset_step(c, s)] == list(range(5_000, 95_001, 5_000))
   assert updates_through(c, 5_000) - updates_through(c, 0) == 8 * 3_000  # first at 24k updates
   assert not any(is_reset_step(make_config("spr"), s) for s in range(1, 5000))
 
@@ -51,7 +74,7 @@ def test_annealing_of_n_and_gamma_restarts_after_each_reset():
   n, g = learner.annealed_n_gamma(jnp.asarray(0))
   assert int(n) == 10 and float(g) == pytest.approx(0.97, abs=1e-6)
   n, g = learner.annealed_n_gamma(jnp.asarray(5_000))
-  assert int(n) == round(10 * 0.3 ** 0.5)  # 5
+  assert int(n) == round(10 * 0.3**0.5)  # 5
   assert float(g) == pytest.approx(1 - np.sqrt(0.03 * 0.003), abs=1e-6)
   for cycle in (10_000, 30_000):
     n, g = learner.annealed_n_gamma(jnp.asarray(cycle))
@@ -89,8 +112,10 @@ def test_shrink_and_perturb_reset():
   _, k_online, k_target = jax.random.split(state.rng, 3)
   dummy = jnp.zeros((1, 4, 84, 84), jnp.float32)
   fresh, fresh_t = learner.network.init(k_online, dummy), learner.network.init(k_target, dummy)
-  for old, out, f in ((state.params, new.params, fresh),
-                      (state.target_params, new.target_params, fresh_t)):
+  for old, out, f in (
+      (state.params, new.params, fresh),
+      (state.target_params, new.target_params, fresh_t),
+  ):
     for module, leaves in out.items():
       for name, value in leaves.items():
         if "/encoder" in module or "/transition" in module:
@@ -117,8 +142,9 @@ def test_bootstrap_stacks_at_a_traced_n():
   rng = np.random.default_rng(0)
   buf = replay.replay_init(64)
   for t in range(40):
-    buf = replay.replay_add(buf, rng.integers(0, 255, (84, 84), np.uint8), t % 3, 0.0,
-                            t in (12, 25))
+    buf = replay.replay_add(
+        buf, rng.integers(0, 255, (84, 84), np.uint8), t % 3, 0.0, t in (12, 25)
+    )
   indices = jnp.asarray([3, 10, 11, 20, 24], jnp.int32)
   fn = jax.jit(bootstrap_stacks, static_argnums=(3, 4))
   for n in range(2, 6):
@@ -137,6 +163,7 @@ def test_bbf_smoke_runs_in_a_batch_as_alone():
   perturbation of one lone run grows to ~1e-3 in the parameters over ~50 updates, as batch vs
   alone does), so only the first updates are compared, and parameters to a few Adam steps (lr)."""
   from agents.spr.engine import batched_step, stack_states
+
   cfg = make_config("bbf_smoke", dict(learn_start=10, anneal_updates=4, epsilon_decay_steps=4))
   learner = SPRLearner(cfg, 6)
   steps = cfg.learn_start + 4  # 4 updates
@@ -147,18 +174,28 @@ def test_bbf_smoke_runs_in_a_batch_as_alone():
   stacks = rng.integers(0, 255, (steps, 2, 4, 84, 84), np.uint8)
   alone, action = learner.first_action(learner.init(jax.random.PRNGKey(1)))
   batch, actions = jax.vmap(learner.first_action)(
-      stack_states([learner.init(jax.random.PRNGKey(s)) for s in (0, 1)]))
+      stack_states([learner.init(jax.random.PRNGKey(s)) for s in (0, 1)])
+  )
   assert int(actions[1]) == int(action)
   ns = []
   for t in range(steps):
     num_updates = updates_at(cfg, t + 1)
     assert not is_reset_step(cfg, t + 1)
-    ns.append(int(learner.annealed_n_gamma(cycle_updates(
-        cfg, alone.env_step + 1, alone.update_step))[0]))
+    ns.append(
+        int(learner.annealed_n_gamma(cycle_updates(cfg, alone.env_step + 1, alone.update_step))[0])
+    )
     batch, actions, mb = batched_step(learner, num_updates)(
-        batch, frames[t], actions, rewards[t], terminals[t], stacks[t])
-    alone, action, ma = learner.step(alone, frames[t, 1], action, rewards[t, 1],
-                                     terminals[t, 1], stacks[t, 1], num_updates=num_updates)
+        batch, frames[t], actions, rewards[t], terminals[t], stacks[t]
+    )
+    alone, action, ma = learner.step(
+        alone,
+        frames[t, 1],
+        action,
+        rewards[t, 1],
+        terminals[t, 1],
+        stacks[t, 1],
+        num_updates=num_updates,
+    )
     one = jax.tree.map(lambda x: x[1], jax.device_get(batch))
     assert int(actions[1]) == int(action)
     assert int(mb.updates[1]) == int(ma.updates) == num_updates
@@ -176,7 +213,7 @@ def test_bbf_smoke_runs_in_a_batch_as_alone():
       for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=atol)
   assert int(alone.update_step) == 4 and float(ma.loss) > 0
-  assert ns[cfg.learn_start:] == [4, 3, 3, 2]  # n annealed across the compared updates
+  assert ns[cfg.learn_start :] == [4, 3, 3, 2]  # n annealed across the compared updates
 
 
 # ---- BBF's n-step target and next-state augmentation, as its code runs them.
@@ -184,12 +221,15 @@ _R = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0])
 
 
 @pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("terminal_at, textbook, bbf", [
-    (None, (2.75, 0.125), (2.75, 0.125)),
-    (2, (2.75, 0.0), (2.75, 0.125)),  # last transition of the window: BBF bootstraps anyway
-    (1, (2.0, 0.0), (2.0, 0.0)),
-    (0, (1.0, 0.0), (1.0, 0.0)),
-])
+@pytest.mark.parametrize(
+    "terminal_at, textbook, bbf",
+    [
+        (None, (2.75, 0.125), (2.75, 0.125)),
+        (2, (2.75, 0.0), (2.75, 0.125)),  # last transition of the window: BBF bootstraps anyway
+        (1, (2.0, 0.0), (2.0, 0.0)),
+        (0, (1.0, 0.0), (1.0, 0.0)),
+    ],
+)
 def test_n_step_return_conventions_hand_computed(jit, terminal_at, textbook, bbf):
   """n = 3, gamma = 0.5, rewards 1..5: BBF's sample_transition_batch sums the same rewards but
   reads only d_t..d_{t+n-2} for the bootstrap (google-research issue #1851); measured on its
@@ -209,9 +249,13 @@ def _filled(learner, n=60, seed=0):
   rng = np.random.default_rng(seed)
   buf = state.replay
   for t in range(n):
-    buf = replay.replay_add(buf, rng.integers(0, 255, (84, 84), dtype=np.uint8),
-                            np.int32(rng.integers(6)), np.float32(rng.choice([-1, 0, 1])),
-                            np.bool_(t % 13 == 12))
+    buf = replay.replay_add(
+        buf,
+        rng.integers(0, 255, (84, 84), dtype=np.uint8),
+        np.int32(rng.integers(6)),
+        np.float32(rng.choice([-1, 0, 1])),
+        np.bool_(t % 13 == 12),
+    )
   return state._replace(replay=buf, env_step=jnp.int32(n), update_step=jnp.int32(20))
 
 
@@ -226,8 +270,15 @@ def test_bbf_update_bootstraps_from_the_state_n_minus_1_ahead(anneal):
   _, m = jax.jit(learner.update)(state)
   _, sample_key, loss_key = jax.random.split(state.rng, 3)
   batch, indices, w = replay.replay_sample(
-      state.replay, sample_key, cfg.batch_size, cfg.n_step, cfg.spr_steps, 0.5, 0.5,
-      **learner.replay_options)
+      state.replay,
+      sample_key,
+      cfg.batch_size,
+      cfg.n_step,
+      cfg.spr_steps,
+      0.5,
+      0.5,
+      **learner.replay_options,
+  )
   extra = {}
   n = cfg.n_step
   if anneal:
@@ -238,8 +289,14 @@ def test_bbf_update_bootstraps_from_the_state_n_minus_1_ahead(anneal):
   loss_fn = jax.jit(learner.loss)  # one compilation for both bootstrap states
   for offset in (int(n) - 1, int(n)):
     nxt = replay.replay_gather(state.replay, indices, offset, 0).next_observations
-    by_offset[offset], _ = loss_fn(state.params, state.target_params,
-                                   batch.replace(next_observations=nxt), w, loss_key, **extra)
+    by_offset[offset], _ = loss_fn(
+        state.params,
+        state.target_params,
+        batch.replace(next_observations=nxt),
+        w,
+        loss_key,
+        **extra,
+    )
   np.testing.assert_allclose(m.loss, by_offset[int(n) - 1], rtol=1e-5)
   assert abs(float(by_offset[int(n)]) - float(by_offset[int(n) - 1])) > 1e-6
 
@@ -251,8 +308,9 @@ def test_shared_next_state_augmentation_is_one_draw_for_bootstrap_and_selector()
   base = make_config("bbf_smoke")
   learner = SPRLearner(base, 6)
   state = _filled(learner)
-  batch, _, w = replay.replay_sample(state.replay, jax.random.PRNGKey(3), base.batch_size,
-                                     base.n_step, base.spr_steps, 0.5, 0.5)
+  batch, _, w = replay.replay_sample(
+      state.replay, jax.random.PRNGKey(3), base.batch_size, base.n_step, base.spr_steps, 0.5, 0.5
+  )
   key = jax.random.PRNGKey(4)
   loss = {}
   for aug in ("shared", "independent"):

@@ -14,9 +14,18 @@ from spr import losses, replay
 from spr.networks import NetworkConfig, make_spr_network, renormalize
 
 A = 3
-NET = NetworkConfig(encoder="impala", impala_width=1, hidden=8, num_atoms=5, noisy=False,
-                    transition_hidden=8, head="shared", transition_norm=False, init="xavier",
-                    renorm_eps=1e-5)
+NET = NetworkConfig(
+    encoder="impala",
+    impala_width=1,
+    hidden=8,
+    num_atoms=5,
+    noisy=False,
+    transition_hidden=8,
+    head="shared",
+    transition_norm=False,
+    init="xavier",
+    renorm_eps=1e-5,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +49,12 @@ def test_bbf_configs_build_bbfs_network():
   assert 2 * make_config("bbf").hidden == 2048  # BBF.gin RainbowDQNNetwork.hidden_dim
   spr = make_config("spr")
   assert (spr.head, spr.transition_norm, spr.init, spr.renorm_eps, spr.priority_kind) == (
-      "dueling", True, "torch", 0.0, "kl")
+      "dueling",
+      True,
+      "torch",
+      0.0,
+      "kl",
+  )
   with pytest.raises(ValueError):
     make_config("bbf_smoke", {"init_from": "/x"})
 
@@ -51,8 +65,9 @@ def test_shared_head_shapes_and_projection_is_pre_relu_shared_layer(net):
   assert not any(m.endswith(("value_hidden", "advantage_hidden")) for m in params)
   latent = encode(params, None, obs)
   flat = latent.reshape(2, -1)
-  sh, v, adv, pred = (_mod(params, s) for s in ("shared_hidden", "value_out", "advantage_out",
-                                                "predictor"))
+  sh, v, adv, pred = (
+      _mod(params, s) for s in ("shared_hidden", "value_out", "advantage_out", "predictor")
+  )
   assert sh["w_mu"].shape == (flat.shape[1], 16) and sh["b_mu"].shape == (16,)
   assert v["w_mu"].shape == (16, 5) and adv["w_mu"].shape == (16, A * 5)
   assert pred["w"].shape == (16, 16)  # projection -> projection
@@ -61,12 +76,19 @@ def test_shared_head_shapes_and_projection_is_pre_relu_shared_layer(net):
   h = jax.nn.relu(proj)
   val = (h @ v["w_mu"] + v["b_mu"])[:, None]
   ad = (h @ adv["w_mu"] + adv["b_mu"]).reshape(2, A, 5)
-  np.testing.assert_allclose(q_logits(params, None, latent, None),
-                             val + ad - ad.mean(1, keepdims=True), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(predict(params, None, proj), proj @ pred["w"] + pred["b"],
-                             rtol=1e-5, atol=1e-6)
-  assert lr_group_labels(params)[[m for m in params if m.endswith("shared_hidden")][0]][
-      "w_mu"] == "head_first"
+  np.testing.assert_allclose(
+      q_logits(params, None, latent, None),
+      val + ad - ad.mean(1, keepdims=True),
+      rtol=1e-5,
+      atol=1e-6,
+  )
+  np.testing.assert_allclose(
+      predict(params, None, proj), proj @ pred["w"] + pred["b"], rtol=1e-5, atol=1e-6
+  )
+  assert (
+      lr_group_labels(params)[[m for m in params if m.endswith("shared_hidden")][0]]["w_mu"]
+      == "head_first"
+  )
 
 
 def test_shared_head_has_no_gradient_scaling(net):
@@ -84,11 +106,16 @@ def test_shared_head_has_no_gradient_scaling(net):
   got = jax.grad(lambda z: jnp.sum(jnp.sin(q_logits(params, None, z, None))))(latent)
   np.testing.assert_allclose(got, jax.grad(by_hand)(latent), rtol=1e-4, atol=1e-7)
   # The SPR dueling head does scale it by 1/sqrt(2).
-  spr = make_spr_network(NetworkConfig(encoder="impala", impala_width=1, hidden=8, num_atoms=5,
-                                       noisy=False, transition_hidden=8), A)
+  spr = make_spr_network(
+      NetworkConfig(
+          encoder="impala", impala_width=1, hidden=8, num_atoms=5, noisy=False, transition_hidden=8
+      ),
+      A,
+  )
   sp = spr.init(jax.random.PRNGKey(0), obs)
-  vh, ah, vo, ao = (_mod(sp, s) for s in ("value_hidden", "advantage_hidden", "value_out",
-                                          "advantage_out"))
+  vh, ah, vo, ao = (
+      _mod(sp, s) for s in ("value_hidden", "advantage_hidden", "value_out", "advantage_out")
+  )
 
   def spr_by_hand(z):
     x = z.reshape(2, -1)
@@ -97,7 +124,7 @@ def test_shared_head_has_no_gradient_scaling(net):
     return jnp.sum(jnp.sin(val + ad - ad.mean(1, keepdims=True)))
 
   g = jax.grad(lambda z: jnp.sum(jnp.sin(spr.apply[2](sp, None, z, None))))(latent)
-  np.testing.assert_allclose(g, jax.grad(spr_by_hand)(latent) * 2 ** -0.5, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(g, jax.grad(spr_by_hand)(latent) * 2**-0.5, rtol=1e-4, atol=1e-7)
   assert any("norm0" in m for m in sp) and not any("norm0" in m for m in params)
 
 
@@ -107,8 +134,12 @@ def test_transition_without_norm_is_conv_relu_conv_relu_renorm(net):
   latent = encode(params, None, obs)
   action = jnp.array([0, 2])
   c0, c1 = _mod(params, "transition/conv0"), _mod(params, "transition/conv1")
-  conv = lambda x, p: jax.lax.conv_general_dilated(
-      x, p["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["b"]
+  conv = (
+      lambda x, p: jax.lax.conv_general_dilated(
+          x, p["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+      + p["b"]
+  )
   b, h, w, _ = latent.shape
   planes = jnp.broadcast_to(jax.nn.one_hot(action, A)[:, None, None], (b, h, w, A))
   x = jax.nn.relu(conv(jnp.concatenate([latent, planes], -1), c0))
@@ -116,8 +147,9 @@ def test_transition_without_norm_is_conv_relu_conv_relu_renorm(net):
   flat = x.reshape(b, -1)
   lo, hi = flat.min(1)[:, None, None, None], flat.max(1)[:, None, None, None]
   expected = (x - lo) / (hi - lo + 1e-5)  # BBF's renormalize
-  np.testing.assert_allclose(transition(params, None, latent, action), expected, rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      transition(params, None, latent, action), expected, rtol=1e-5, atol=1e-6
+  )
   np.testing.assert_allclose(renormalize(x, 1e-5), expected, rtol=1e-6)
 
 
@@ -139,8 +171,9 @@ def test_xavier_bounds_and_zero_biases(net):
 
 
 def test_ce_priorities_and_bbfs_sampling_distribution():
-  config = make_config("smoke", dict(augmentation=False, noisy=False, spr_steps=0,
-                                     priority_kind="ce"))
+  config = make_config(
+      "smoke", dict(augmentation=False, noisy=False, spr_steps=0, priority_kind="ce")
+  )
   learner = SPRLearner(config, A)
   state = learner.init(jax.random.PRNGKey(0))
   rng = np.random.default_rng(0)
@@ -150,19 +183,28 @@ def test_ce_priorities_and_bbfs_sampling_distribution():
       next_observations=jnp.asarray(rng.integers(0, 255, (4, 4, 84, 84), dtype=np.uint8)),
       actions=jnp.asarray(rng.integers(0, A, (4, 1)), jnp.int32),
       rewards=jnp.asarray(rng.choice([-1.0, 0.0, 1.0], (4, h + 1)), jnp.float32),
-      terminals=jnp.zeros((4, h + 1), bool))
-  _, aux = jax.jit(learner.loss)(state.params, state.params, batch, jnp.ones(4),
-                                 jax.random.PRNGKey(1))
+      terminals=jnp.zeros((4, h + 1), bool),
+  )
+  _, aux = jax.jit(learner.loss)(
+      state.params, state.params, batch, jnp.ones(4), jax.random.PRNGKey(1)
+  )
   encode, _, q_logits, _, _ = learner.network.apply
   obs = batch["observations"][:, 0].astype(jnp.float32) / 255
   nxt = batch["next_observations"].astype(jnp.float32) / 255
   logits = q_logits(state.params, None, encode(state.params, None, obs), None)
   next_logits = q_logits(state.params, None, encode(state.params, None, nxt), None)
-  ret, disc = losses.batched_n_step_return(batch["rewards"][:, :h], batch["terminals"][:, :h],
-                                           config.gamma)
+  ret, disc = losses.batched_n_step_return(
+      batch["rewards"][:, :h], batch["terminals"][:, :h], config.gamma
+  )
   ce = losses.batched_categorical_double_q_loss(
-      logits, batch["actions"][:, 0], ret, disc, next_logits,
-      q_values(next_logits, learner.support), learner.support)
+      logits,
+      batch["actions"][:, 0],
+      ret,
+      disc,
+      next_logits,
+      q_values(next_logits, learner.support),
+      learner.support,
+  )
   np.testing.assert_allclose(aux["priorities"], ce + 1e-10, rtol=1e-5)
 
   # Stored CE, sampled with alpha 0.5: P(i) proportional to sqrt(CE_i + 1e-10) (BBF's stored
@@ -181,5 +223,4 @@ def test_ce_priorities_and_bbfs_sampling_distribution():
   got_w = np.asarray(w)
   exp_w = 1.0 / np.sqrt(bbf_priority[np.asarray(sampled)])
   np.testing.assert_allclose(got_w, exp_w / exp_w.max(), rtol=1e-4)
-  np.testing.assert_allclose(bbf_priority[np.asarray(idx)], np.sqrt(np.asarray(ce_vals)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(bbf_priority[np.asarray(idx)], np.sqrt(np.asarray(ce_vals)), rtol=1e-6)

@@ -1,5 +1,6 @@
 """launch.bench end to end on the smoke config: both tables print, name the machine, and hold
 numbers; the memory table equals the state's bytes."""
+
 import re
 import subprocess
 import sys
@@ -11,8 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args):
-  proc = subprocess.run([sys.executable, "-m", "launch.bench", *args], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+      [sys.executable, "-m", "launch.bench", *args],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout
 
@@ -42,8 +48,11 @@ def test_memory_table_accounts_for_frames_and_parameters():
   row = [l for l in out.splitlines() if l.startswith("| spr |")][0]
   frames, per_run, runs26 = (float(c) for c in row.strip("|").split("|")[1:])
   assert frames == round(100_000 * 84 * 84 / 1e9, 3)
-  params = jax.eval_shape(SPRLearner(make_config("spr"), 18).network.init, jax.random.PRNGKey(0),
-                          jax.ShapeDtypeStruct((1, 4, 84, 84), "float32"))
+  params = jax.eval_shape(
+      SPRLearner(make_config("spr"), 18).network.init,
+      jax.random.PRNGKey(0),
+      jax.ShapeDtypeStruct((1, 4, 84, 84), "float32"),
+  )
   network_gb = sum(x.size for x in jax.tree.leaves(params)) * 4 / 1e9
   other = per_run - frames - 4 * network_gb  # actions, rewards, terminals, priorities, ...
   assert 0 <= other < 100_000 * 64 / 1e9, (per_run, frames, network_gb)

@@ -40,6 +40,7 @@ and the command. Runs are deterministic on one machine (same seed, same result);
 CPU or a GPU the floats differ, hence the margins (0.8 against the measured 0.96-1.00; 0.0
 against the controls' -0.40 to -0.72).
 """
+
 import json
 import subprocess
 import sys
@@ -50,89 +51,117 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 2500
 COMMON_FLAGS = [
-    f"--steps={STEPS}", "--learn_start=200", "--batch_size=32", "--replay_capacity=5000",
-    "--v_min=-2", "--v_max=2", "--learning_rate=0.001", "--eval_episodes=50",
-    "--eval_every=500", "--eval_every_episodes=10", "--log_every=500",
+    f"--steps={STEPS}",
+    "--learn_start=200",
+    "--batch_size=32",
+    "--replay_capacity=5000",
+    "--v_min=-2",
+    "--v_max=2",
+    "--learning_rate=0.001",
+    "--eval_episodes=50",
+    "--eval_every=500",
+    "--eval_every_episodes=10",
+    "--log_every=500",
     f"--checkpoint_every={STEPS}",
 ]
-SPR_FLAGS = ["--config=smoke", *COMMON_FLAGS, "--hidden=128", "--n_step=5", "--target_tau=0.05",
-             "--bootstrap_with_target=true"]
-BBF_FLAGS = ["--config=bbf_smoke", *COMMON_FLAGS, "--encoder=nature", "--encoder_channels=8,8,8",
-             "--hidden=64", "--n_step=5", "--n_step_final=3", "--anneal_updates=1000",
-             "--reset_every_updates=500", "--reset_until=1000", "--epsilon_decay_steps=1000",
-             "--target_tau=0.05"]
+SPR_FLAGS = [
+    "--config=smoke",
+    *COMMON_FLAGS,
+    "--hidden=128",
+    "--n_step=5",
+    "--target_tau=0.05",
+    "--bootstrap_with_target=true",
+]
+BBF_FLAGS = [
+    "--config=bbf_smoke",
+    *COMMON_FLAGS,
+    "--encoder=nature",
+    "--encoder_channels=8,8,8",
+    "--hidden=64",
+    "--n_step=5",
+    "--n_step_final=3",
+    "--anneal_updates=1000",
+    "--reset_every_updates=500",
+    "--reset_until=1000",
+    "--epsilon_decay_steps=1000",
+    "--target_tau=0.05",
+]
 SOLVED = 0.8  # 90% catches
 CHANCE_BOUND = 0.0  # half the balls caught; random play: -0.61 (19.7%)
 
 
 class RewardWithheld:
-    """A training env whose rewards never reach the learner: `step` returns reward 0, and
-    everything else (frames, terminals, info with the true `episode_return`) as the env."""
+  """A training env whose rewards never reach the learner: `step` returns reward 0, and
+  everything else (frames, terminals, info with the true `episode_return`) as the env."""
 
-    def __init__(self, env):
-        self._env = env
+  def __init__(self, env):
+    self._env = env
 
-    def step(self, action):
-        frame, _, terminal, info = self._env.step(action)
-        return frame, 0.0, terminal, info
+  def step(self, action):
+    frame, _, terminal, info = self._env.step(action)
+    return frame, 0.0, terminal, info
 
-    def __getattr__(self, name):
-        return getattr(self._env, name)
+  def __getattr__(self, name):
+    return getattr(self._env, name)
 
 
 def withhold_rewards() -> None:
-    """Makes `envs.games.make_env` wrap every TRAINING env in `RewardWithheld` (the trainers
-    build their training env through it; evaluation envs have training=False)."""
-    from envs import games
+  """Makes `envs.games.make_env` wrap every TRAINING env in `RewardWithheld` (the trainers
+  build their training env through it; evaluation envs have training=False)."""
+  from envs import games
 
-    make_env = games.make_env
+  make_env = games.make_env
 
-    def make(game, seed=0, **kwargs):
-        env = make_env(game, seed=seed, **kwargs)
-        return RewardWithheld(env) if kwargs.get("training", True) else env
+  def make(game, seed=0, **kwargs):
+    env = make_env(game, seed=seed, **kwargs)
+    return RewardWithheld(env) if kwargs.get("training", True) else env
 
-    games.make_env = make
+  games.make_env = make
 
 
 # `python -c` program of the negative control: launch.train with withheld rewards.
-_CONTROL = ("import sys; sys.path.insert(0, {tests!r}); import test_catch_learning as t; "
-            "t.withhold_rewards(); from launch import train; "
-            "sys.argv = ['launch.train'] + sys.argv[1:]; train.run()")
+_CONTROL = (
+    "import sys; sys.path.insert(0, {tests!r}); import test_catch_learning as t; "
+    "t.withhold_rewards(); from launch import train; "
+    "sys.argv = ['launch.train'] + sys.argv[1:]; train.run()"
+)
 
 
 def train(workdir, flags, seed, control=False):
-    """One `launch.train` run on Catch; returns (final.json, [(step, eval mean)], metrics)."""
-    args = [*flags, "--game=catch", f"--seed={seed}", f"--workdir={workdir}", "--env_workers=0"]
-    prefix = (["-c", _CONTROL.format(tests=str(ROOT / "tests"))] if control
-              else ["-m", "launch.train"])
-    proc = subprocess.run([sys.executable, *prefix, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    final = json.loads((Path(workdir) / "final.json").read_text())
-    metrics = [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-    curve = [(m["step"], m["eval_mean_score"]) for m in metrics if "eval_mean_score" in m]
-    print(f"{Path(workdir).name}: {' '.join(f'{s}:{v:+.2f}' for s, v in curve)} final "
-          f"{final['mean_score']:+.2f} ({final['wall_time_s']:.0f} s)")
-    return final, curve, metrics
+  """One `launch.train` run on Catch; returns (final.json, [(step, eval mean)], metrics)."""
+  args = [*flags, "--game=catch", f"--seed={seed}", f"--workdir={workdir}", "--env_workers=0"]
+  prefix = ["-c", _CONTROL.format(tests=str(ROOT / "tests"))] if control else ["-m", "launch.train"]
+  proc = subprocess.run(
+      [sys.executable, *prefix, *args], cwd=ROOT, capture_output=True, text=True, timeout=900
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  final = json.loads((Path(workdir) / "final.json").read_text())
+  metrics = [json.loads(l) for l in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  curve = [(m["step"], m["eval_mean_score"]) for m in metrics if "eval_mean_score" in m]
+  print(
+      f"{Path(workdir).name}: {' '.join(f'{s}:{v:+.2f}' for s, v in curve)} final "
+      f"{final['mean_score']:+.2f} ({final['wall_time_s']:.0f} s)"
+  )
+  return final, curve, metrics
 
 
 def test_spr_learns_catch(tmp_path):
-    for seed in (0, 1):
-        final, _, _ = train(tmp_path / f"spr_{seed}", SPR_FLAGS, seed)
-        assert final["steps"] == STEPS and final["eval_episodes"] == 50
-        assert final["mean_score"] >= SOLVED, (seed, final)
+  for seed in (0, 1):
+    final, _, _ = train(tmp_path / f"spr_{seed}", SPR_FLAGS, seed)
+    assert final["steps"] == STEPS and final["eval_episodes"] == 50
+    assert final["mean_score"] >= SOLVED, (seed, final)
 
 
 def test_bbf_style_learns_catch(tmp_path):
-    for seed in (0, 1):
-        final, _, _ = train(tmp_path / f"bbf_{seed}", BBF_FLAGS, seed)
-        assert final["mean_score"] >= SOLVED, (seed, final)
+  for seed in (0, 1):
+    final, _, _ = train(tmp_path / f"bbf_{seed}", BBF_FLAGS, seed)
+    assert final["mean_score"] >= SOLVED, (seed, final)
 
 
 def test_withheld_rewards_stay_at_chance(tmp_path):
-    final, curve, metrics = train(tmp_path / "control_0", SPR_FLAGS, 0, control=True)
-    assert final["mean_score"] <= CHANCE_BOUND, final
-    assert np.mean([score for _, score in curve]) <= CHANCE_BOUND, curve
-    # Only the learner was deprived: the logged training returns are the true +-1 scores.
-    returns = [m["train_return"] for m in metrics if m.get("train_return") is not None]
-    assert returns and all(-1.0 <= r <= 1.0 for r in returns) and np.mean(returns) < 0
+  final, curve, metrics = train(tmp_path / "control_0", SPR_FLAGS, 0, control=True)
+  assert final["mean_score"] <= CHANCE_BOUND, final
+  assert np.mean([score for _, score in curve]) <= CHANCE_BOUND, curve
+  # Only the learner was deprived: the logged training returns are the true +-1 scores.
+  returns = [m["train_return"] for m in metrics if m.get("train_return") is not None]
+  assert returns and all(-1.0 <= r <= 1.0 for r in returns) and np.mean(returns) < 0

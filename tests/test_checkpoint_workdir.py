@@ -1,4 +1,5 @@
 """Checkpoints (atomic, verified, fall back past a corrupt file) and the workdir files."""
+
 import json
 import logging
 from pathlib import Path
@@ -83,24 +84,33 @@ def test_an_older_config_without_a_later_setting_resumes_only_with_its_old_value
     workdir.prepare(tmp_path, spr)  # without the table the missing keys differ
   # Today's spr config (the SPR code's env, replay and lagged target) refuses that older run,
   # naming each setting that changed.
-  with pytest.raises(workdir.WorkdirError, match=(
-      r"bootstrap_with_target: True -> False, env_protocol: 'dopamine' -> 'spr', "
-      r"replay_protocol: 'horizon' -> 'rlpyt', target_ema_before_update: False -> True")):
+  with pytest.raises(
+      workdir.WorkdirError,
+      match=(
+          r"bootstrap_with_target: True -> False, env_protocol: 'dopamine' -> 'spr', "
+          r"replay_protocol: 'horizon' -> 'rlpyt', target_ema_before_update: False -> True"
+      ),
+  ):
     workdir.prepare(tmp_path, run_identity("spr", "Pong", 0, make_config("spr")), LEGACY_VALUES)
   # An older bbf run: resets now counted in updates, BBF's n-step target, replay and augmentation.
   bbf = run_identity("bbf", "Pong", 0, make_config("bbf"))
   older_bbf = {k: v for k, v in bbf.items() if k not in LEGACY_VALUES}
   older_bbf["reset_every"] = 20_000
   (tmp_path / "config.json").write_text(json.dumps(older_bbf))
-  with pytest.raises(workdir.WorkdirError, match=(
-      r"n_step_convention: 'textbook' -> 'bbf', next_state_augmentation: 'independent' -> "
-      r"'shared', replay_protocol: 'horizon' -> 'bbf', reset_every: 20000 -> 0, "
-      r"reset_every_updates: 0 -> 40000")):
+  with pytest.raises(
+      workdir.WorkdirError,
+      match=(
+          r"n_step_convention: 'textbook' -> 'bbf', next_state_augmentation: 'independent' -> "
+          r"'shared', replay_protocol: 'horizon' -> 'bbf', reset_every: 20000 -> 0, "
+          r"reset_every_updates: 0 -> 40000"
+      ),
+  ):
     workdir.prepare(tmp_path, bbf, LEGACY_VALUES)
   # The sgi finetuning config changed both settings: an older sgi run is refused.
   sgi = run_identity("sgi", "Pong", 0, make_config("sgi"))
-  (tmp_path / "config.json").write_text(json.dumps(
-      {k: v for k, v in sgi.items() if k not in LEGACY_VALUES}))
+  (tmp_path / "config.json").write_text(
+      json.dumps({k: v for k, v in sgi.items() if k not in LEGACY_VALUES})
+  )
   with pytest.raises(workdir.WorkdirError, match="resnet_norm: 'none' -> 'batch'"):
     workdir.prepare(tmp_path, sgi, LEGACY_VALUES)
 
@@ -154,17 +164,33 @@ def test_host_state_round_trips_exactly_and_an_env_continues_bit_identically(tmp
     for a in (0, 1, 2, 3, 2):
       env.step(a)
   host = dict(
-      step=20, frame=np.arange(84 * 84, dtype=np.uint8).reshape(84, 84), action=3,
-      elapsed=12.5, params_count=1234, episodes=[(-21.0, 812), (-20.0, 900)],
+      step=20,
+      frame=np.arange(84 * 84, dtype=np.uint8).reshape(84, 84),
+      action=3,
+      elapsed=12.5,
+      params_count=1234,
+      episodes=[(-21.0, 812), (-20.0, 900)],
       env={p: env.get_state() for p, env in envs.items()},
       rng=np.random.default_rng(7).bit_generator.state,
       mt=np.random.RandomState(5).get_state(legacy=False),
-      odd={"nan": float("nan"), "inf": float("-inf"), "neg0": -0.0, "big": -2**130, "none": None,
-           "empty": [(), {}, [], b""], "np": [np.float32(1.5), np.int64(-3), np.bool_(True)],
-           "zero_size": np.zeros((0, 3), np.float16), "0d": np.array(2.0),
-           "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)), 5: "int key",
-           (1, "a"): "tuple key", "$t": "a key that looks like a tag", "text": "naïve ✓",
-           "bools": np.array([True, False])})
+      odd={
+          "nan": float("nan"),
+          "inf": float("-inf"),
+          "neg0": -0.0,
+          "big": -(2**130),
+          "none": None,
+          "empty": [(), {}, [], b""],
+          "np": [np.float32(1.5), np.int64(-3), np.bool_(True)],
+          "zero_size": np.zeros((0, 3), np.float16),
+          "0d": np.array(2.0),
+          "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+          5: "int key",
+          (1, "a"): "tuple key",
+          "$t": "a key that looks like a tag",
+          "text": "naïve ✓",
+          "bools": np.array([True, False]),
+      },
+  )
   checkpoint.save(tmp_path, 20, tree(), host)
   _, _, restored, _ = checkpoint.restore(tmp_path, tree())
   assert_identical(host, restored, "host")
@@ -180,9 +206,11 @@ def test_host_state_round_trips_exactly_and_an_env_continues_bit_identically(tmp
 
 
 def test_what_cannot_be_stored_safely_is_refused_naming_where(tmp_path):
-  for value, where in ((np.array([None, 1], object), r"content\.host\.x\[1\]"),
-                       ({1, 2}, r"content\.host\.x\[1\]"),
-                       (jnp.zeros(2), r"content\.host\.x\[1\]")):
+  for value, where in (
+      (np.array([None, 1], object), r"content\.host\.x\[1\]"),
+      ({1, 2}, r"content\.host\.x\[1\]"),
+      (jnp.zeros(2), r"content\.host\.x\[1\]"),
+  ):
     with pytest.raises(TypeError, match=where):
       checkpoint.save(tmp_path, 1, tree(), {"x": [0, value]})
   assert not list(tmp_path.iterdir())  # nothing written, no temporary file
@@ -192,22 +220,23 @@ def flip_array_bytes(file, count=64):
   """XORs `count` bytes in the middle of the largest array's data inside the .npz (a stored,
   uncompressed zip member); returns the member's array name."""
   import zipfile
+
   with zipfile.ZipFile(file) as z:
-    info = max((i for i in z.infolist() if i.filename != "__meta__.npy"),
-               key=lambda i: i.file_size)
+    info = max((i for i in z.infolist() if i.filename != "__meta__.npy"), key=lambda i: i.file_size)
   data = bytearray(file.read_bytes())
-  name_len, extra_len = (int.from_bytes(data[info.header_offset + o:info.header_offset + o + 2],
-                                        "little") for o in (26, 28))
+  name_len, extra_len = (
+      int.from_bytes(data[info.header_offset + o : info.header_offset + o + 2], "little")
+      for o in (26, 28)
+  )
   start = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
   assert info.file_size // 2 > 256, "the array is too small to hit its data"
   for i in range(start, start + count):
     data[i] ^= 0xFF
   file.write_bytes(bytes(data))
-  return info.filename[:-len(".npy")]
+  return info.filename[: -len(".npy")]
 
 
-def test_flipped_bytes_in_an_array_are_reported_by_name_and_the_previous_one_used(tmp_path,
-                                                                                  caplog):
+def test_flipped_bytes_in_an_array_are_reported_by_name_and_the_previous_one_used(tmp_path, caplog):
   big = lambda s: {"w": jnp.arange(4096.0) * s, "b": jnp.ones(3)}
   checkpoint.save(tmp_path, 1, big(1), {}, keep=2)
   checkpoint.save(tmp_path, 2, big(2), {}, keep=2)
@@ -224,18 +253,22 @@ def test_flipped_bytes_in_an_array_are_reported_by_name_and_the_previous_one_use
 def test_the_sha256_catches_a_changed_array_in_a_valid_zip(tmp_path):
   """An array rewritten with a valid zip CRC (a tool, or a person) still fails its checksum."""
   import zipfile
+
   file = checkpoint.save(tmp_path, 3, tree(), {})
   with zipfile.ZipFile(file) as z:
     members = {n: z.read(n) for n in z.namelist()}
   import io
+
   buf = io.BytesIO()
   np.save(buf, np.arange(6.0, dtype=np.float32).reshape(2, 3) + 1, allow_pickle=False)
   members["a0.npy"] = buf.getvalue()
   with zipfile.ZipFile(file, "w") as z:
     for n, b in members.items():
       z.writestr(n, b)
-  with pytest.raises(checkpoint.DamagedFileError,
-                     match=r"ckpt_3\.npz: array a0 \(content\.leaves\[0\]\) fails its sha256"):
+  with pytest.raises(
+      checkpoint.DamagedFileError,
+      match=r"ckpt_3\.npz: array a0 \(content\.leaves\[0\]\) fails its sha256",
+  ):
     checkpoint.read_file(file)
   with pytest.raises(checkpoint.CheckpointError, match="no usable checkpoint.*fails its sha256"):
     checkpoint.restore(tmp_path, tree())
@@ -246,8 +279,10 @@ def test_every_checkpoint_damaged_is_an_error_naming_each(tmp_path):
   checkpoint.save(tmp_path, 2, tree(), {}, keep=2)
   (tmp_path / "ckpt_1.npz").write_bytes(b"")
   (tmp_path / "ckpt_2.npz").write_bytes((tmp_path / "ckpt_2.npz").read_bytes()[:-100])
-  with pytest.raises(checkpoint.CheckpointError, match=r"no usable checkpoint.*ckpt_2\.npz: "
-                     r"unreadable.*ckpt_1\.npz: not an \.npz file"):
+  with pytest.raises(
+      checkpoint.CheckpointError,
+      match=r"no usable checkpoint.*ckpt_2\.npz: " r"unreadable.*ckpt_1\.npz: not an \.npz file",
+  ):
     checkpoint.restore(tmp_path, tree())
 
 
@@ -256,8 +291,11 @@ def test_the_settings_are_recorded_and_a_resume_with_others_is_refused_by_name(t
   checkpoint.save(tmp_path, 5, tree(), {}, config=settings)
   restored = checkpoint.restore(tmp_path, tree(), expect_config=settings)
   assert restored.config == {"game": "Pong", "seed": 0, "channels": [32, 64], "lr": 1e-4}
-  with pytest.raises(workdir.WorkdirError, match=r"ckpt_5\.npz was written by a run with a "
-                     r"different config \(lr: 0\.0001 -> 0\.001, seed: 0 -> 1\)"):
+  with pytest.raises(
+      workdir.WorkdirError,
+      match=r"ckpt_5\.npz was written by a run with a "
+      r"different config \(lr: 0\.0001 -> 0\.001, seed: 0 -> 1\)",
+  ):
     checkpoint.restore(tmp_path, tree(), expect_config=dict(settings, seed=1, lr=1e-3))
   # A setting added after the checkpoint was written reads as its legacy value.
   checkpoint.restore(tmp_path, tree(), expect_config=dict(settings, new=0), legacy={"new": 0})
@@ -305,8 +343,9 @@ def test_a_failed_write_leaves_no_temporary_file_and_keeps_the_saved_ones(tmp_pa
 
 def test_a_file_of_a_newer_format_or_another_kind_is_refused(tmp_path, monkeypatch):
   checkpoint.write_file(tmp_path / "ckpt_1.npz", {"x": 1}, "pretrained")
-  with pytest.raises(checkpoint.CheckpointError, match="holds a 'pretrained' file, not a "
-                     "'checkpoint' file"):
+  with pytest.raises(
+      checkpoint.CheckpointError, match="holds a 'pretrained' file, not a " "'checkpoint' file"
+  ):
     checkpoint.restore(tmp_path, tree())
   monkeypatch.setattr(checkpoint, "FORMAT_VERSION", 3)
   checkpoint.save(tmp_path, 2, tree(), {})
@@ -334,18 +373,21 @@ def spr_run(tmp_path_factory):
   workdir.prepare(path, identity, LEGACY_VALUES)
   env = AtariEnv("Pong", seed=0, training=True, protocol=config.env_protocol)
   learner = SPRLearner(config, env.num_actions)
-  state, host, resumed = trainer.start_or_resume(learner, env, 0, path / "checkpoints", None,
-                                                 identity)
+  state, host, resumed = trainer.start_or_resume(
+      learner, env, 0, path / "checkpoints", None, identity
+  )
   assert not resumed
   for step in (10, 20):
     host["step"] = step
-    engine.save_checkpoint(path / "checkpoints", state, dict(host, env=env.get_state()),
-                           config.checkpoint_keep)
+    engine.save_checkpoint(
+        path / "checkpoints", state, dict(host, env=env.get_state()), config.checkpoint_keep
+    )
   return dict(path=path, identity=identity, learner=learner, env=env)
 
 
 def copy_run(run, tmp_path):
   import shutil
+
   return Path(shutil.copytree(run["path"], tmp_path / "run"))
 
 
@@ -355,16 +397,18 @@ def test_a_resume_without_config_json_restores_it_and_refuses_other_settings(spr
 
   path = copy_run(spr_run, tmp_path)
   original = (path / "config.json").read_text()
-  assert checkpoint.restore(path / "checkpoints", jax.eval_shape(
-      spr_run["learner"].init, jax.random.PRNGKey(0))).config == json.loads(original)
+  assert checkpoint.restore(
+      path / "checkpoints", jax.eval_shape(spr_run["learner"].init, jax.random.PRNGKey(0))
+  ).config == json.loads(original)
   (path / "config.json").unlink()
   other = make_config("smoke", dict(SMALL, spr_weight=2.0))
   with pytest.raises(workdir.WorkdirError, match=r"different config \(spr_weight: 5\.0 -> 2\.0\)"):
     trainer.train("Pong", 0, other, path, config_name="smoke", env_workers=0)
   assert (path / "config.json").read_text() == original  # restored, not the new settings
   (path / "config.json").unlink()
-  final = trainer.train("Pong", 0, make_config("smoke", SMALL), path, config_name="smoke",
-                        env_workers=0)
+  final = trainer.train(
+      "Pong", 0, make_config("smoke", SMALL), path, config_name="smoke", env_workers=0
+  )
   assert final["steps"] == 20  # resumed from the step-20 checkpoint (nothing left to train)
   assert json.loads((path / "config.json").read_text()) == json.loads(original)
 
@@ -374,21 +418,27 @@ def test_a_checkpoint_of_other_settings_than_config_json_is_refused(spr_run, tmp
 
   path = copy_run(spr_run, tmp_path)
   identity = dict(spr_run["identity"], spr_weight=2.0)  # as if config.json had been replaced
-  with pytest.raises(workdir.WorkdirError, match=r"ckpt_20\.npz was written by a run with a "
-                     r"different config \(spr_weight: 5\.0 -> 2\.0\)"):
-    trainer.start_or_resume(spr_run["learner"], spr_run["env"], 0, path / "checkpoints", None,
-                            identity)
+  with pytest.raises(
+      workdir.WorkdirError,
+      match=r"ckpt_20\.npz was written by a run with a "
+      r"different config \(spr_weight: 5\.0 -> 2\.0\)",
+  ):
+    trainer.start_or_resume(
+        spr_run["learner"], spr_run["env"], 0, path / "checkpoints", None, identity
+    )
 
 
-def test_the_trainer_falls_back_past_a_damaged_newest_checkpoint_saying_so(spr_run, tmp_path,
-                                                                            caplog):
+def test_the_trainer_falls_back_past_a_damaged_newest_checkpoint_saying_so(
+    spr_run, tmp_path, caplog
+):
   from agents.spr import trainer
 
   path = copy_run(spr_run, tmp_path)
   name = flip_array_bytes(path / "checkpoints" / "ckpt_20.npz")
   with caplog.at_level(logging.WARNING):
-    _, host, resumed = trainer.start_or_resume(spr_run["learner"], spr_run["env"], 0,
-                                               path / "checkpoints", None, spr_run["identity"])
+    _, host, resumed = trainer.start_or_resume(
+        spr_run["learner"], spr_run["env"], 0, path / "checkpoints", None, spr_run["identity"]
+    )
   assert resumed and host["step"] == 10
   assert f"ckpt_20.npz: array {name} (content." in caplog.text
   assert "ckpt_10.npz (step 10)" in caplog.text
@@ -402,7 +452,7 @@ def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
   workdir.write_json_atomic(target, {"old": 1})
 
   def full_disk(f):
-    f.write("{\"new\": ")
+    f.write('{"new": ')
     raise OSError(errno.ENOSPC, "No space left on device")
 
   with pytest.raises(OSError, match="No space left"):

@@ -1,4 +1,5 @@
 """The agents' configs: shared fields declared once, generic network / parse / make / load."""
+
 import dataclasses
 import json
 
@@ -27,14 +28,20 @@ def test_the_fields_both_agents_have_are_exactly_the_shared_ones():
 
 
 def test_a_shared_default_applies_to_both_unless_an_agent_redeclares_it():
-  base, spr, sgi = (_defaults(c) for c in (configs.AgentConfig, spr_config.SPRConfig,
-                                           sgi_config.SGIConfig))
+  base, spr, sgi = (
+      _defaults(c) for c in (configs.AgentConfig, spr_config.SPRConfig, sgi_config.SGIConfig)
+  )
   assert all(spr[n] == v for n, v in base.items())  # SPR has the shared defaults
-  sgi_m = dict(steps=234_375, batch_size=256, encoder="sgi_m", hidden=512, spr_weight=1.0,
-               target_tau=0.01)
+  sgi_m = dict(
+      steps=234_375, batch_size=256, encoder="sgi_m", hidden=512, spr_weight=1.0, target_tau=0.01
+  )
   assert {n: sgi[n] for n in base if sgi[n] != base[n]} == sgi_m
   assert (sgi["num_atoms"], sgi["learning_rate"], sgi["grad_clip"], sgi["checkpoint_keep"]) == (
-      51, 1e-4, 10.0, 2)
+      51,
+      1e-4,
+      10.0,
+      2,
+  )
 
 
 # One bad value per shared check, with the message it gives in both agents.
@@ -69,8 +76,7 @@ def test_a_shared_check_applies_to_both_agents(agent, name, value, message):
 def test_every_shared_field_has_a_check_or_is_free():
   checked = {c[0] for c in SHARED_CHECKS}
   # Free: any value runs, or the range is the agent's own (encoder, spr_steps).
-  free = {"encoder", "encoder_channels", "hidden", "transition_hidden", "spr_steps",
-          "augmentation"}
+  free = {"encoder", "encoder_channels", "hidden", "transition_hidden", "spr_steps", "augmentation"}
   assert checked | free == set(_names(configs.AgentConfig))
 
 
@@ -106,8 +112,14 @@ def test_spr_network_carries_every_network_field():
 
 def test_sgi_network_carries_its_fields_without_noise():
   own = set(_names(NetworkConfig)) & set(_names(sgi_config.SGIConfig))
-  assert own == {"encoder", "encoder_channels", "resnet_norm", "hidden", "num_atoms",
-                 "transition_hidden"}
+  assert own == {
+      "encoder",
+      "encoder_channels",
+      "resnet_norm",
+      "hidden",
+      "num_atoms",
+      "transition_hidden",
+  }
   values = {n: _changed(getattr(sgi_config.SGIConfig, n)) for n in own}
   network = dataclasses.asdict(sgi_config.SGIConfig(**values).network())
   expected = dict(_defaults(NetworkConfig), **values, noisy=False)
@@ -140,6 +152,9 @@ def test_parse_make_and_load_are_the_generic_ones(agent):
     agent.make_config("nope")
   assert agent.make_config(next(iter(agent.CONFIGS)), {"hidden": 8}).hidden == 8
   assert (agent.parse_value.func, agent.make_config.func, agent.config_from_json.func) == (
-      configs.parse_override, configs.make_named, configs.from_json)
+      configs.parse_override,
+      configs.make_named,
+      configs.from_json,
+  )
   assert agent.parse_value.args == agent.config_from_json.args == (cls,)
   assert agent.make_config.args == (cls, agent.CONFIGS)

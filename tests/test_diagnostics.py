@@ -3,6 +3,7 @@
 The defining cases run with and without jax.jit; the cross-checks (numpy references, the
 bundle) run under jit only, since every eager op compiles on its own. Inputs are numpy arrays
 for the same reason."""
+
 from absl.testing import absltest
 import chex
 import jax
@@ -35,7 +36,7 @@ class SrankTest(chex.TestCase):
   def test_built_rank(self):
     # Prefix sums of (5, 4, 3, 2, 1) / 15: .33 .6 .8 .93 1 -> srank 5 at delta .01 (the 4-prefix
     # is below .99 by a wide margin), 4 at delta .1.
-    phi = _with_singular_values([5., 4., 3., 2., 1.], 20, 30)
+    phi = _with_singular_values([5.0, 4.0, 3.0, 2.0, 1.0], 20, 30)
     self.assertEqual(int(self.variant(dg.srank)(phi)), 5)
     self.assertEqual(int(self.variant(lambda x: dg.srank(x, delta=0.1))(phi)), 4)
 
@@ -58,8 +59,12 @@ class SrankTest(chex.TestCase):
     self.assertEqual(int(fn(np.zeros((4, 6), np.float32))), 0)
 
   def test_vmaps_over_runs(self):
-    phis = np.stack([_with_singular_values([2., 1.], 8, 10, 0),
-                     _with_singular_values([3., 2., 1.], 8, 10, 1)])
+    phis = np.stack(
+        [
+            _with_singular_values([2.0, 1.0], 8, 10, 0),
+            _with_singular_values([3.0, 2.0, 1.0], 8, 10, 1),
+        ]
+    )
     np.testing.assert_array_equal(jax.jit(jax.vmap(dg.srank))(phis), [2, 3])
 
 
@@ -75,7 +80,7 @@ class DormantTest(chex.TestCase):
   def test_thresholds(self):
     # Per-unit E|h| = (1, 1, 1, 0, .02, 1): mean .67, scores (1.49, .., 0, .0299, ..):
     # dormant at tau 0: unit 3; at .025: unit 3; at .1: units 3 and 4. Signs do not matter.
-    h = np.tile(np.array([[1., -1., 1., 0., -0.02, 1.]], np.float32), (5, 1))
+    h = np.tile(np.array([[1.0, -1.0, 1.0, 0.0, -0.02, 1.0]], np.float32), (5, 1))
     fn = self.variant(dg.dormant_fraction, static_argnums=1)
     self.assertAlmostEqual(float(fn(h, 0.0)), 1 / 6)
     self.assertAlmostEqual(float(fn(h, 0.025)), 1 / 6)
@@ -115,8 +120,9 @@ class PredictorMetricsTest(chex.TestCase):
     w = np.random.default_rng(2).normal(size=(6, 6))
     u, _, vt = np.linalg.svd(w)
     expected = np.linalg.norm(w - u @ vt)
-    self.assertAlmostEqual(float(self.variant(dg.orthogonality_gap)(w.astype(np.float32))),
-                           expected, places=4)
+    self.assertAlmostEqual(
+        float(self.variant(dg.orthogonality_gap)(w.astype(np.float32))), expected, places=4
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_rank_one_and_known_spectrum(self):
@@ -124,7 +130,7 @@ class PredictorMetricsTest(chex.TestCase):
     e[0, 0] = 1.0
     self.assertAlmostEqual(float(self.variant(dg.stable_rank)(e)), 1.0, places=6)
     self.assertAlmostEqual(float(self.variant(dg.eigenvalue_spread)(e)), 1.0 / F32_EPS, delta=1.0)
-    w = _with_singular_values([4., 2., 1.], 3, 3, seed=4)
+    w = _with_singular_values([4.0, 2.0, 1.0], 3, 3, seed=4)
     m = self.variant(dg.predictor_metrics)(w)
     self.assertAlmostEqual(float(m["stable_rank"]), 21 / 16, places=5)
     self.assertAlmostEqual(float(m["eigenvalue_spread"]), 4.0, places=4)
@@ -132,14 +138,23 @@ class PredictorMetricsTest(chex.TestCase):
 
   def test_individual_functions_agree_with_bundle_and_zero_matrix(self):
     w = np.random.default_rng(5).normal(size=(7, 7)).astype(np.float32)
-    m, single = jax.jit(lambda w: (dg.predictor_metrics(w), {
-        "stable_rank": dg.stable_rank(w), "eigenvalue_spread": dg.eigenvalue_spread(w),
-        "orthogonality_gap": dg.orthogonality_gap(w)}))(w)
+    m, single = jax.jit(
+        lambda w: (
+            dg.predictor_metrics(w),
+            {
+                "stable_rank": dg.stable_rank(w),
+                "eigenvalue_spread": dg.eigenvalue_spread(w),
+                "orthogonality_gap": dg.orthogonality_gap(w),
+            },
+        )
+    )(w)
     for key, value in single.items():
       self.assertEqual(float(m[key]), float(value))
     z = jax.jit(dg.predictor_metrics)(np.zeros((4, 4), np.float32))
-    self.assertEqual([float(z[k]) for k in ("stable_rank", "eigenvalue_spread",
-                                            "orthogonality_gap")], [0.0, 1.0, 2.0])
+    self.assertEqual(
+        [float(z[k]) for k in ("stable_rank", "eigenvalue_spread", "orthogonality_gap")],
+        [0.0, 1.0, 2.0],
+    )
     with self.assertRaises(AssertionError):
       dg.stable_rank(np.zeros((3, 4), np.float32))
 
@@ -148,13 +163,16 @@ class CosineAndDriftTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_hand_case(self):
-    pred = np.array([[[1., 0.], [1., 1.]], [[0., 1.], [2., 0.]]], np.float32)
-    targ = np.array([[[1., 0.], [0., 1.]], [[0., -3.], [1., 0.]]], np.float32)
-    mask = np.array([[1., 1.], [1., 0.]], np.float32)
+    pred = np.array([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 1.0], [2.0, 0.0]]], np.float32)
+    targ = np.array([[[1.0, 0.0], [0.0, 1.0]], [[0.0, -3.0], [1.0, 0.0]]], np.float32)
+    mask = np.array([[1.0, 1.0], [1.0, 0.0]], np.float32)
     # k=1: cos 1 and -1 -> 0; k=2: only sample 0, cos 1/sqrt(2).
-    np.testing.assert_allclose(self.variant(dg.cosine_per_step)(pred, targ, mask),
-                               [0.0, 2 ** -0.5], atol=1e-6)
-    out = self.variant(dg.cosine_per_step)(pred, targ, np.array([[1., 0.], [1., 0.]], np.float32))
+    np.testing.assert_allclose(
+        self.variant(dg.cosine_per_step)(pred, targ, mask), [0.0, 2**-0.5], atol=1e-6
+    )
+    out = self.variant(dg.cosine_per_step)(
+        pred, targ, np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    )
     self.assertAlmostEqual(float(out[0]), 0.0, places=6)
     self.assertTrue(np.isnan(out[1]))
 
@@ -197,10 +215,11 @@ class GradNormsTest(chex.TestCase):
         "spr/~/value_out": {"w_mu": np.zeros((2, 2))},  # head: 0
     }
     norms = self.variant(dg.grad_norms_by_role)(grads)
-    expected = {"encoder": 5, "transition": 5, "head_first": 3, "head": 0, "predictor": 12 ** 0.5}
+    expected = {"encoder": 5, "transition": 5, "head_first": 3, "head": 0, "predictor": 12**0.5}
     self.assertEqual(sorted(norms), sorted(expected))  # no "inverse": absent from the tree
-    np.testing.assert_allclose([float(norms[r]) for r in expected], list(expected.values()),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(norms[r]) for r in expected], list(expected.values()), rtol=1e-6
+    )
     total = np.sqrt(sum(float(v) ** 2 for v in norms.values()))
     self.assertAlmostEqual(total, float(optax.tree.norm(grads)), places=5)
 
@@ -212,33 +231,55 @@ class LatentDiagnosticsTest(chex.TestCase):
     rng = np.random.default_rng(8)
     latents = np.abs(rng.normal(size=(6, 3, 3, 4))).astype(np.float32)
     latents[..., 1] = 0.0
-    proj = _with_singular_values([3., 2., 1.], 6, 8, seed=9)
+    proj = _with_singular_values([3.0, 2.0, 1.0], 6, 8, seed=9)
     pred = rng.normal(size=(6, 2, 8)).astype(np.float32)
     mask = np.ones((6, 2), np.float32)
     q = _orthogonal(8)
     grads = {"spr/~/encoder/conv0": {"w": np.array([3.0, 4.0], np.float32)}}
 
     def fn(latents, proj, pred, q):
-      return dg.latent_diagnostics(latents, proj, target_projections=-proj, predictions=pred,
-                                   spr_targets=pred, spr_mask=mask,
-                                   predictor_weights={"learned": q, "lrp": 2.0 * q},
-                                   grads=grads)
+      return dg.latent_diagnostics(
+          latents,
+          proj,
+          target_projections=-proj,
+          predictions=pred,
+          spr_targets=pred,
+          spr_mask=mask,
+          predictor_weights={"learned": q, "lrp": 2.0 * q},
+          grads=grads,
+      )
 
     out = self.variant(fn)(latents, proj, pred, q)
-    self.assertEqual(sorted(out), sorted([
-        "srank_latent", "srank_projection", "dormant_encoder", "dormant_head",
-        "drift_projection", "spr_cos_k1", "spr_cos_k2", "spr_cos",
-        "predictor_learned_stable_rank", "predictor_learned_eigenvalue_spread",
-        "predictor_learned_orthogonality_gap", "predictor_lrp_stable_rank",
-        "predictor_lrp_eigenvalue_spread", "predictor_lrp_orthogonality_gap",
-        "grad_norm_encoder"]))
+    self.assertEqual(
+        sorted(out),
+        sorted(
+            [
+                "srank_latent",
+                "srank_projection",
+                "dormant_encoder",
+                "dormant_head",
+                "drift_projection",
+                "spr_cos_k1",
+                "spr_cos_k2",
+                "spr_cos",
+                "predictor_learned_stable_rank",
+                "predictor_learned_eigenvalue_spread",
+                "predictor_learned_orthogonality_gap",
+                "predictor_lrp_stable_rank",
+                "predictor_lrp_eigenvalue_spread",
+                "predictor_lrp_orthogonality_gap",
+                "grad_norm_encoder",
+            ]
+        ),
+    )
     for v in out.values():
       self.assertEqual((v.shape, v.dtype), ((), jnp.float32))
     self.assertEqual(float(out["srank_projection"]), 3.0)
     self.assertEqual(float(out["srank_latent"]), float(jax.jit(dg.srank)(latents.reshape(6, -1))))
     self.assertAlmostEqual(float(out["dormant_encoder"]), 0.25)
-    self.assertAlmostEqual(float(out["dormant_head"]),
-                           float(jax.jit(dg.dormant_fraction)(np.maximum(proj, 0.0))))
+    self.assertAlmostEqual(
+        float(out["dormant_head"]), float(jax.jit(dg.dormant_fraction)(np.maximum(proj, 0.0)))
+    )
     self.assertAlmostEqual(float(out["drift_projection"]), 2.0, places=5)
     for key in ("spr_cos_k1", "spr_cos_k2", "spr_cos"):
       self.assertAlmostEqual(float(out[key]), 1.0, places=5)
@@ -247,8 +288,9 @@ class LatentDiagnosticsTest(chex.TestCase):
 
   def test_minimal_inputs(self):
     out = jax.jit(dg.latent_diagnostics)(np.ones((4, 10), np.float32), np.ones((4, 3), np.float32))
-    self.assertEqual(sorted(out), ["dormant_encoder", "dormant_head", "srank_latent",
-                                   "srank_projection"])
+    self.assertEqual(
+        sorted(out), ["dormant_encoder", "dormant_head", "srank_latent", "srank_projection"]
+    )
     self.assertEqual(float(out["srank_latent"]), 1.0)
     with self.assertRaises(ValueError):
       dg.latent_diagnostics(np.ones((4, 10)), np.ones((4, 3)), predictions=np.ones((4, 2, 3)))

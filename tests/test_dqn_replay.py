@@ -1,4 +1,5 @@
 """Writer / reader / sampler of the DQN Replay layout on small hand-made arrays, and bad files."""
+
 import gzip
 import io
 
@@ -10,16 +11,18 @@ from spr import dqn_replay as dr
 
 def frames_for(n, base=0):
   """Frame t is filled with (base + t) % 251 + 1, so every frame is recognisable and non-zero."""
-  return np.broadcast_to(((base + np.arange(n)) % 251 + 1).astype(np.uint8)[:, None, None],
-                         (n, 84, 84)).copy()
+  return np.broadcast_to(
+      ((base + np.arange(n)) % 251 + 1).astype(np.uint8)[:, None, None], (n, 84, 84)
+  ).copy()
 
 
 def write_run(root, game="Pong", run="1", n=40, terminals=(), index=0, base=0):
   term = np.zeros(n, np.uint8)
   term[list(terminals)] = 1
   run_dir = root / game / run
-  dr.write_checkpoint(run_dir, index, frames_for(n, base), np.arange(n) % 6,
-                      np.sign(np.sin(np.arange(n))), term)
+  dr.write_checkpoint(
+      run_dir, index, frames_for(n, base), np.arange(n) % 6, np.sign(np.sin(np.arange(n))), term
+  )
   return run_dir
 
 
@@ -27,9 +30,16 @@ def test_round_trip_dtypes_and_layout(tmp_path):
   run_dir = write_run(tmp_path, terminals=(9,))
   logs = run_dir / "replay_logs"
   names = sorted(p.name for p in logs.iterdir())
-  assert names == sorted(["$store$_observation_ckpt.0.gz", "$store$_action_ckpt.0.gz",
-                          "$store$_reward_ckpt.0.gz", "$store$_terminal_ckpt.0.gz",
-                          "add_count_ckpt.0.gz", "invalid_range_ckpt.0.gz"])
+  assert names == sorted(
+      [
+          "$store$_observation_ckpt.0.gz",
+          "$store$_action_ckpt.0.gz",
+          "$store$_reward_ckpt.0.gz",
+          "$store$_terminal_ckpt.0.gz",
+          "add_count_ckpt.0.gz",
+          "invalid_range_ckpt.0.gz",
+      ]
+  )
   with gzip.open(logs / "$store$_observation_ckpt.0.gz") as f:
     obs = np.load(io.BytesIO(f.read()))
   assert obs.dtype == np.uint8 and obs.shape == (40, 84, 84)
@@ -126,17 +136,20 @@ def test_several_games_and_checkpoints_and_wrapped_buffer(tmp_path):
   assert set(b["game"]) == {0, 1}
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("missing_action", "$store$_action_ckpt.0.gz: missing"),
-    ("missing_obs", "$store$_observation_ckpt.0.gz: missing"),
-    ("truncated_obs", "$store$_observation_ckpt.0.gz: "),
-    ("corrupt_reward", "$store$_reward_ckpt.0.gz: unreadable"),
-    ("wrong_dtype", "$store$_action_ckpt.0.gz: action is float64[20], expected int32[N]"),
-    ("wrong_length", "$store$_terminal_ckpt.0.gz: terminal has 19 entries"),
-    ("wrong_shape", "$store$_observation_ckpt.0.gz: observation is uint8[20, 84, 83]"),
-    ("obs_length", "$store$_observation_ckpt.0.gz: observation has 21 entries"),
-    ("missing_add_count", "add_count_ckpt.0.gz: missing"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing_action", "$store$_action_ckpt.0.gz: missing"),
+        ("missing_obs", "$store$_observation_ckpt.0.gz: missing"),
+        ("truncated_obs", "$store$_observation_ckpt.0.gz: "),
+        ("corrupt_reward", "$store$_reward_ckpt.0.gz: unreadable"),
+        ("wrong_dtype", "$store$_action_ckpt.0.gz: action is float64[20], expected int32[N]"),
+        ("wrong_length", "$store$_terminal_ckpt.0.gz: terminal has 19 entries"),
+        ("wrong_shape", "$store$_observation_ckpt.0.gz: observation is uint8[20, 84, 83]"),
+        ("obs_length", "$store$_observation_ckpt.0.gz: observation has 21 entries"),
+        ("missing_add_count", "add_count_ckpt.0.gz: missing"),
+    ],
+)
 def test_bad_files_are_clear_errors(tmp_path, damage, message):
   run_dir = write_run(tmp_path, n=20)
   path = lambda name: dr.store_path(run_dir, name, 0)
@@ -146,7 +159,7 @@ def test_bad_files_are_clear_errors(tmp_path, damage, message):
     path("observation").unlink()
   elif damage == "truncated_obs":
     data = path("observation").read_bytes()
-    path("observation").write_bytes(data[:len(data) // 2])
+    path("observation").write_bytes(data[: len(data) // 2])
   elif damage == "corrupt_reward":
     path("reward").write_bytes(b"\x1f\x8b" + b"garbage" * 10)
   elif damage == "wrong_dtype":
@@ -162,7 +175,9 @@ def test_bad_files_are_clear_errors(tmp_path, damage, message):
   with pytest.raises(dr.DataError) as e:
     dr.open_dataset(tmp_path, ["Pong"])
   assert message in str(e.value)
-  assert not list((run_dir / "npy_cache").glob(".*tmp")) if (run_dir / "npy_cache").exists() else True
+  assert (
+      not list((run_dir / "npy_cache").glob(".*tmp")) if (run_dir / "npy_cache").exists() else True
+  )
 
 
 def test_missing_game_or_checkpoint(tmp_path):

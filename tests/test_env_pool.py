@@ -1,6 +1,7 @@
 """envs/pool.py: envs in worker processes behave exactly as `AtariEnv`s in this process (frames,
 rewards, terminals, infos, stacks, save/restore), evaluations do not depend on the workers, and
 a failing or dead worker is a clear error."""
+
 import os
 import signal
 import subprocess
@@ -17,9 +18,16 @@ from envs.pool_worker import EnvHost
 
 ROOT = Path(__file__).resolve().parents[1]
 # Short episodes (the cap) and life losses within a few hundred steps: every terminal kind.
-KWARGS = [dict(game=g, seed=s, training=t, max_frames_per_episode=1200)
-          for g, s, t in (("Breakout", 0, True), ("Breakout", 1, False), ("Pong", 2, True),
-                          ("Pong", 3, False), ("Breakout", 4, True))]
+KWARGS = [
+    dict(game=g, seed=s, training=t, max_frames_per_episode=1200)
+    for g, s, t in (
+        ("Breakout", 0, True),
+        ("Breakout", 1, False),
+        ("Pong", 2, True),
+        ("Pong", 3, False),
+        ("Breakout", 4, True),
+    )
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +63,10 @@ def test_pool_envs_step_exactly_as_local_envs(pool2):
   # The pool's stacks (rebuilt from frames) are the workers' own.
   np.testing.assert_array_equal(pool2.worker_stacks(handles), pool2.stacks(handles))
   # Re-seeding resets: as a fresh env with that seed.
-  np.testing.assert_array_equal(pool2.reset(handles[:2], seeds=[7, 8]),
-                                np.stack([envs[0].reset(seed=7), envs[1].reset(seed=8)]))
+  np.testing.assert_array_equal(
+      pool2.reset(handles[:2], seeds=[7, 8]),
+      np.stack([envs[0].reset(seed=7), envs[1].reset(seed=8)]),
+  )
   _play_both(pool2, handles, envs, 50, np.random.default_rng(1))
   pool2.remove(handles)
   assert len(pool2) == 0
@@ -98,8 +108,7 @@ def test_evaluation_in_workers_equals_in_process(pool2):
   assert evaluate(_policy, "Breakout", seed=3, pool=pool2, **args) == alone
   runs = [("Breakout", 3), ("Pong", 4)]
   act_runs = lambda stacks: np.stack([_policy(s) for s in stacks])
-  assert (evaluate_runs(act_runs, runs, pool=pool2, **args)
-          == evaluate_runs(act_runs, runs, **args))
+  assert evaluate_runs(act_runs, runs, pool=pool2, **args) == evaluate_runs(act_runs, runs, **args)
   assert len(pool2) == 0  # every episode's env was removed
 
 
@@ -184,6 +193,7 @@ def test_a_cores_share_limits_the_default_workers(monkeypatch):
 
 def test_worker_process_does_not_import_jax():
   code = "import sys, envs.pool_worker; print('jax' in sys.modules)"
-  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       check=True)
+  out = subprocess.run(
+      [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+  )
   assert out.stdout.strip() == "False"

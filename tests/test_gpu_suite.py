@@ -3,6 +3,7 @@ JSON; a step that overruns its budget is killed, recorded as timed out, and the 
 
 The suite runs as a subprocess (as on a GPU machine); launch.gpu_suite is not imported here
 (its absl flags would collide with other entry points' in a shared pytest process)."""
+
 import json
 import subprocess
 import sys
@@ -10,14 +11,36 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["environment", "single", "multi", "train", "probes"]
-STEP_KEYS = {"step", "index", "status", "reason", "seconds", "budget_s", "key_figure", "parts",
-             "result", "markdown"}
+STEP_KEYS = {
+    "step",
+    "index",
+    "status",
+    "reason",
+    "seconds",
+    "budget_s",
+    "key_figure",
+    "parts",
+    "result",
+    "markdown",
+}
 
 
 def _suite(out, *args, timeout=600):
-  return subprocess.run([sys.executable, "-m", "launch.gpu_suite", f"--out={out}", "--dry_run",
-                         f"--work_dir={out}-work", *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "launch.gpu_suite",
+          f"--out={out}",
+          "--dry_run",
+          f"--work_dir={out}-work",
+          *args,
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
 
 
 def _step(out, index, name):
@@ -31,11 +54,16 @@ def test_dry_run_runs_every_step_and_writes_tables_and_json(tmp_path):
   # stretch's second game shares Pong's action count (one group: the 2-run program launch.bench
   # compiled in step 3 comes from the compilation cache).
   out = tmp_path / "suite"
-  proc = _suite(out, "--budget_s=900", "--single_configs=smoke", "--multi_configs=smoke",
-                "--train_games=Pong,Qbert")
+  proc = _suite(
+      out,
+      "--budget_s=900",
+      "--single_configs=smoke",
+      "--multi_configs=smoke",
+      "--train_games=Pong,Qbert",
+  )
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   # The final lines: the summary table, one row per step.
-  tail = proc.stdout.strip().splitlines()[-len(STEPS):]
+  tail = proc.stdout.strip().splitlines()[-len(STEPS) :]
   assert [l.split("|")[1].strip() for l in tail] == STEPS, tail
   assert all(l.split("|")[2].strip() == "ok" for l in tail), tail
 
@@ -44,8 +72,13 @@ def test_dry_run_runs_every_step_and_writes_tables_and_json(tmp_path):
   assert [s["step"] for s in suite["steps"]] == STEPS
   assert "| environment | ok |" in (out / "summary.md").read_text()
   tables = (out / "tables.md").read_text()
-  for heading in ("1. Environment", "2. Single run", "3. Multi-run table", "4. Training stretch",
-                  "5. Design probes"):
+  for heading in (
+      "1. Environment",
+      "2. Single run",
+      "3. Multi-run table",
+      "4. Training stretch",
+      "5. Design probes",
+  ):
     assert heading in tables
   assert "EXTRAPOLATED" in tables
 
@@ -78,16 +111,27 @@ def test_dry_run_runs_every_step_and_writes_tables_and_json(tmp_path):
   for raw in ("01_environment.json", "02_single.jsonl", "03_multi.jsonl", "05_probes.jsonl"):
     assert (out / "raw" / raw).stat().st_size > 0
   logs = sorted(p.name for p in (out / "logs").iterdir())
-  assert logs == ["01_environment_check.log", "02_single_smoke.log", "03_multi_smoke.log",
-                  "04_train_1game.log", "04_train_2games.log", "05_probes_probes.log"]
+  assert logs == [
+      "01_environment_check.log",
+      "02_single_smoke.log",
+      "03_multi_smoke.log",
+      "04_train_1game.log",
+      "04_train_2games.log",
+      "05_probes_probes.log",
+  ]
 
 
 def test_a_step_over_its_budget_is_timed_out_and_the_suite_goes_on(tmp_path):
   """environment gets 0.5 s (killed), single then runs to the end; multi's first config
   overruns its share of 6 s and the optional second one is skipped for lack of time."""
   out = tmp_path / "suite"
-  proc = _suite(out, "--only=environment,single,multi", "--single_configs=smoke",
-                "--multi_configs=smoke,bbf_smoke", "--step_budget_s=environment=0.5,multi=6")
+  proc = _suite(
+      out,
+      "--only=environment,single,multi",
+      "--single_configs=smoke",
+      "--multi_configs=smoke,bbf_smoke",
+      "--step_budget_s=environment=0.5,multi=6",
+  )
   assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
   env = _step(out, 1, "environment")
   assert env["status"] == "timed_out" and "killed after its budget" in env["reason"]
@@ -99,8 +143,12 @@ def test_a_step_over_its_budget_is_timed_out_and_the_suite_goes_on(tmp_path):
   assert smoke["status"] == "timed_out" and bbf["status"] == "skipped" and bbf["optional"]
   suite = json.loads((out / "suite.json").read_text())
   assert [(s["step"], s["status"]) for s in suite["steps"]] == [
-      ("environment", "timed_out"), ("single", "ok"), ("multi", "timed_out"),
-      ("train", "skipped"), ("probes", "skipped")]
+      ("environment", "timed_out"),
+      ("single", "ok"),
+      ("multi", "timed_out"),
+      ("train", "skipped"),
+      ("probes", "skipped"),
+  ]
   assert suite["steps"][3]["reason"] == "not selected (--only)"
   assert "| environment | timed_out |" in (out / "summary.md").read_text()
 
@@ -114,8 +162,9 @@ def test_host_work_in_a_compiled_program_is_found():
     text = lambda f: jax.jit(f).lower(jnp.ones(3)).compile().as_text()
     cb = lambda x: jax.pure_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
     print(host_markers(text(cb)), host_markers(text(lambda x: jnp.sin(x) * 2)))"""
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120)
+  proc = subprocess.run(
+      [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.strip() == "['host callback'] []"
 
@@ -134,11 +183,15 @@ def test_auto_batch_is_the_largest_that_should_fit():
       games, info = choose_train_games(counts, one, rows, left, 100)
       print(",".join(games), [round(e["need_s"]) for e in info["estimates"]])
     print(",".join(choose_train_games(counts, {}, rows, 1000, 100)[0]))"""
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120)
+  proc = subprocess.run(
+      [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   # All 7 games: 3 groups x 30 s + 2300 steps x 7 runs / (100 x 3.0) steps/s = 144 s; the 5 games
   # of 18 actions: 30 + 2300 x 5 / 300 = 68 s; 4 of them: 30 + 2300 x 4 / 300 = 61 s.
   assert proc.stdout.splitlines() == [
-      "A,B,C,D,E,F,G [144, 68, 61]", "A,B,C,D,E [144, 68, 61]", "A,B,C,D [144, 68, 61]",
-      "A,B,C,D"]
+      "A,B,C,D,E,F,G [144, 68, 61]",
+      "A,B,C,D,E [144, 68, 61]",
+      "A,B,C,D [144, 68, 61]",
+      "A,B,C,D",
+  ]

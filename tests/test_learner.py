@@ -1,4 +1,5 @@
 """The SPR learner: loss plumbing (weights, masks, jit), the update, the fused step."""
+
 import dataclasses
 
 import jax
@@ -28,7 +29,8 @@ def make_batch(config, b=4, seed=0, terminal_at=None):
       next_observations=jnp.asarray(rng.integers(0, 255, (b, 4, 84, 84), dtype=np.uint8)),
       actions=jnp.asarray(rng.integers(0, NUM_ACTIONS, (b, k + 1)), jnp.int32),
       rewards=jnp.asarray(rng.choice([-1.0, 0.0, 1.0], (b, h + 1)), jnp.float32),
-      terminals=jnp.asarray(terminals))
+      terminals=jnp.asarray(terminals),
+  )
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +96,22 @@ def test_rl_loss_matches_the_c51_loss_of_the_network_outputs():
   nxt = batch["next_observations"].astype(jnp.float32) / 255
   logits = q_logits(state.params, None, encode(state.params, None, obs), None)
   next_logits = q_logits(state.params, None, encode(state.params, None, nxt), None)
-  ret, disc = losses.batched_n_step_return(batch["rewards"][:, :3], batch["terminals"][:, :3],
-                                           config.gamma)
+  ret, disc = losses.batched_n_step_return(
+      batch["rewards"][:, :3], batch["terminals"][:, :3], config.gamma
+  )
   expected = losses.batched_categorical_double_q_loss(
-      logits, batch["actions"][:, 0], ret, disc, next_logits,
-      q_values(next_logits, learner.support), learner.support)
+      logits,
+      batch["actions"][:, 0],
+      ret,
+      disc,
+      next_logits,
+      q_values(next_logits, learner.support),
+      learner.support,
+  )
   np.testing.assert_allclose(aux["rl_loss"], jnp.mean(expected), rtol=1e-5)
-  np.testing.assert_allclose(ret[0], sum(0.99 ** j * float(batch["rewards"][0, j])
-                                         for j in range(3)), rtol=1e-5)
+  np.testing.assert_allclose(
+      ret[0], sum(0.99**j * float(batch["rewards"][0, j]) for j in range(3)), rtol=1e-5
+  )
 
 
 def filled_state(learner, config, n=60, seed=0):
@@ -109,9 +119,13 @@ def filled_state(learner, config, n=60, seed=0):
   rng = np.random.default_rng(seed)
   buf = state.replay
   for t in range(n):
-    buf = replay.replay_add(buf, rng.integers(0, 255, (84, 84), dtype=np.uint8),
-                            np.int32(rng.integers(NUM_ACTIONS)), np.float32(rng.choice([-1, 0, 1])),
-                            np.bool_(t % 17 == 16))
+    buf = replay.replay_add(
+        buf,
+        rng.integers(0, 255, (84, 84), dtype=np.uint8),
+        np.int32(rng.integers(NUM_ACTIONS)),
+        np.float32(rng.choice([-1, 0, 1])),
+        np.bool_(t % 17 == 16),
+    )
   return state._replace(replay=buf, env_step=jnp.int32(n))
 
 
@@ -121,12 +135,15 @@ def test_update_applies_adam_and_sets_priorities(setup):
   before = jax.tree.map(np.asarray, state.params)
   new, m = jax.jit(learner.update)(state)
   assert bool(m.finite) and int(new.update_step) == 1
-  changed = [not np.array_equal(a, b) for a, b in
-             zip(jax.tree.leaves(before), jax.tree.leaves(new.params))]
+  changed = [
+      not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(new.params))
+  ]
   assert all(changed)
   # Adam's first step moves every parameter by about lr (bias-corrected m/sqrt(v) = +-1).
-  deltas = [np.abs(np.asarray(a) - b).max() for a, b in
-            zip(jax.tree.leaves(new.params), jax.tree.leaves(before))]
+  deltas = [
+      np.abs(np.asarray(a) - b).max()
+      for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(before))
+  ]
   assert max(deltas) <= config.learning_rate * 1.01
   pr = np.asarray(new.replay.priorities)
   assert np.sum(pr[:60] != 1.0) >= 1  # sampled slots got their KL priority
@@ -141,8 +158,9 @@ def test_ema_target_follows_the_exact_update_rule(before):
   state = state._replace(target_params=jax.tree.map(lambda x: x * 0.5, state.params))
   new, _ = jax.jit(learner.update)(state)
   source = state.params if before else new.params
-  for tgt_new, tgt_old, p in zip(*(jax.tree.leaves(t) for t in
-                                   (new.target_params, state.target_params, source))):
+  for tgt_new, tgt_old, p in zip(
+      *(jax.tree.leaves(t) for t in (new.target_params, state.target_params, source))
+  ):
     np.testing.assert_allclose(tgt_new, 0.25 * p + 0.75 * tgt_old, rtol=1e-6, atol=1e-7)
 
 
@@ -154,7 +172,10 @@ def test_spr_targets_lag_one_update_and_the_bootstrap_is_current():
   t - 1 and the bootstrap from the current ones. Hand-run of two updates."""
   config = smoke()
   assert (config.target_tau, config.target_ema_before_update, config.bootstrap_with_target) == (
-      1.0, True, False)
+      1.0,
+      True,
+      False,
+  )
   learner = SPRLearner(config, NUM_ACTIONS)
   state0 = filled_state(learner, config)
   update = jax.jit(learner.update)
@@ -168,11 +189,20 @@ def test_spr_targets_lag_one_update_and_the_bootstrap_is_current():
   # Update 2 by hand: the same batch and keys as `update`, SPR targets from theta_0.
   _, sample_key, loss_key = jax.random.split(state1.rng, 3)
   progress = learner.beta_progress(state1)
-  beta = config.priority_beta_start + (config.priority_beta_end
-                                       - config.priority_beta_start) * progress
-  batch, _, w = replay.replay_sample(state1.replay, sample_key, config.batch_size, config.n_step,
-                                     config.spr_steps, beta, config.priority_alpha,
-                                     **learner.replay_options)
+  beta = (
+      config.priority_beta_start
+      + (config.priority_beta_end - config.priority_beta_start) * progress
+  )
+  batch, _, w = replay.replay_sample(
+      state1.replay,
+      sample_key,
+      config.batch_size,
+      config.n_step,
+      config.spr_steps,
+      beta,
+      config.priority_alpha,
+      **learner.replay_options,
+  )
   lagged, aux_lagged = learner.loss(state1.params, state0.params, batch, w, loss_key)
   current, aux_current = learner.loss(state1.params, state1.params, batch, w, loss_key)
   np.testing.assert_allclose(m2.loss, lagged, rtol=1e-5)
@@ -187,8 +217,7 @@ def test_per_beta_follows_rlpyts_clock(setup):
   over iterations learn_start..steps: the updates of iteration i (env_step = i + 1 stored) use
   progress (i - 1 - learn_start) / (steps - learn_start)."""
   config, learner, state = setup
-  progress = lambda stored: float(learner.beta_progress(state._replace(
-      env_step=jnp.int32(stored))))
+  progress = lambda stored: float(learner.beta_progress(state._replace(env_step=jnp.int32(stored))))
   span = config.steps - config.learn_start  # 300 in smoke
   first = config.learn_start + 1  # the first update's env_step
   assert progress(first) == 0.0 and progress(first + 1) == 0.0
@@ -204,14 +233,20 @@ def test_step_adds_the_transition_and_acts_randomly_before_learn_start(setup):
   stack = np.zeros((4, 84, 84), np.uint8)
   actions = []
   for t in range(30):
-    state, action, m = learner.step(state, frame, np.int32(t % NUM_ACTIONS), np.float32(1.0),
-                                    np.bool_(False), stack, num_updates=0)
+    state, action, m = learner.step(
+        state,
+        frame,
+        np.int32(t % NUM_ACTIONS),
+        np.float32(1.0),
+        np.bool_(False),
+        stack,
+        num_updates=0,
+    )
     actions.append(int(action))
   assert int(state.env_step) == 30 and int(state.replay.add_count) == 30
   assert int(m.updates) == 0
   np.testing.assert_array_equal(np.asarray(state.replay.frames[:30]), 7)
-  np.testing.assert_array_equal(np.asarray(state.replay.actions[:30]),
-                                np.arange(30) % NUM_ACTIONS)
+  np.testing.assert_array_equal(np.asarray(state.replay.actions[:30]), np.arange(30) % NUM_ACTIONS)
   assert set(actions) == set(range(NUM_ACTIONS))  # uniform random: every action shows up
 
 
@@ -219,11 +254,16 @@ def test_optimizer_clips_stem_and_transition_separately_and_not_the_predictor():
   config = smoke(grad_clip=1.0, learning_rate=1.0, adam_eps=1e8)
   opt = SPRLearner(config, NUM_ACTIONS).optimizer
   g = jnp.array([30.0, 40.0, 0.0, 0.0])  # norm 50
-  params = {"spr/~/encoder/conv0": {"w": jnp.zeros(4)},
-            "spr/~/transition/conv0": {"w": jnp.zeros(4)},
-            "spr/~/predictor": {"w": jnp.zeros(4)}}
-  grads = {"spr/~/encoder/conv0": {"w": g}, "spr/~/transition/conv0": {"w": 2 * g},
-           "spr/~/predictor": {"w": g}}
+  params = {
+      "spr/~/encoder/conv0": {"w": jnp.zeros(4)},
+      "spr/~/transition/conv0": {"w": jnp.zeros(4)},
+      "spr/~/predictor": {"w": jnp.zeros(4)},
+  }
+  grads = {
+      "spr/~/encoder/conv0": {"w": g},
+      "spr/~/transition/conv0": {"w": 2 * g},
+      "spr/~/predictor": {"w": g},
+  }
   updates, _ = opt.update(grads, opt.init(params), params)
   # With a huge eps, Adam's first step is lr * g / eps: the clipped gradient, scaled.
   step = lambda name: -np.asarray(updates[name]["w"]) * 1e8
@@ -263,8 +303,9 @@ def test_closed_form_predictor_plugs_in_with_ema_statistics(name):
   assert np.all(np.linalg.eigvalsh(sigma) > -1e-5)
   # The learned predictor is not used: it gets no gradient, Adam leaves it where it was.
   for k in ("w", "b"):
-    np.testing.assert_array_equal(new.params["spr/~/predictor"][k],
-                                  state.params["spr/~/predictor"][k])
+    np.testing.assert_array_equal(
+        new.params["spr/~/predictor"][k], state.params["spr/~/predictor"][k]
+    )
 
 
 def test_unknown_predictor_is_a_config_error():

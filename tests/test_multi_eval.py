@@ -3,6 +3,7 @@ agents/spr/multi_trainer.py): the runs of a batch are evaluated together (one vm
 function over runs, envs/evaluation.py's `evaluate_runs`) with each run's result equal to its
 evaluation alone; periodic evaluations (`--eval_every`) and SGI finetuning (`--init_from`) in a
 batch, against the same run trained alone."""
+
 import json
 import subprocess
 import sys
@@ -18,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(cmd):
-  proc = subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run(
+      [sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
   if proc.returncode != 0:
     raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
   return proc
@@ -41,8 +43,9 @@ def test_evaluate_runs_gives_each_run_its_evaluation_alone():
 
   runs = [("Breakout", 5), ("Pong", 3)]
   together = evaluate_runs(act_runs, runs, num_episodes=2, epsilon=0.2, max_parallel=1)
-  alone = [evaluate(fake_policy, g, num_episodes=2, seed=s, epsilon=0.2, max_parallel=1)
-           for g, s in runs]
+  alone = [
+      evaluate(fake_policy, g, num_episodes=2, seed=s, epsilon=0.2, max_parallel=1) for g, s in runs
+  ]
   assert together == alone
   assert together[0] != together[1]
   assert set(shapes) == {(2, 1, 4, 84, 84)}
@@ -55,12 +58,14 @@ def fresh_pong():
   import jax
   from agents.spr.config import make_config
   from agents.spr.learner import learner_for
+
   learner = learner_for(make_config("smoke"), 6)
   return learner, [learner.init(jax.random.PRNGKey(s)) for s in (0, 1, 2)]
 
 
 def test_batched_act_function_gives_each_run_its_own_network(fresh_pong):
   from agents.spr import engine, evaluation
+
   learner, states = fresh_pong
   acting = learner.acting_params(engine.stack_states(states))
   stacks = np.random.default_rng(0).integers(0, 255, (3, 8, 4, 84, 84), np.uint8)
@@ -77,6 +82,7 @@ def test_batched_evaluation_in_chunks_equals_each_run_alone(fresh_pong, monkeypa
   """Three runs with room for 2 envs: chunks of 2 runs and 1 run, every run's episode the one of
   its single-run evaluation (seeded from the run's seed: three other episodes)."""
   from agents.spr import engine, evaluation
+
   learner, states = fresh_pong
   monkeypatch.setattr(evaluation, "MAX_EVAL_ENVS", 2)
   acting = learner.acting_params(engine.stack_states(states))
@@ -84,8 +90,9 @@ def test_batched_evaluation_in_chunks_equals_each_run_alone(fresh_pong, monkeypa
   together = evaluation.evaluate_policies(learner, acting, seeds, 1, 0.001)
   for seed, state, episodes in zip((0, 1, 2), states, together):
     act = evaluation.make_eval_act_fn(learner, learner.acting_params(state), 1)
-    assert episodes == evaluate(act, "Pong", num_episodes=1, seed=evaluation.final_eval_seed(seed),
-                                epsilon=0.001)
+    assert episodes == evaluate(
+        act, "Pong", num_episodes=1, seed=evaluation.final_eval_seed(seed), epsilon=0.001
+    )
   assert len({tuple(e) for e in together}) == 3
 
 
@@ -94,12 +101,17 @@ def test_final_evaluation_groups_merge_by_action_count_and_skip_failed_runs(fres
   evaluation takes them as one group, without the runs whose loss became non-finite."""
   import jax
   from agents.spr import engine
+
   learner, states = fresh_pong
-  runs = [engine.Run(engine.RunSpec("Pong", s, f"w{s}"), Path(f"w{s}"), None, {}, None)
-          for s in (0, 1, 2)]
+  runs = [
+      engine.Run(engine.RunSpec("Pong", s, f"w{s}"), Path(f"w{s}"), None, {}, None)
+      for s in (0, 1, 2)
+  ]
   runs[1].failed = "non-finite loss"
-  groups = [engine.Group(learner, runs[:2], engine.stack_states(states[:2]), 200, None, None),
-            engine.Group(learner, runs[2:], states[2], 200, None, None)]  # a group of one
+  groups = [
+      engine.Group(learner, runs[:2], engine.stack_states(states[:2]), 200, None, None),
+      engine.Group(learner, runs[2:], states[2], 200, None, None),
+  ]  # a group of one
   [(got_learner, got_runs, acting, stacked)] = engine._final_groups(groups)
   assert got_learner is learner and got_runs == [runs[0], runs[2]] and stacked
   for row, state in enumerate((states[0], states[2])):
@@ -108,11 +120,22 @@ def test_final_evaluation_groups_merge_by_action_count_and_skip_failed_runs(fres
 
 
 # ---------------------------------------------------------------- finetuning + evaluations, CLI
-FINETUNE = ["--config=smoke", "--encoder=nature", "--encoder_lr=1e-6", "--head_first_lr=3e-5",
-            "--grad_clip=0", "--target_tau=0.01", "--steps=40", "--learn_start=30",
-            "--eval_every=10", "--eval_every_episodes=1", "--eval_episodes=2",
-            "--checkpoint_every=20", "--log_every=20",
-            "--done_checkpoints=all"]  # the tests below read the step-20 checkpoint
+FINETUNE = [
+    "--config=smoke",
+    "--encoder=nature",
+    "--encoder_lr=1e-6",
+    "--head_first_lr=3e-5",
+    "--grad_clip=0",
+    "--target_tau=0.01",
+    "--steps=40",
+    "--learn_start=30",
+    "--eval_every=10",
+    "--eval_every_episodes=1",
+    "--eval_episodes=2",
+    "--checkpoint_every=20",
+    "--log_every=20",
+    "--done_checkpoints=all",
+]  # the tests below read the step-20 checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +144,47 @@ def finetuned(tmp_path_factory):
   evaluations (11 updates), and seed 1 finetuned alone with the same flags."""
   root = tmp_path_factory.mktemp("finetune")
   data, pre = root / "data", root / "pre"
-  run(["launch.collect", "--game=Pong", "--policy=random", "--steps=300",
-       "--checkpoint_size=128", f"--out={data}"])
-  run(["launch.pretrain", "--config=smoke", "--encoder=nature", f"--data_dir={data}",
-       "--games=Pong", f"--workdir={pre}"])
-  batch = run(["launch.train", "--games=Pong", "--seeds=0-1", f"--workdir={root / 'batch'}",
-               f"--init_from={pre}", *FINETUNE])
+  run(
+      [
+          "launch.collect",
+          "--game=Pong",
+          "--policy=random",
+          "--steps=300",
+          "--checkpoint_size=128",
+          f"--out={data}",
+      ]
+  )
+  run(
+      [
+          "launch.pretrain",
+          "--config=smoke",
+          "--encoder=nature",
+          f"--data_dir={data}",
+          "--games=Pong",
+          f"--workdir={pre}",
+      ]
+  )
+  batch = run(
+      [
+          "launch.train",
+          "--games=Pong",
+          "--seeds=0-1",
+          f"--workdir={root / 'batch'}",
+          f"--init_from={pre}",
+          *FINETUNE,
+      ]
+  )
   alone = root / "alone"
-  run(["launch.train", "--game=Pong", "--seed=1", f"--workdir={alone}", f"--init_from={pre}",
-       *FINETUNE])
+  run(
+      [
+          "launch.train",
+          "--game=Pong",
+          "--seed=1",
+          f"--workdir={alone}",
+          f"--init_from={pre}",
+          *FINETUNE,
+      ]
+  )
   return dict(pre=pre, batch=root / "batch", batch_proc=batch, alone=alone)
 
 
@@ -140,6 +195,7 @@ def test_final_evaluation_in_a_batch_equals_the_run_alone(finetuned, tmp_path):
   from agents.spr import config as spr_config, engine
   from agents.spr.learner import learner_for
   from spr import checkpoint
+
   assert "final evaluation of 2 runs (6 actions) together" in finetuned["batch_proc"].stderr
   for seed in (0, 1):
     path = run_workdir(finetuned["batch"], "Pong", seed)
@@ -150,8 +206,9 @@ def test_final_evaluation_in_a_batch_equals_the_run_alone(finetuned, tmp_path):
     assert host["step"] == 40
     alone = tmp_path / f"alone_{seed}"
     alone.mkdir()
-    engine.final_evaluation(learner, jax.device_put(tree), host, "Pong", seed, config, "smoke",
-                            alone)
+    engine.final_evaluation(
+        learner, jax.device_put(tree), host, "Pong", seed, config, "smoke", alone
+    )
     assert (alone / "eval.csv").read_text() == (path / "eval.csv").read_text()
     a, b = (json.loads((d / "final.json").read_text()) for d in (alone, path))
     assert a.pop("wall_time_s") > 0 and b.pop("wall_time_s") > 0
@@ -183,6 +240,7 @@ def test_init_from_in_a_batch_loads_the_pretrained_network_as_alone(finetuned):
   the pretrained encoder."""
   assert finetuned["batch_proc"].stderr.count("loaded pretrained encoder") == 2
   from spr import checkpoint
+
   payload = checkpoint.read_file(finetuned["pre"] / "pretrained.npz")["content"]
 
   def ckpt(workdir):
@@ -193,8 +251,12 @@ def test_init_from_in_a_batch_loads_the_pretrained_network_as_alone(finetuned):
   assert len(batch[1]) == len(alone)
   for x, y in zip(batch[1], alone):
     np.testing.assert_array_equal(x, y)
-  encoder = [np.asarray(v) for m in sorted(payload["params"]) if "/encoder" in m
-             for _, v in sorted(payload["params"][m].items())]
+  encoder = [
+      np.asarray(v)
+      for m in sorted(payload["params"])
+      if "/encoder" in m
+      for _, v in sorted(payload["params"][m].items())
+  ]
   assert encoder
   for leaves in batch:  # each of the pretrained encoder's arrays is in the run's checkpoint
     for w in encoder:

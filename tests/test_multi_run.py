@@ -1,5 +1,6 @@
 """Several runs in one process (`launch.train --games/--seeds`, agents/spr/multi_trainer.py):
 per-run workdirs, the same trajectory as each run trained alone, per-run resume."""
+
 import json
 import subprocess
 import sys
@@ -14,8 +15,13 @@ from spr import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # --done_checkpoints=all: the rerun test below resumes finished runs from step 150.
-FLAGS = ["--config=smoke", "--steps=200", "--eval_episodes=1", "--checkpoint_every=50",
-         "--done_checkpoints=all"]
+FLAGS = [
+    "--config=smoke",
+    "--steps=200",
+    "--eval_episodes=1",
+    "--checkpoint_every=50",
+    "--done_checkpoints=all",
+]
 
 
 def run(cmd):
@@ -26,13 +32,22 @@ def run(cmd):
 
 
 def batch_cmd(root, env_workers=0):
-  return [sys.executable, "-m", "launch.train", "--games=Pong,Breakout", "--seeds=0-1",
-          f"--workdir={root}", f"--env_workers={env_workers}", *FLAGS]
+  return [
+      sys.executable,
+      "-m",
+      "launch.train",
+      "--games=Pong,Breakout",
+      "--seeds=0-1",
+      f"--workdir={root}",
+      f"--env_workers={env_workers}",
+      *FLAGS,
+  ]
 
 
 def leaves(workdir, step=200):
   return checkpoint.read_file(Path(workdir) / "checkpoints" / f"ckpt_{step}.npz")["content"][
-      "leaves"]
+      "leaves"
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +83,9 @@ def test_every_run_writes_its_own_workdir(batch):
       assert final["game"] == game and final["seed"] == seed and final["steps"] == 200
       assert final["eval_episodes"] == 1
       assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == [
-          "ckpt_150.npz", "ckpt_200.npz"]
+          "ckpt_150.npz",
+          "ckpt_200.npz",
+      ]
       assert f"{game} seed {seed}: mean score" in proc.stdout
   # Two vmapped batches: Pong (6 actions) and Breakout (4 actions); envs in 2 workers.
   assert "envs stepped by 2 worker processes" in proc.stderr
@@ -82,8 +99,17 @@ def test_run_in_batch_follows_the_run_alone(batch, tmp_path, game, seed):
   state within float tolerance (XLA's batched kernels may reassociate sums)."""
   root, _ = batch
   alone = tmp_path / "alone"
-  run([sys.executable, "-m", "launch.train", f"--game={game}", f"--seed={seed}",
-       f"--workdir={alone}", *FLAGS])
+  run(
+      [
+          sys.executable,
+          "-m",
+          "launch.train",
+          f"--game={game}",
+          f"--seed={seed}",
+          f"--workdir={alone}",
+          *FLAGS,
+      ]
+  )
   a, b = leaves(alone), leaves(run_workdir(root, game, seed))
   assert len(a) == len(b)
   exact = 0
@@ -95,8 +121,10 @@ def test_run_in_batch_follows_the_run_alone(batch, tmp_path, game, seed):
       np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
     exact += 1
   assert exact == len(a)
-  host_a, host_b = (checkpoint.read_file(d / "checkpoints" / "ckpt_200.npz")["content"]["host"]
-                    for d in (alone, run_workdir(root, game, seed)))
+  host_a, host_b = (
+      checkpoint.read_file(d / "checkpoints" / "ckpt_200.npz")["content"]["host"]
+      for d in (alone, run_workdir(root, game, seed))
+  )
   assert host_a["episodes"] == host_b["episodes"] and host_a["action"] == host_b["action"]
 
 
@@ -127,4 +155,3 @@ def test_rerun_skips_finished_and_resumes_unfinished_runs_per_run(batch):
     steps = [json.loads(l)["step"] for l in (wd / "metrics.jsonl").read_text().splitlines()]
     assert steps == [100, 200]
   assert (untouched / "final.json").read_text() == final_untouched
-

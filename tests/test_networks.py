@@ -1,4 +1,5 @@
 """Shape contracts and exact behaviour of the SPR network pieces."""
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -31,9 +32,10 @@ def test_nature_encoder_shapes_and_parameter_count():
 
 
 def test_torch_default_init_bounds():
-  params, _ = _apply(lambda x: hk.Linear(7, w_init=networks.TORCH_INIT,
-                                         b_init=networks.torch_bias_init(400))(x),
-                     jnp.zeros((1, 400)))
+  params, _ = _apply(
+      lambda x: hk.Linear(7, w_init=networks.TORCH_INIT, b_init=networks.torch_bias_init(400))(x),
+      jnp.zeros((1, 400)),
+  )
   w = params["linear"]["w"]
   assert np.abs(w).max() <= 1 / 20 and np.abs(w).max() > 0.9 / 20  # U(+-1/sqrt(400))
 
@@ -64,8 +66,9 @@ def test_noisy_linear_is_the_factorised_gaussian_layer():
 
 @pytest.fixture(scope="module")
 def small_net():
-  cfg = networks.NetworkConfig(encoder_channels=(8, 8, 8), hidden=16, num_atoms=5,
-                               transition_hidden=8)
+  cfg = networks.NetworkConfig(
+      encoder_channels=(8, 8, 8), hidden=16, num_atoms=5, transition_hidden=8
+  )
   net = networks.make_spr_network(cfg, num_actions=3)
   obs = jax.random.uniform(jax.random.PRNGKey(0), (4, 4, 84, 84))
   return cfg, net, net.init(jax.random.PRNGKey(1), obs), obs
@@ -93,10 +96,12 @@ def test_apply_is_a_named_structure_that_still_unpacks(small_net):
   assert net.apply._fields == ("encode", "transition", "q_logits", "project", "predict")
   encode, *_ = net.apply
   assert encode is net.apply.encode is net.apply[0]
-  np.testing.assert_array_equal(net.apply.encode(params, None, obs[:1]), encode(params, None,
-                                                                                obs[:1]))
-  sgi = networks.make_sgi_network(networks.NetworkConfig(encoder_channels=(8, 8, 8), hidden=16,
-                                                         num_atoms=5, noisy=False), 3)
+  np.testing.assert_array_equal(
+      net.apply.encode(params, None, obs[:1]), encode(params, None, obs[:1])
+  )
+  sgi = networks.make_sgi_network(
+      networks.NetworkConfig(encoder_channels=(8, 8, 8), hidden=16, num_atoms=5, noisy=False), 3
+  )
   assert sgi.apply._fields == networks.SPRApply._fields + ("goal_q_logits", "inverse")
 
 
@@ -108,8 +113,9 @@ def test_projection_is_the_heads_first_layer_with_mean_weights(small_net):
   p = params
   value = flat @ p["spr/~/value_hidden"]["w_mu"] + p["spr/~/value_hidden"]["b_mu"]
   adv = flat @ p["spr/~/advantage_hidden"]["w_mu"] + p["spr/~/advantage_hidden"]["b_mu"]
-  np.testing.assert_allclose(project(params, None, latent), np.concatenate([value, adv], -1),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      project(params, None, latent), np.concatenate([value, adv], -1), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_dueling_head_advantages_are_centred(small_net):
@@ -139,5 +145,6 @@ def test_scale_gradient_is_identity_forward_and_scales_backward():
   x = jnp.array([1.0, -2.0, 3.0])
   for fn in (networks.scale_gradient, jax.jit(networks.scale_gradient, static_argnums=1)):
     np.testing.assert_array_equal(fn(x, 0.5), x)
-    np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(fn(v, 2 ** -0.5) ** 2))(x),
-                               2 * x * 2 ** -0.5, rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(lambda v: jnp.sum(fn(v, 2**-0.5) ** 2))(x), 2 * x * 2**-0.5, rtol=1e-6
+    )

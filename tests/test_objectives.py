@@ -1,5 +1,6 @@
 """The pieces of spr/objectives.py, each alone on a hand-made case (fake networks where a piece
 only routes calls; hand-computed values where it computes)."""
+
 import types
 
 import jax
@@ -29,6 +30,7 @@ def _recording_encode(calls):
     del norm_state
     calls.append((float(params), images.shape[0]))
     return images + params
+
   return encode
 
 
@@ -43,11 +45,16 @@ def test_encode_chunked_splits_calls_and_keeps_values(chunk, sizes):
 
 def _fake_network(calls, has_norm_state=False):
   """encode: x + params; encode_train: the same, and appends (params, batch) to the statistics."""
+
   def encode_train(params, norm_state, images):
     calls.append(("train", float(params), images.shape[0]))
     return images + params, tuple(norm_state) + ((float(params), images.shape[0]),)
-  return types.SimpleNamespace(has_norm_state=has_norm_state, encode_train=encode_train,
-                               apply=types.SimpleNamespace(encode=_recording_encode(calls)))
+
+  return types.SimpleNamespace(
+      has_norm_state=has_norm_state,
+      encode_train=encode_train,
+      apply=types.SimpleNamespace(encode=_recording_encode(calls)),
+  )
 
 
 def test_encoder_train_calls_batchnorm_or_passes_statistics_through():
@@ -63,12 +70,17 @@ def test_encoder_train_calls_batchnorm_or_passes_statistics_through():
 def test_net_views_stop_gradients_and_pick_the_bootstrap_network():
   views = objectives.net_views(1.0, 2.0, bootstrap_with_target=True)
   assert (views.online, float(views.fixed), float(views.target), float(views.bootstrap)) == (
-      1.0, 1.0, 2.0, 2.0)
+      1.0,
+      1.0,
+      2.0,
+      2.0,
+  )
   assert float(objectives.net_views(1.0, 2.0, False).bootstrap) == 1.0
 
   def f(p):
     v = objectives.net_views(p, p)
     return v.online + 3.0 * v.fixed + 5.0 * v.target
+
   assert float(jax.grad(f)(1.0)) == 1.0  # only the online view carries a gradient
 
 
@@ -90,14 +102,18 @@ def test_latent_inputs_keys_sequence_and_shared_next_state():
   assert empty.sequence.shape == (0, 2, 2, 2)
 
 
-@pytest.mark.parametrize("stored, bootstrap_with_target, groups, bootstrap_add", [
-    (False, False, (("target", (0, 1, 2)),), 1.0),
-    (False, True, (("target", (0, 1, 2)),), 1.0),
-    (True, True, (("target", (0, 1)), ("fixed", (2,))), 100.0),
-    (True, False, (("target", (0,)), ("fixed", (1, 2))), 1.0),
-])
-def test_per_sample_plan_merges_calls_with_the_same_parameters(stored, bootstrap_with_target,
-                                                               groups, bootstrap_add):
+@pytest.mark.parametrize(
+    "stored, bootstrap_with_target, groups, bootstrap_add",
+    [
+        (False, False, (("target", (0, 1, 2)),), 1.0),
+        (False, True, (("target", (0, 1, 2)),), 1.0),
+        (True, True, (("target", (0, 1)), ("fixed", (2,))), 100.0),
+        (True, False, (("target", (0,)), ("fixed", (1, 2))), 1.0),
+    ],
+)
+def test_per_sample_plan_merges_calls_with_the_same_parameters(
+    stored, bootstrap_with_target, groups, bootstrap_add
+):
   plan = objectives.latent_plan(False, stored, bootstrap_with_target)
   assert plan == objectives.PerSampleLatents(groups) and plan.first_frame == 1
   calls = []
@@ -105,18 +121,26 @@ def test_per_sample_plan_merges_calls_with_the_same_parameters(stored, bootstrap
   target = 100.0 if stored else 1.0  # without a stored target the target view is the online net
   views = objectives.net_views(1.0, target, bootstrap_with_target)
   b, k = 2, 3
-  inputs = objectives.LatentInputs(current=jnp.zeros((b, 1)), sequence=jnp.ones((b * k, 1)),
-                                   bootstrap=2 * jnp.ones((b, 1)), selector=3 * jnp.ones((b, 1)))
+  inputs = objectives.LatentInputs(
+      current=jnp.zeros((b, 1)),
+      sequence=jnp.ones((b * k, 1)),
+      bootstrap=2 * jnp.ones((b, 1)),
+      selector=3 * jnp.ones((b, 1)),
+  )
   lat = plan(encoder, views, inputs, ("online",), ("target",))
   sizes = {0: b * k, 1: b, 2: b}
-  assert calls == [(float(getattr(views, role)), sum(sizes[i] for i in idx))
-                   for role, idx in groups] + [(1.0, b)]
+  assert calls == [
+      (float(getattr(views, role)), sum(sizes[i] for i in idx)) for role, idx in groups
+  ] + [(1.0, b)]
   np.testing.assert_array_equal(lat.future, inputs.sequence + target)
   np.testing.assert_array_equal(lat.bootstrap, inputs.bootstrap + bootstrap_add)
   np.testing.assert_array_equal(lat.selector, inputs.selector + 1.0)
   np.testing.assert_array_equal(lat.online, inputs.current + 1.0)
   assert (lat.norm_main, lat.norm_state, lat.target_norm_state) == (
-      ("online",), ("online",), ("target",))
+      ("online",),
+      ("online",),
+      ("target",),
+  )
 
 
 @pytest.mark.parametrize("selector_pass", [True, False])
@@ -128,14 +152,19 @@ def test_batch_norm_plan_calls_in_the_reference_order(selector_pass):
   views = objectives.net_views(1.0, 100.0, bootstrap_with_target=False)
   b, k = 2, 2
   seq = jnp.arange(b * (k + 1), dtype=jnp.float32).reshape(b * (k + 1), 1)
-  inputs = objectives.LatentInputs(current=jnp.zeros((b, 1)), sequence=seq,
-                                   bootstrap=2 * jnp.ones((b, 1)), selector=3 * jnp.ones((b, 1)))
+  inputs = objectives.LatentInputs(
+      current=jnp.zeros((b, 1)),
+      sequence=seq,
+      bootstrap=2 * jnp.ones((b, 1)),
+      selector=3 * jnp.ones((b, 1)),
+  )
   lat = plan(encoder, views, inputs, (), ())
   want = [("train", 1.0, b), ("train", 100.0, b * (k + 1)), ("train", 1.0, b)]
   assert calls == want + ([("train", 1.0, b)] if selector_pass else [])
   # The target saw frame 0 too (batch statistics); the SPR targets are frames 1..K.
-  np.testing.assert_array_equal(lat.future, seq.reshape(b, k + 1, 1)[:, 1:].reshape(b * k, 1)
-                                + 100.0)
+  np.testing.assert_array_equal(
+      lat.future, seq.reshape(b, k + 1, 1)[:, 1:].reshape(b * k, 1) + 100.0
+  )
   assert lat.norm_main == ((1.0, b),) and lat.target_norm_state == ((100.0, b * (k + 1)),)
   if selector_pass:  # from the statistics after the pass on s_i; the bootstrap pass moves none
     assert lat.norm_state == ((1.0, b), (1.0, b))
@@ -149,16 +178,17 @@ def test_sgi_plans_share_one_target_call_or_follow_sgis_order():
   views = objectives.net_views(1.0, 100.0)
   seq, goal = jnp.ones((6, 1)), 2 * jnp.ones((2, 1))
   cur, nxt = jnp.zeros((2, 1)), 3 * jnp.ones((2, 1))
-  lat = objectives.sgi_per_sample_latents(objectives.Encoder(_fake_network(calls)), views, seq,
-                                          goal, cur, nxt)
+  lat = objectives.sgi_per_sample_latents(
+      objectives.Encoder(_fake_network(calls)), views, seq, goal, cur, nxt
+  )
   assert calls == [(100.0, 8), (1.0, 2), (1.0, 2)]
   np.testing.assert_array_equal(lat.goal, goal + 100.0)
   np.testing.assert_array_equal(lat.sequence, seq + 100.0)
   calls.clear()
   lat = objectives.sgi_batch_norm_latents(
-      objectives.Encoder(_fake_network(calls, True)), views, seq, goal, cur, nxt)
-  assert calls == [("train", 100.0, 2), ("train", 1.0, 2), ("train", 100.0, 6),
-                   ("train", 1.0, 2)]
+      objectives.Encoder(_fake_network(calls, True)), views, seq, goal, cur, nxt
+  )
+  assert calls == [("train", 100.0, 2), ("train", 1.0, 2), ("train", 100.0, 6), ("train", 1.0, 2)]
   assert lat.target_norm_state == ((100.0, 2), (100.0, 6))
   assert lat.norm_main == ((1.0, 2),) and lat.norm_state == ((1.0, 2), (1.0, 2))
   np.testing.assert_array_equal(lat.next_online, nxt + 1.0)
@@ -195,15 +225,17 @@ def test_categorical_double_q_objective_hand_computed():
   logits_t = jnp.array([[[-30.0, 30.0], [30.0, -30.0]]] * 2)
   # Sample 0 selects a* = 1 (0.5 + 0.5 * 0 -> (.5, .5)), sample 1 a* = 0 (0.5 + 0.5 -> (0, 1)).
   selector = jnp.array([[0.0, 1.0], [1.0, 0.0]])
-  loss, kl = objectives.categorical_double_q_objective(logits_tm1, a_tm1, r, d, logits_t,
-                                                       selector, support)
+  loss, kl = objectives.categorical_double_q_objective(
+      logits_tm1, a_tm1, r, d, logits_t, selector, support
+  )
   log_p = np.log([0.25, 0.75])
   want = [-(0.5 * log_p[0] + 0.5 * log_p[1]), -log_p[1]]
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   # KL(target || p) = CE - H(target): H = log 2 for sample 0, 0 for sample 1 (clamped at 1e-6).
   np.testing.assert_allclose(kl, [want[0] - np.log(2.0), want[1]], rtol=1e-4, atol=2e-5)
   _, ce = objectives.categorical_double_q_objective(
-      logits_tm1, a_tm1, r, d, logits_t, selector, support, objectives.PRIORITIES["ce"])
+      logits_tm1, a_tm1, r, d, logits_t, selector, support, objectives.PRIORITIES["ce"]
+  )
   np.testing.assert_allclose(ce, np.array(want) + 1e-10, rtol=1e-6)
   assert objectives.PRIORITIES["kl"] is objectives.kl_priorities
 
@@ -213,11 +245,14 @@ def test_selectors_online_or_bootstrap_q_values():
   boot = jnp.array([[[0.0, 0.0], [0.0, np.log(3.0)]]])
   online = lambda params, norm, latent, key: latent * params
   latent = jnp.array([[[np.log(3.0), 0.0], [0.0, 0.0]]])
-  np.testing.assert_allclose(objectives.online_selector(online, 1.0, latent, boot, None, support),
-                             [[0.25, 0.5]], rtol=1e-6)
   np.testing.assert_allclose(
-      objectives.bootstrap_selector(online, 1.0, latent, boot, None, support), [[0.5, 0.75]],
-      rtol=1e-6)
+      objectives.online_selector(online, 1.0, latent, boot, None, support), [[0.25, 0.5]], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+      objectives.bootstrap_selector(online, 1.0, latent, boot, None, support),
+      [[0.5, 0.75]],
+      rtol=1e-6,
+  )
 
 
 def test_transition_rollout_hand_computed():
@@ -231,9 +266,12 @@ def test_transition_rollout_hand_computed():
 
 def test_transition_rollout_observes_each_step_as_it_is_made():
   seen = []
-  out = objectives.transition_rollout(lambda z, a: z + a[:, None], jnp.zeros((1, 1)),
-                                      jnp.array([[1, 2]]),
-                                      lambda z: seen.append(float(z[0, 0])) or 10 * z)
+  out = objectives.transition_rollout(
+      lambda z, a: z + a[:, None],
+      jnp.zeros((1, 1)),
+      jnp.array([[1, 2]]),
+      lambda z: seen.append(float(z[0, 0])) or 10 * z,
+  )
   assert seen == [1.0, 3.0]
   np.testing.assert_array_equal(jnp.stack(out), [[[10.0]], [[30.0]]])
 
@@ -257,12 +295,15 @@ def test_learned_and_closed_form_predictors():
 
 def test_self_predictive_objective_hand_computed():
   t = jnp.array([[[3.0, 4.0], [1.0, 0.0]]])  # [B=1, K=2, D=2]
-  np.testing.assert_allclose(objectives.self_predictive_objective(t, t, jnp.ones((1, 2))), [0.0],
-                             atol=1e-6)
-  np.testing.assert_allclose(objectives.self_predictive_objective(-t, t, jnp.ones((1, 2))), [4.0],
-                             rtol=1e-6)
   np.testing.assert_allclose(
-      objectives.self_predictive_objective(-t, t, jnp.array([[1.0, 0.0]])), [2.0], rtol=1e-6)
+      objectives.self_predictive_objective(t, t, jnp.ones((1, 2))), [0.0], atol=1e-6
+  )
+  np.testing.assert_allclose(
+      objectives.self_predictive_objective(-t, t, jnp.ones((1, 2))), [4.0], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+      objectives.self_predictive_objective(-t, t, jnp.array([[1.0, 0.0]])), [2.0], rtol=1e-6
+  )
 
 
 def test_spr_rollout_loss_hand_computed():
@@ -274,20 +315,35 @@ def test_spr_rollout_loss_hand_computed():
   predictor = objectives.learned_predictor(lambda params, norm, x: x)
   latent = jnp.array([[1.0, 2.0], [3.0, 1.0]]).reshape(b, 1, 1, 2)
   actions = jnp.array([[1, 2, 0], [0, 1, 0]])
-  z1, z2 = latent + actions[:, 0, None, None, None], latent + actions[:, :2].sum(1)[:, None, None,
-                                                                                   None]
+  z1, z2 = (
+      latent + actions[:, 0, None, None, None],
+      latent + actions[:, :2].sum(1)[:, None, None, None],
+  )
   future = jnp.stack([z1, -z2], axis=1).reshape(b * k, 1, 1, 2)  # sample-major
   terminals = jnp.zeros((b, 4), bool)
-  loss, state = objectives.spr_rollout_loss(transition, project, predictor, 1.0, 1.0, latent,
-                                            future, actions, terminals, (), 5.0)
+  loss, state = objectives.spr_rollout_loss(
+      transition, project, predictor, 1.0, 1.0, latent, future, actions, terminals, (), 5.0
+  )
   np.testing.assert_allclose(loss, [5.0 * 2.0] * 2, rtol=1e-6)  # mean of (0, 4) times 5
   assert state == ()
   # d_2 = 1 masks step 2 (the SPR code's convention: step k needs no terminal in d_0..d_k).
-  loss, _ = objectives.spr_rollout_loss(transition, project, predictor, 1.0, 1.0, latent, future,
-                                        actions, terminals.at[:, 2].set(True), (), 5.0)
+  loss, _ = objectives.spr_rollout_loss(
+      transition,
+      project,
+      predictor,
+      1.0,
+      1.0,
+      latent,
+      future,
+      actions,
+      terminals.at[:, 2].set(True),
+      (),
+      5.0,
+  )
   np.testing.assert_allclose(loss, [0.0, 0.0], atol=1e-6)
-  loss, _ = objectives.spr_rollout_loss(transition, project, predictor, 1.0, 1.0, latent,
-                                        future[:0], actions, terminals, (), 5.0)
+  loss, _ = objectives.spr_rollout_loss(
+      transition, project, predictor, 1.0, 1.0, latent, future[:0], actions, terminals, (), 5.0
+  )
   np.testing.assert_array_equal(loss, [0.0, 0.0])  # K = 0
 
 
@@ -296,8 +352,14 @@ def test_hindsight_goal_reward_hand_computed():
   goals = jnp.array([[0.0, 1.0]])
   got = objectives.hindsight_goal_reward(latents, goals, 0.9, 5.0, 10.0)
   np.testing.assert_allclose(got, [10.0 * 0.9 * (1.0 - np.exp(-10.0))], rtol=1e-6)
-  assert float(jax.grad(lambda x: objectives.hindsight_goal_reward(
-      x, goals, 0.9, 5.0, 10.0)[0])(latents).sum()) == 0.0  # no gradient
+  assert (
+      float(
+          jax.grad(lambda x: objectives.hindsight_goal_reward(x, goals, 0.9, 5.0, 10.0)[0])(
+              latents
+          ).sum()
+      )
+      == 0.0
+  )  # no gradient
 
 
 def test_goal_objective_reads_online_target_and_selector_heads():
@@ -306,15 +368,21 @@ def test_goal_objective_reads_online_target_and_selector_heads():
   support = jnp.array([0.0, 1.0])
   head = lambda params, norm, latent, goals: latent[:, 0] * params + goals.sum()
   rng = np.random.default_rng(0)
-  latent, nxt_t, nxt_o = (jnp.asarray(rng.normal(size=(3, 1, 2, 2)), jnp.float32)
-                          for _ in range(3))
+  latent, nxt_t, nxt_o = (jnp.asarray(rng.normal(size=(3, 1, 2, 2)), jnp.float32) for _ in range(3))
   goals, actions, returns = jnp.zeros((3, 4)), jnp.array([0, 1, 1]), jnp.array([0.1, 0.2, 0.3])
   views = objectives.net_views(1.0, 2.0)
-  got = objectives.goal_objective(head, views, latent, nxt_t, nxt_o, goals, actions, returns, 0.9,
-                                  support)
+  got = objectives.goal_objective(
+      head, views, latent, nxt_t, nxt_o, goals, actions, returns, 0.9, support
+  )
   want = losses.batched_categorical_double_q_loss(
-      latent[:, 0], actions, returns, jnp.full((3,), 0.9), 2.0 * nxt_t[:, 0],
-      objectives.q_values(nxt_o[:, 0], support), support)
+      latent[:, 0],
+      actions,
+      returns,
+      jnp.full((3,), 0.9),
+      2.0 * nxt_t[:, 0],
+      objectives.q_values(nxt_o[:, 0], support),
+      support,
+  )
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
@@ -322,16 +390,18 @@ def test_inverse_objective_hand_computed():
   inverse = lambda x, y: x - y
   projections = jnp.array([[[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])  # [B=1, K=2, A=3]
   actions = jnp.array([[0, 1]])
-  loss, accuracy = objectives.inverse_objective(inverse, projections, jnp.zeros_like(projections),
-                                                actions)
+  loss, accuracy = objectives.inverse_objective(
+      inverse, projections, jnp.zeros_like(projections), actions
+  )
   ce0 = -(2.0 - np.log(np.exp(2.0) + 2.0))
   np.testing.assert_allclose(loss, [(ce0 + np.log(3.0)) / 2], rtol=1e-6)
   assert float(accuracy) == 0.5  # step 0 right (argmax 0); step 1 a tie, argmax 0 != 1
 
 
 def test_init_network_keeps_statistics_only_with_batchnorm():
-  net = types.SimpleNamespace(has_norm_state=False,
-                              init_with_norm_state=lambda key, x: ({"w": x.sum()}, {}))
+  net = types.SimpleNamespace(
+      has_norm_state=False, init_with_norm_state=lambda key, x: ({"w": x.sum()}, {})
+  )
   params, norm, rng = objectives.init_network(net, jax.random.PRNGKey(0))
   assert norm == () and float(params["w"]) == 0.0
   np.testing.assert_array_equal(rng, jax.random.split(jax.random.PRNGKey(0))[1])
@@ -339,11 +409,13 @@ def test_init_network_keeps_statistics_only_with_batchnorm():
   assert objectives.init_network(net, jax.random.PRNGKey(0))[1] == {}
 
 
-@pytest.mark.parametrize("before, want_target", [(True, 0.5 * 1.0 + 0.5 * 3.0),
-                                                 (False, 0.5 * 0.8 + 0.5 * 3.0)])
+@pytest.mark.parametrize(
+    "before, want_target", [(True, 0.5 * 1.0 + 0.5 * 3.0), (False, 0.5 * 0.8 + 0.5 * 3.0)]
+)
 def test_gradient_update_hand_computed(before, want_target):
   """SGD 0.1 on (p - x)^2 from p = 1, x = 0: gradient 2, p -> 0.8; the target's EMA (tau 0.5)
   from the parameters before or after the step; statistics from the aux dict."""
+
   def loss_fn(params, target, x):
     del target
     loss = jnp.sum((params - x) ** 2)
@@ -351,13 +423,21 @@ def test_gradient_update_hand_computed(before, want_target):
 
   rule = objectives.EmaTarget(0.5, before)
   opt = optax.sgd(0.1)
-  up = objectives.gradient_update(loss_fn, opt, rule, jnp.array(1.0), jnp.array(3.0),
-                                  opt.init(jnp.array(1.0)), jnp.array(0.0))
+  up = objectives.gradient_update(
+      loss_fn, opt, rule, jnp.array(1.0), jnp.array(3.0), opt.init(jnp.array(1.0)), jnp.array(0.0)
+  )
   np.testing.assert_allclose(up.loss, 1.0)
   np.testing.assert_allclose(up.params, 0.8, rtol=1e-6)
   np.testing.assert_allclose(up.target_params, want_target, rtol=1e-6)
   np.testing.assert_allclose(up.target_norm_state, 3.0, rtol=1e-6)
   assert bool(up.finite)
-  up = objectives.gradient_update(loss_fn, opt, objectives.OnlineTarget(), jnp.array(1.0), (),
-                                  opt.init(jnp.array(1.0)), jnp.array(jnp.nan))
+  up = objectives.gradient_update(
+      loss_fn,
+      opt,
+      objectives.OnlineTarget(),
+      jnp.array(1.0),
+      (),
+      opt.init(jnp.array(1.0)),
+      jnp.array(jnp.nan),
+  )
   assert not bool(up.finite) and (up.target_params, up.target_norm_state) == ((), ())

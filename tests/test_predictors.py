@@ -1,4 +1,5 @@
 """Numerics of spr.predictors, under jit and without (chex variants)."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -39,12 +40,15 @@ class MatrixFunctionsTest(chex.TestCase):
   def test_ns2_is_fourth_root(self):
     _, sigma = _spd(2)
     w = self.variant(preds.ns2_from_stats)(jnp.asarray(sigma), jnp.asarray(sigma))
-    np.testing.assert_allclose(np.linalg.matrix_power(np.asarray(w, np.float64), 4), sigma,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        np.linalg.matrix_power(np.asarray(w, np.float64), 4), sigma, atol=1e-4
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_stiefel_converges_to_polar_factor(self):
-    m = np.random.default_rng(3).normal(size=(5, 5)).astype(np.float32) + 3 * np.eye(5, dtype=np.float32)
+    m = np.random.default_rng(3).normal(size=(5, 5)).astype(np.float32) + 3 * np.eye(
+        5, dtype=np.float32
+    )
     w = self.variant(preds.stiefel_projection)(jnp.asarray(m))
     u, _, vt = np.linalg.svd(m.T)
     np.testing.assert_allclose(w, u @ vt, atol=1e-4)
@@ -56,8 +60,9 @@ class MatrixFunctionsTest(chex.TestCase):
     z = rng.normal(size=(100, 4))
     zt = z @ rng.normal(size=(4, 4)) + 0.1 * rng.normal(size=(100, 4))
     with jax.enable_x64(True):
-      w, state = self.variant(preds.lrp)(jnp.asarray(z), jnp.asarray(zt),
-                                         preds.init_state(4, jnp.float64))
+      w, state = self.variant(preds.lrp)(
+          jnp.asarray(z), jnp.asarray(zt), preds.init_state(4, jnp.float64)
+      )
       np.testing.assert_allclose(w, np.linalg.lstsq(z, zt, rcond=None)[0], atol=1e-12)
       self.assertEqual(int(state.count), 1)
 

@@ -1,6 +1,7 @@
 """The smoke chain through the entry points: launch.collect -> launch.pretrain -> launch.train
 --init_from (finetuning), plus resume, bad data and mismatched checkpoints. Uses the Nature CNN
 (the SGI ResNet is checked in test_sgi_losses.py: its depthwise convolutions are slow on CPU)."""
+
 import json
 import subprocess
 import sys
@@ -16,8 +17,9 @@ SMALL = ["--encoder=nature"]
 
 
 def run(cmd, check=True):
-  proc = subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True,
-                        timeout=600)
+  proc = subprocess.run(
+      [sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
   if check and proc.returncode != 0:
     raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
   return proc
@@ -33,23 +35,57 @@ def one_error(proc):
 def chain(tmp_path_factory):
   root = tmp_path_factory.mktemp("chain")
   data, pre, fine = root / "data", root / "pre", root / "fine"
-  collect = run(["launch.collect", "--game=Pong", "--policy=random", "--steps=300",
-                 "--checkpoint_size=128", f"--out={data}"])
-  pretrain = run(["launch.pretrain", "--config=smoke", *SMALL, f"--data_dir={data}",
-                  "--games=Pong", f"--workdir={pre}"])
-  finetune = run(["launch.train", "--config=smoke", *SMALL, "--game=Pong", f"--workdir={fine}",
-                  f"--init_from={pre}", "--encoder_lr=1e-6", "--head_first_lr=3e-5",
-                  "--grad_clip=0", "--target_tau=0.01", "--steps=200", "--eval_episodes=1",
-                  "--done_checkpoints=all"])  # a test below reads the first checkpoint
-  return dict(data=data, pre=pre, fine=fine, collect=collect, pretrain=pretrain,
-              finetune=finetune)
+  collect = run(
+      [
+          "launch.collect",
+          "--game=Pong",
+          "--policy=random",
+          "--steps=300",
+          "--checkpoint_size=128",
+          f"--out={data}",
+      ]
+  )
+  pretrain = run(
+      [
+          "launch.pretrain",
+          "--config=smoke",
+          *SMALL,
+          f"--data_dir={data}",
+          "--games=Pong",
+          f"--workdir={pre}",
+      ]
+  )
+  finetune = run(
+      [
+          "launch.train",
+          "--config=smoke",
+          *SMALL,
+          "--game=Pong",
+          f"--workdir={fine}",
+          f"--init_from={pre}",
+          "--encoder_lr=1e-6",
+          "--head_first_lr=3e-5",
+          "--grad_clip=0",
+          "--target_tau=0.01",
+          "--steps=200",
+          "--eval_episodes=1",
+          "--done_checkpoints=all",
+      ]
+  )  # a test below reads the first checkpoint
+  return dict(data=data, pre=pre, fine=fine, collect=collect, pretrain=pretrain, finetune=finetune)
 
 
 def test_collect_writes_the_layout(chain):
   logs = chain["data"] / "Pong" / "1" / "replay_logs"
   for i in range(3):
-    for name in ("$store$_observation", "$store$_action", "$store$_reward", "$store$_terminal",
-                 "add_count", "invalid_range"):
+    for name in (
+        "$store$_observation",
+        "$store$_action",
+        "$store$_reward",
+        "$store$_terminal",
+        "add_count",
+        "invalid_range",
+    ):
       assert (logs / f"{name}_ckpt.{i}.gz").exists()
   assert "checkpoints [0, 1, 2]" in chain["collect"].stdout
 
@@ -69,19 +105,36 @@ def test_pretrain_writes_the_run_files(chain):
   payload = checkpoint.read_file(pre / "pretrained.npz", "pretrained")["content"]
   assert payload["step"] == 20 and payload["num_actions"] == 6
   assert "samples/s" in chain["pretrain"].stdout
-  again = run(["launch.pretrain", "--config=smoke", *SMALL, f"--data_dir={chain['data']}",
-               "--games=Pong", f"--workdir={pre}"])
+  again = run(
+      [
+          "launch.pretrain",
+          "--config=smoke",
+          *SMALL,
+          f"--data_dir={chain['data']}",
+          "--games=Pong",
+          f"--workdir={pre}",
+      ]
+  )
   assert "already finished" in again.stderr
 
 
 def test_pretrain_resume_gives_the_uninterrupted_result(chain, tmp_path):
   import shutil
+
   pre = tmp_path / "pre"
   shutil.copytree(chain["pre"], pre)
   (pre / "final.json").unlink()
   (pre / "checkpoints" / "ckpt_20.npz").unlink()
-  run(["launch.pretrain", "--config=smoke", *SMALL, f"--data_dir={chain['data']}",
-       "--games=Pong", f"--workdir={pre}"])
+  run(
+      [
+          "launch.pretrain",
+          "--config=smoke",
+          *SMALL,
+          f"--data_dir={chain['data']}",
+          "--games=Pong",
+          f"--workdir={pre}",
+      ]
+  )
   load = lambda d: checkpoint.read_file(d / "checkpoints" / "ckpt_20.npz")["content"]["leaves"]
   for a, b in zip(load(chain["pre"]), load(pre)):
     np.testing.assert_array_equal(a, b)
@@ -100,12 +153,13 @@ def test_finetune_starts_from_the_pretrained_weights(chain):
   assert "loaded pretrained encoder" in chain["finetune"].stderr
   config = spr_config.config_from_json(json.loads((fine / "config.json").read_text()))
   assert config.init_from == str(chain["pre"])
-  template = jax.eval_shape(make_spr_network(config.network(), 6).init, jax.random.PRNGKey(0),
-                            jnp.zeros((1, 4, 84, 84)))
+  template = jax.eval_shape(
+      make_spr_network(config.network(), 6).init, jax.random.PRNGKey(0), jnp.zeros((1, 4, 84, 84))
+  )
   names = [(m, k) for m in sorted(template) for k in sorted(template[m])]
   payload = checkpoint.read_file(chain["pre"] / "pretrained.npz")["content"]
   ckpt = checkpoint.read_file(fine / "checkpoints" / "ckpt_100.npz")["content"]  # 1 update done
-  leaves = dict(zip(names, ckpt["leaves"][:len(names)]))
+  leaves = dict(zip(names, ckpt["leaves"][: len(names)]))
   checked = 0
   for (m, k), value in leaves.items():
     if "/encoder" in m or (m.endswith("value_hidden") and k == "w_mu"):
@@ -116,10 +170,20 @@ def test_finetune_starts_from_the_pretrained_weights(chain):
 
 
 def test_collect_with_a_checkpoint_policy(chain, tmp_path):
-  proc = run(["launch.collect", "--game=Pong", "--policy=checkpoint", f"--workdir={chain['fine']}",
-              "--steps=40", "--checkpoint_size=1000", f"--out={tmp_path}"])
+  proc = run(
+      [
+          "launch.collect",
+          "--game=Pong",
+          "--policy=checkpoint",
+          f"--workdir={chain['fine']}",
+          "--steps=40",
+          "--checkpoint_size=1000",
+          f"--out={tmp_path}",
+      ]
+  )
   assert "checkpoints [0]" in proc.stdout
   from spr import dqn_replay
+
   assert len(dqn_replay.load_checkpoint(tmp_path / "Pong" / "1", 0)) == 40
 
 
@@ -128,27 +192,62 @@ def test_mismatched_checkpoint_is_a_one_line_error(chain, tmp_path):
   err = one_error(run([*base, "--game=Breakout", f"--workdir={tmp_path / 'a'}"], check=False))
   assert "pretrained on ALE actions [0, 1, 3, 4, 11, 12]" in err
   assert "this game has [0, 1, 3, 4]" in err and "--full_action_set" in err
-  err = one_error(run([*base, "--game=Pong", "--encoder_channels=16,16,16",
-                       f"--workdir={tmp_path / 'b'}"], check=False))
+  err = one_error(
+      run(
+          [*base, "--game=Pong", "--encoder_channels=16,16,16", f"--workdir={tmp_path / 'b'}"],
+          check=False,
+      )
+  )
   assert "encoder_channels" in err
-  err = one_error(run(["launch.train", "--config=smoke", "--game=Pong",
-                       f"--init_from={tmp_path / 'nothing'}", f"--workdir={tmp_path / 'c'}"],
-                      check=False))
+  err = one_error(
+      run(
+          [
+              "launch.train",
+              "--config=smoke",
+              "--game=Pong",
+              f"--init_from={tmp_path / 'nothing'}",
+              f"--workdir={tmp_path / 'c'}",
+          ],
+          check=False,
+      )
+  )
   assert "does not exist" in err
   assert not any((tmp_path / w).exists() for w in "abc")
 
 
 def test_bad_data_is_a_one_line_error_naming_the_file(chain, tmp_path):
   import shutil
+
   data = tmp_path / "data"
   shutil.copytree(chain["data"], data, ignore=shutil.ignore_patterns("npy_cache"))
   bad = data / "Pong" / "1" / "replay_logs" / "$store$_reward_ckpt.1.gz"
   bad.write_bytes(bad.read_bytes()[:20])
-  err = one_error(run(["launch.pretrain", "--config=smoke", *SMALL, f"--data_dir={data}",
-                       "--games=Pong", f"--workdir={tmp_path / 'w'}"], check=False))
+  err = one_error(
+      run(
+          [
+              "launch.pretrain",
+              "--config=smoke",
+              *SMALL,
+              f"--data_dir={data}",
+              "--games=Pong",
+              f"--workdir={tmp_path / 'w'}",
+          ],
+          check=False,
+      )
+  )
   assert "$store$_reward_ckpt.1.gz" in err
-  err = one_error(run(["launch.pretrain", "--config=smoke", f"--data_dir={data}",
-                       "--games=Breakout", f"--workdir={tmp_path / 'w2'}"], check=False))
+  err = one_error(
+      run(
+          [
+              "launch.pretrain",
+              "--config=smoke",
+              f"--data_dir={data}",
+              "--games=Breakout",
+              f"--workdir={tmp_path / 'w2'}",
+          ],
+          check=False,
+      )
+  )
   assert "Breakout: missing" in err
 
 
@@ -156,18 +255,41 @@ def test_games_with_other_action_sets_pretrain_on_the_full_set(chain, tmp_path):
   """Pong (6 actions) + Breakout (4): refused without --full_action_set; with it, pretraining
   maps each game's actions to ALE ids (18 actions) and Breakout finetunes in its minimal set."""
   data = tmp_path / "data"
-  run(["launch.collect", "--game=Breakout", "--policy=random", "--steps=200",
-       "--checkpoint_size=128", f"--out={data}"])
+  run(
+      [
+          "launch.collect",
+          "--game=Breakout",
+          "--policy=random",
+          "--steps=200",
+          "--checkpoint_size=128",
+          f"--out={data}",
+      ]
+  )
   (data / "Pong").symlink_to(chain["data"] / "Pong", target_is_directory=True)
-  base = ["launch.pretrain", "--config=smoke", *SMALL, f"--data_dir={data}",
-          "--games=Pong,Breakout", "--steps=4"]
+  base = [
+      "launch.pretrain",
+      "--config=smoke",
+      *SMALL,
+      f"--data_dir={data}",
+      "--games=Pong,Breakout",
+      "--steps=4",
+  ]
   err = one_error(run([*base, f"--workdir={tmp_path / 'refused'}"], check=False))
   assert "--full_action_set" in err and "Pong: 6" in err and "Breakout: 4" in err
   run([*base, "--full_action_set=true", f"--workdir={tmp_path / 'pre'}"])
   payload = checkpoint.read_file(tmp_path / "pre" / "pretrained.npz")["content"]
   assert payload["num_actions"] == 18 and payload["action_set"] == list(range(18))
   assert payload["games"] == ["Pong", "Breakout"]
-  fine = run(["launch.train", "--config=smoke", *SMALL, "--game=Breakout", "--steps=120",
-              "--eval_episodes=1", f"--init_from={tmp_path / 'pre'}",
-              f"--workdir={tmp_path / 'fine'}"])
+  fine = run(
+      [
+          "launch.train",
+          "--config=smoke",
+          *SMALL,
+          "--game=Breakout",
+          "--steps=120",
+          "--eval_episodes=1",
+          f"--init_from={tmp_path / 'pre'}",
+          f"--workdir={tmp_path / 'fine'}",
+      ]
+  )
   assert "loaded pretrained encoder" in fine.stderr

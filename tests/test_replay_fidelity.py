@@ -3,6 +3,7 @@
 code's rlpyt buffer, "bbf" as BBF's subsequence buffer), the draw ("stratified",
 "proportional" rlpyt, "bbf" stratified-then-redraw), the importance weights ("schaul", "spr")
 and duplicate indices in a priority update ("any", "first" rlpyt, "last" Dopamine/BBF)."""
+
 import functools
 
 import jax
@@ -15,10 +16,11 @@ from spr import replay as rp
 FRAME_SHAPE = (2, 3)
 
 _add = jax.jit(rp.replay_add, static_argnames=("new_priority",))
-_mask = jax.jit(rp.sampleable_mask, static_argnames=("n_step", "spr_steps", "stack_size",
-                                                      "rule"))
-_indices = jax.jit(rp.sample_indices, static_argnames=(
-    "batch_size", "n_step", "spr_steps", "stack_size", "rule", "draw", "weights"))
+_mask = jax.jit(rp.sampleable_mask, static_argnames=("n_step", "spr_steps", "stack_size", "rule"))
+_indices = jax.jit(
+    rp.sample_indices,
+    static_argnames=("batch_size", "n_step", "spr_steps", "stack_size", "rule", "draw", "weights"),
+)
 _update = jax.jit(rp.replay_update_priorities, static_argnames=("duplicates",))
 
 
@@ -26,8 +28,14 @@ def fill(capacity, count, terminal_steps=(), new_priority="max"):
   """`count` adds; frame t is filled with t % 250 + 1, terminals at `terminal_steps`."""
   state = rp.replay_init(capacity, FRAME_SHAPE)
   for t in range(count):
-    state = _add(state, np.full(FRAME_SHAPE, t % 250 + 1, np.uint8), t % 4, 0.0,
-                 t in terminal_steps, new_priority=new_priority)
+    state = _add(
+        state,
+        np.full(FRAME_SHAPE, t % 250 + 1, np.uint8),
+        t % 4,
+        0.0,
+        t in terminal_steps,
+        new_priority=new_priority,
+    )
   return state
 
 
@@ -65,18 +73,21 @@ def test_new_priority_one_before_any_update():
 #   horizon: t >= lo, t + 3 < A, and after wrap lo .. lo+2 only if a live terminal cuts them;
 #   rlpyt:   lo + 3 <= t <= A - (n + K + 3) = A - 8;
 #   bbf:     A < 32: 3 <= t <= A - (n + K + 2) = A - 7;  A >= 32: lo + 4 <= t <= A - n - 1 = A - 4.
-@pytest.mark.parametrize("count,rule,expected", [
-    (20, "horizon", range(0, 17)),
-    (20, "rlpyt", range(3, 13)),
-    (20, "bbf", range(3, 14)),
-    (31, "bbf", range(3, 25)),  # not full yet
-    (32, "bbf", range(4, 29)),  # full: the 4 oldest and only the n newest excluded
-    (32, "rlpyt", range(3, 25)),
-    (32, "horizon", range(0, 29)),
-    (40, "horizon", range(11, 37)),  # lo = 8: 8, 9, 10 need overwritten frames
-    (40, "rlpyt", range(11, 33)),
-    (40, "bbf", range(12, 37)),
-])
+@pytest.mark.parametrize(
+    "count,rule,expected",
+    [
+        (20, "horizon", range(0, 17)),
+        (20, "rlpyt", range(3, 13)),
+        (20, "bbf", range(3, 14)),
+        (31, "bbf", range(3, 25)),  # not full yet
+        (32, "bbf", range(4, 29)),  # full: the 4 oldest and only the n newest excluded
+        (32, "rlpyt", range(3, 25)),
+        (32, "horizon", range(0, 29)),
+        (40, "horizon", range(11, 37)),  # lo = 8: 8, 9, 10 need overwritten frames
+        (40, "rlpyt", range(11, 33)),
+        (40, "bbf", range(12, 37)),
+    ],
+)
 def test_sampleable_rules_hand_listed(count, rule, expected):
   assert valid_steps(fill(32, count), 3, 2, rule) == list(expected)
 
@@ -139,8 +150,9 @@ def test_rlpyt_and_bbf_rules_at_every_add_count(n, k):
     horizon = np.asarray(_mask(state, n_step=n, spr_steps=k))
     for rule, ref in (("rlpyt", rlpyt_events), ("bbf", bbf_literal)):
       mask = np.asarray(_mask(state, n_step=n, spr_steps=k, rule=rule))
-      np.testing.assert_array_equal(mask, ref(count, capacity, n, k),
-                                    err_msg=f"{rule} add_count={count}")
+      np.testing.assert_array_equal(
+          mask, ref(count, capacity, n, k), err_msg=f"{rule} add_count={count}"
+      )
       # Subsets of the horizon rule, whose batches tests/test_replay.py checks exactly.
       assert not (mask & ~horizon).any(), (rule, count)
     state = _add(state, np.full(FRAME_SHAPE, 1, np.uint8), 0, 0.0, count % 7 == 3)
@@ -154,8 +166,9 @@ def test_unknown_rule_rejected():
 # ------------------------------------------------------------------ draws
 def numpy_search(cum, u):
   """Index i with cum[i-1] <= u < cum[i] (exact here: the masses are small integers)."""
-  return np.minimum(np.searchsorted(cum, u, side="right"),
-                    np.searchsorted(cum, cum[-1], side="left"))
+  return np.minimum(
+      np.searchsorted(cum, u, side="right"), np.searchsorted(cum, cum[-1], side="left")
+  )
 
 
 def priorities_state(count, capacity, p):
@@ -168,19 +181,21 @@ def test_draws_reproduce_hand_computed_searches():
   with integer masses, so every cumulative sum is exact and the draws can be recomputed."""
   capacity, b = 16, 5
   m = np.array([1, 2, 1, 4, 1, 1, 3, 1, 2, 1, 1, 5, 7, 0, 0, 0], np.float32)
-  state = priorities_state(12, capacity, m ** 2)
+  state = priorities_state(12, capacity, m**2)
   valid = np.arange(capacity) <= 10
   cum = np.cumsum(np.where(valid, m, 0)).astype(np.float32)
   total = cum[-1]
   for i in range(10):
     key = jax.random.PRNGKey(i)
     v = np.asarray(jax.random.uniform(key, (b,), jnp.float32))
-    idx, _ = _indices(state, key, batch_size=b, n_step=1, spr_steps=1, beta=0.4, alpha=0.5,
-                      draw="stratified")
+    idx, _ = _indices(
+        state, key, batch_size=b, n_step=1, spr_steps=1, beta=0.4, alpha=0.5, draw="stratified"
+    )
     u = (np.arange(b, dtype=np.float32) + v) * np.float32(total / np.float32(b))
     np.testing.assert_array_equal(np.asarray(idx), numpy_search(cum, u))
-    idx, _ = _indices(state, key, batch_size=b, n_step=1, spr_steps=1, beta=0.4, alpha=0.5,
-                      draw="proportional")
+    idx, _ = _indices(
+        state, key, batch_size=b, n_step=1, spr_steps=1, beta=0.4, alpha=0.5, draw="proportional"
+    )
     np.testing.assert_array_equal(np.asarray(idx), numpy_search(cum, v * total))
 
 
@@ -191,8 +206,17 @@ def test_bbf_draw_stratified_over_written_then_redrawn():
   state = fill(16, 8)
   seen = set()
   for i in range(20):
-    idx, w = _indices(state, jax.random.PRNGKey(i), batch_size=8, n_step=1, spr_steps=0,
-                      beta=0.4, alpha=0.5, rule="bbf", draw="bbf")
+    idx, w = _indices(
+        state,
+        jax.random.PRNGKey(i),
+        batch_size=8,
+        n_step=1,
+        spr_steps=0,
+        beta=0.4,
+        alpha=0.5,
+        rule="bbf",
+        draw="bbf",
+    )
     idx = np.asarray(idx)
     np.testing.assert_array_equal(idx[3:6], [3, 4, 5])
     assert set(idx) <= {3, 4, 5}
@@ -212,12 +236,15 @@ def test_bbf_draw_marginal_is_proportional_over_sampleable():
   mask = np.asarray(_mask(state, n_step=2, spr_steps=1, rule="bbf"))
   assert list(np.flatnonzero(mask)) == list(range(3, 26))
   keys = jax.random.split(jax.random.PRNGKey(1), 500)
-  draw = jax.jit(jax.vmap(lambda key: rp.sample_indices(
-      state, key, 16, 2, 1, 0.4, alpha, rule="bbf", draw="bbf")[0]))
+  draw = jax.jit(
+      jax.vmap(
+          lambda key: rp.sample_indices(state, key, 16, 2, 1, 0.4, alpha, rule="bbf", draw="bbf")[0]
+      )
+  )
   idx = np.asarray(draw(keys)).ravel()
   counts = np.bincount(idx, minlength=capacity)
   assert counts[~mask].sum() == 0
-  probs = np.where(mask, p ** alpha, 0.0)
+  probs = np.where(mask, p**alpha, 0.0)
   probs /= probs.sum()
   expected = idx.size * probs[mask]
   chi2 = ((counts[mask] - expected) ** 2 / expected).sum()
@@ -229,8 +256,9 @@ def test_proportional_draw_is_not_stratified():
   second; the i.i.d. rlpyt draw gives (0 or 1) second in about half of the batches."""
   state = rp.replay_update_priorities(fill(16, 4), jnp.arange(3), jnp.array([1.0, 1.0, 4.0]))
   keys = jax.random.split(jax.random.PRNGKey(0), 400)
-  draw = jax.jit(jax.vmap(lambda key: rp.sample_indices(
-      state, key, 2, 1, 1, 0.4, 0.5, draw="proportional")[0]))
+  draw = jax.jit(
+      jax.vmap(lambda key: rp.sample_indices(state, key, 2, 1, 1, 0.4, 0.5, draw="proportional")[0])
+  )
   idx = np.asarray(draw(keys))
   assert set(idx.ravel()) == {0, 1, 2}
   frac_low_second = np.mean(idx[:, 1] < 2)
@@ -243,15 +271,22 @@ def test_spr_weights_hand_computed(beta):
   """Steps 0, 1, 2 sampleable with p = 1e-6, 1e-6, 4e-6 (alpha 0.5: masses 1e-3, 1e-3, 2e-3).
   Stratified batch 2: index 0 or 1 first, index 2 second. schaul: w = 1, (2e-3 / 1e-3)^-beta;
   SPR: 1, ((2e-3 + 1e-5) / (1e-3 + 1e-5))^-beta = 1, (201 / 101)^-beta."""
-  state = rp.replay_update_priorities(fill(16, 4), jnp.arange(3),
-                                      jnp.array([1e-6, 1e-6, 4e-6]))
+  state = rp.replay_update_priorities(fill(16, 4), jnp.arange(3), jnp.array([1e-6, 1e-6, 4e-6]))
   for i in range(5):
-    for weights, expected in (("schaul", 0.5 ** beta), ("spr", (201 / 101) ** -beta)):
-      idx, w = _indices(state, jax.random.PRNGKey(i), batch_size=2, n_step=1, spr_steps=1,
-                        beta=beta, alpha=0.5, weights=weights)
+    for weights, expected in (("schaul", 0.5**beta), ("spr", (201 / 101) ** -beta)):
+      idx, w = _indices(
+          state,
+          jax.random.PRNGKey(i),
+          batch_size=2,
+          n_step=1,
+          spr_steps=1,
+          beta=beta,
+          alpha=0.5,
+          weights=weights,
+      )
       assert np.asarray(idx)[1] == 2
       np.testing.assert_allclose(np.asarray(w), [1.0, expected], rtol=2e-5)
-  assert abs((201 / 101) ** -beta / 0.5 ** beta - 1) > 4e-3 * beta  # a real difference
+  assert abs((201 / 101) ** -beta / 0.5**beta - 1) > 4e-3 * beta  # a real difference
 
 
 def test_spr_weights_match_formula_on_any_batch():
@@ -259,8 +294,18 @@ def test_spr_weights_match_formula_on_any_batch():
   p = np.random.default_rng(3).uniform(1e-6, 2.0, capacity).astype(np.float32)
   state = priorities_state(30, capacity, p)
   for i in range(5):
-    idx, w = _indices(state, jax.random.PRNGKey(i), batch_size=8, n_step=3, spr_steps=2,
-                      beta=0.6, alpha=0.5, rule="rlpyt", draw="proportional", weights="spr")
+    idx, w = _indices(
+        state,
+        jax.random.PRNGKey(i),
+        batch_size=8,
+        n_step=3,
+        spr_steps=2,
+        beta=0.6,
+        alpha=0.5,
+        rule="rlpyt",
+        draw="proportional",
+        weights="spr",
+    )
     m = np.asarray(state.priorities, np.float64)[np.asarray(idx)] ** 0.5
     ref = (1.0 / (m + 1e-5)) ** 0.6
     np.testing.assert_allclose(np.asarray(w), ref / ref.max(), rtol=2e-5)
@@ -270,8 +315,9 @@ def test_spr_weights_match_formula_on_any_batch():
 @pytest.mark.parametrize("duplicates,expected", [("first", 1.0), ("last", 4.0)])
 def test_duplicate_priority_updates(duplicates, expected):
   state = fill(16, 8)
-  new = _update(state, jnp.array([3, 5, 3, 3]), jnp.array([1.0, 2.0, 3.0, 4.0]),
-                duplicates=duplicates)
+  new = _update(
+      state, jnp.array([3, 5, 3, 3]), jnp.array([1.0, 2.0, 3.0, 4.0]), duplicates=duplicates
+  )
   pr = np.asarray(new.priorities)
   assert pr[3] == expected and pr[5] == 2.0
   np.testing.assert_array_equal(pr[[0, 1, 2, 4, 6, 7]], 1.0)
@@ -285,15 +331,17 @@ def test_options_under_jit_and_vmap():
   """A leading run axis with every reference option: vmapped add / sample / update equal the
   per-run results (the string options are bound with functools.partial)."""
   runs, capacity = 2, 24
-  opts = [dict(rule="rlpyt", draw="proportional", weights="spr"),
-          dict(rule="bbf", draw="bbf", weights="schaul")]
+  opts = [
+      dict(rule="rlpyt", draw="proportional", weights="spr"),
+      dict(rule="bbf", draw="bbf", weights="schaul"),
+  ]
   for new_priority, duplicates, sample_opts in zip(("one", "max"), ("first", "last"), opts):
     add = jax.jit(jax.vmap(functools.partial(rp.replay_add, new_priority=new_priority)))
-    one_sample = functools.partial(rp.replay_sample, batch_size=6, n_step=3, spr_steps=2,
-                                   beta=0.5, alpha=0.5, **sample_opts)
+    one_sample = functools.partial(
+        rp.replay_sample, batch_size=6, n_step=3, spr_steps=2, beta=0.5, alpha=0.5, **sample_opts
+    )
     sample, sample_single = jax.jit(jax.vmap(one_sample)), jax.jit(one_sample)
-    upd = jax.jit(jax.vmap(functools.partial(rp.replay_update_priorities,
-                                             duplicates=duplicates)))
+    upd = jax.jit(jax.vmap(functools.partial(rp.replay_update_priorities, duplicates=duplicates)))
     state = jax.vmap(lambda _: rp.replay_init(capacity, FRAME_SHAPE))(jnp.arange(runs))
     singles = [rp.replay_init(capacity, FRAME_SHAPE) for _ in range(runs)]
     rng = np.random.default_rng(0)
@@ -301,8 +349,10 @@ def test_options_under_jit_and_vmap():
       frames = rng.integers(0, 255, (runs, *FRAME_SHAPE), dtype=np.uint8)
       terms = rng.random(runs) < 0.15
       state = add(state, frames, jnp.full((runs,), t % 3), jnp.zeros(runs), terms)
-      singles = [_add(singles[r], frames[r], t % 3, 0.0, terms[r], new_priority=new_priority)
-                 for r in range(runs)]
+      singles = [
+          _add(singles[r], frames[r], t % 3, 0.0, terms[r], new_priority=new_priority)
+          for r in range(runs)
+      ]
       if t % 10 == 9:  # move the priorities (and max_priority) between adds
         keys = jax.random.split(jax.random.PRNGKey(t), runs)
         _, idx, w = sample(state, keys)
@@ -314,5 +364,4 @@ def test_options_under_jit_and_vmap():
           np.testing.assert_allclose(np.asarray(w[r]), np.asarray(ref_w), rtol=1e-6)
           singles[r] = _update(singles[r], ref_idx, new_p[r], duplicates=duplicates)
     for r in range(runs):
-      jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[r], b), state,
-                             singles[r])
+      jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a[r], b), state, singles[r])

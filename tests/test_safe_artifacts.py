@@ -1,6 +1,7 @@
 """Checkpoints and pretrained files are loaded without running code (issue 12, "safe artifacts"):
 a crafted pickle put where either is expected is refused and runs nothing; legacy pickles are
 read only behind the explicit opt-in (SPR_ALLOW_PICKLE=1 or allow_pickle=True)."""
+
 import io
 import json
 import pickle
@@ -30,8 +31,17 @@ class _Evil:
 
 
 def evil_pickle(marker) -> bytes:
-  return pickle.dumps({"version": 1, "step": 5, "leaves": [_Evil(marker)], "host": {},
-                       "params": {}, "config": {}, "num_actions": 6})
+  return pickle.dumps(
+      {
+          "version": 1,
+          "step": 5,
+          "leaves": [_Evil(marker)],
+          "host": {},
+          "params": {},
+          "config": {},
+          "num_actions": 6,
+      }
+  )
 
 
 @pytest.fixture(autouse=True)
@@ -86,9 +96,14 @@ def test_an_npz_holding_a_pickled_object_array_is_refused(tmp_path):
   """An .npz whose record points at an object array (np.save pickles those) is refused by
   np.load's allow_pickle=False: nothing runs."""
   marker = tmp_path / "ran"
-  meta = dict(format="spr-npz", kind="checkpoint", version=2, config=None,
-              arrays={"a0": dict(path="content.leaves[0]", dtype="|O", shape=[1], sha256="")},
-              content=dict(step=5, leaves=[{"$t": "array", "k": "a0"}], host={}))
+  meta = dict(
+      format="spr-npz",
+      kind="checkpoint",
+      version=2,
+      config=None,
+      arrays={"a0": dict(path="content.leaves[0]", dtype="|O", shape=[1], sha256="")},
+      content=dict(step=5, leaves=[{"$t": "array", "k": "a0"}], host={}),
+  )
   obj = np.empty(1, object)
   obj[0] = _Evil(marker)
   buf = io.BytesIO()
@@ -111,8 +126,11 @@ def test_legacy_pickles_load_only_with_the_opt_in(tmp_path, monkeypatch):
   """A checkpoint and a pretrained file of the older (pickle) format: refused by default; read
   with allow_pickle=True or SPR_ALLOW_PICKLE=1; the run's next checkpoint is an .npz and pruning
   removes the old pickle."""
-  (tmp_path / "ckpt_5.pkl").write_bytes(pickle.dumps(
-      dict(version=1, step=5, leaves=[np.arange(3.0, dtype=np.float32)], host={"env": b"\x01"})))
+  (tmp_path / "ckpt_5.pkl").write_bytes(
+      pickle.dumps(
+          dict(version=1, step=5, leaves=[np.arange(3.0, dtype=np.float32)], host={"env": b"\x01"})
+      )
+  )
   with pytest.raises(checkpoint.UnsafeFileError):
     checkpoint.restore(tmp_path, tree())
   restored = checkpoint.restore(tmp_path, tree(), allow_pickle=True)
@@ -122,8 +140,15 @@ def test_legacy_pickles_load_only_with_the_opt_in(tmp_path, monkeypatch):
   checkpoint.save(tmp_path, 6, restored.tree, restored.host, keep=1)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_6.npz"]
 
-  payload = dict(version=2, step=7, games=["Pong"], num_actions=6, action_set=[0, 1, 3, 4, 11, 12],
-                 config={"encoder": "nature"}, params={"m": {"w": np.ones(2, np.float32)}})
+  payload = dict(
+      version=2,
+      step=7,
+      games=["Pong"],
+      num_actions=6,
+      action_set=[0, 1, 3, 4, 11, 12],
+      config={"encoder": "nature"},
+      params={"m": {"w": np.ones(2, np.float32)}},
+  )
   (tmp_path / "pretrained.pkl").write_bytes(pickle.dumps(payload))
   assert finetune.load_pretrained(tmp_path)["step"] == 7
   monkeypatch.delenv(checkpoint.ALLOW_PICKLE_ENV)
@@ -135,10 +160,18 @@ def test_legacy_pickles_load_only_with_the_opt_in(tmp_path, monkeypatch):
 def test_a_pretrained_file_round_trips_exactly(tmp_path):
   """What agents/sgi/pretrainer.py writes (module -> name -> array, a config with tuples) comes
   back as written, and is preferred to a legacy pickle beside it."""
-  payload = dict(version=2, step=7, games=["Pong"], num_actions=6, action_set=[0, 1, 3, 4, 11, 12],
-                 config={"encoder": "nature", "encoder_channels": (32, 64, 64)},
-                 params={"spr/~/encoder/conv0": {"w": np.ones((2, 2), np.float32)}},
-                 target_params={}, norm_state={}, target_norm_state={})
+  payload = dict(
+      version=2,
+      step=7,
+      games=["Pong"],
+      num_actions=6,
+      action_set=[0, 1, 3, 4, 11, 12],
+      config={"encoder": "nature", "encoder_channels": (32, 64, 64)},
+      params={"spr/~/encoder/conv0": {"w": np.ones((2, 2), np.float32)}},
+      target_params={},
+      norm_state={},
+      target_norm_state={},
+  )
   checkpoint.write_file(tmp_path / "pretrained.npz", payload, "pretrained")
   (tmp_path / "pretrained.pkl").write_bytes(b"never read")
   loaded = finetune.load_pretrained(tmp_path)
@@ -149,8 +182,9 @@ def test_a_pretrained_file_round_trips_exactly(tmp_path):
   # A checkpoint given as a pretrained file is named for what it is.
   ckpt = checkpoint.save(tmp_path / "c", 1, tree(), {})
   (tmp_path / "pretrained.npz").write_bytes(ckpt.read_bytes())
-  with pytest.raises(finetune.PretrainedMismatch, match="holds a 'checkpoint' file, not a "
-                     "'pretrained' file"):
+  with pytest.raises(
+      finetune.PretrainedMismatch, match="holds a 'checkpoint' file, not a " "'pretrained' file"
+  ):
     finetune.load_pretrained(tmp_path)
 
 
@@ -159,9 +193,21 @@ def test_launch_train_refuses_a_crafted_init_from_in_one_line(tmp_path):
   pre = tmp_path / "pre"
   pre.mkdir()
   (pre / "pretrained.pkl").write_bytes(evil_pickle(marker))
-  proc = subprocess.run([sys.executable, "-m", "launch.train", "--config=smoke", "--game=Pong",
-                         f"--init_from={pre}", f"--workdir={tmp_path / 'w'}"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "launch.train",
+          "--config=smoke",
+          "--game=Pong",
+          f"--init_from={pre}",
+          f"--workdir={tmp_path / 'w'}",
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "SPR_ALLOW_PICKLE=1" in errors[0], proc.stderr[-2000:]
@@ -175,9 +221,13 @@ def test_launch_train_refuses_a_crafted_checkpoint_in_one_line(tmp_path):
   work = tmp_path / "w"
   (work / "checkpoints").mkdir(parents=True)
   (work / "checkpoints" / "ckpt_100.pkl").write_bytes(evil_pickle(marker))
-  proc = subprocess.run([sys.executable, "-m", "launch.train", "--config=smoke", "--game=Pong",
-                         f"--workdir={work}"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+      [sys.executable, "-m", "launch.train", "--config=smoke", "--game=Pong", f"--workdir={work}"],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "SPR_ALLOW_PICKLE=1" in errors[0], proc.stderr[-2000:]

@@ -1,5 +1,6 @@
 """SGI objectives (spr/losses.py) on hand-computed values, the SGI networks' shapes, and the
 per-group learning rates of finetuning."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,11 +13,12 @@ from spr.networks import NetworkConfig, make_sgi_network, make_spr_network
 def test_goal_distance_hand_computed():
   s = jnp.array([3.0, 4.0])  # normalised: (0.6, 0.8)
   g = jnp.array([0.0, 2.0])  # normalised: (0, 1)
-  sq = 0.6 ** 2 + 0.2 ** 2  # 0.4
+  sq = 0.6**2 + 0.2**2  # 0.4
   np.testing.assert_allclose(losses.latent_goal_distance(s, g), 1 - np.exp(-5 * sq), rtol=1e-6)
   np.testing.assert_allclose(losses.latent_goal_distance(s, s), 0.0, atol=1e-7)
-  np.testing.assert_allclose(losses.latent_goal_distance(s, g, scale=1.0), 1 - np.exp(-sq),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      losses.latent_goal_distance(s, g, scale=1.0), 1 - np.exp(-sq), rtol=1e-6
+  )
 
 
 def test_goal_returns_hand_computed():
@@ -56,12 +58,15 @@ def test_inverse_dynamics_loss_hand_computed():
   actions = jnp.array([1, 0])
   ce1 = np.log(3.0)
   ce2 = -(2.0 - np.log(np.exp(2.0) + 2.0))
-  np.testing.assert_allclose(losses.inverse_dynamics_loss(logits, actions), (ce1 + ce2) / 2,
-                             rtol=1e-6)
   np.testing.assert_allclose(
-      losses.inverse_dynamics_loss(logits, actions, jnp.array([1.0, 0.0])), ce1 / 2, rtol=1e-6)
-  batched = losses.batched_inverse_dynamics_loss(jnp.stack([logits, logits]),
-                                                 jnp.stack([actions, actions]))
+      losses.inverse_dynamics_loss(logits, actions), (ce1 + ce2) / 2, rtol=1e-6
+  )
+  np.testing.assert_allclose(
+      losses.inverse_dynamics_loss(logits, actions, jnp.array([1.0, 0.0])), ce1 / 2, rtol=1e-6
+  )
+  batched = losses.batched_inverse_dynamics_loss(
+      jnp.stack([logits, logits]), jnp.stack([actions, actions])
+  )
   np.testing.assert_allclose(batched, [(ce1 + ce2) / 2] * 2, rtol=1e-6)
   jitted = jax.jit(losses.inverse_dynamics_loss)(logits, actions)
   np.testing.assert_allclose(jitted, (ce1 + ce2) / 2, rtol=1e-6)
@@ -74,8 +79,9 @@ def test_sgi_resnet_shapes_and_size(encoder, encoder_params):
   del encoder_params
   cfg = NetworkConfig(encoder=encoder, hidden=32, num_atoms=11, noisy=False)
   net = make_sgi_network(cfg, 4)
-  params, norm = jax.eval_shape(net.init_with_norm_state, jax.random.PRNGKey(0),
-                                jnp.zeros((2, 4, 84, 84)))
+  params, norm = jax.eval_shape(
+      net.init_with_norm_state, jax.random.PRNGKey(0), jnp.zeros((2, 4, 84, 84))
+  )
   latent = jax.eval_shape(net.apply[0], params, norm, jnp.zeros((2, 4, 84, 84)))
   width = 64 if encoder == "sgi_m" else 96
   assert latent.shape == (2, 7, 7, width)
@@ -87,8 +93,14 @@ def test_sgi_resnet_shapes_and_size(encoder, encoder_params):
 
 
 def test_sgi_block_starts_as_its_shortcut_and_goal_head_shapes():
-  cfg = NetworkConfig(encoder="sgi_m", encoder_channels=(8, 8, 8), hidden=16, num_atoms=11,
-                      noisy=False, transition_hidden=8)
+  cfg = NetworkConfig(
+      encoder="sgi_m",
+      encoder_channels=(8, 8, 8),
+      hidden=16,
+      num_atoms=11,
+      noisy=False,
+      transition_hidden=8,
+  )
   net = make_sgi_network(cfg, 5)
   x = jax.random.uniform(jax.random.PRNGKey(0), (3, 4, 84, 84))
   params, norm = net.init_with_norm_state(jax.random.PRNGKey(1), x)
@@ -113,8 +125,11 @@ def test_sgi_block_starts_as_its_shortcut_and_goal_head_shapes():
   # The pretraining network's shared parts have the SPR network's names and shapes.
   spr = make_spr_network(cfg, 5).init(jax.random.PRNGKey(1), x)
   for m in spr:
-    if "/encoder" in m or "/transition" in m or m.endswith(("predictor", "value_hidden",
-                                                            "advantage_hidden")):
+    if (
+        "/encoder" in m
+        or "/transition" in m
+        or m.endswith(("predictor", "value_hidden", "advantage_hidden"))
+    ):
       for k in params[m]:
         assert params[m][k].shape == spr[m][k].shape
 
@@ -124,11 +139,13 @@ def test_per_group_learning_rates():
   from agents.spr.learner import lr_group_labels, make_optimizer
 
   cfg = spr_config.make_config("smoke", dict(encoder_lr=1e-6, head_first_lr=3e-5, grad_clip=0.0))
-  params = {"spr/~/encoder/conv0": {"w": jnp.zeros(2)},
-            "spr/~/advantage_hidden": {"w_mu": jnp.zeros(2), "w_sigma": jnp.zeros(2)},
-            "spr/~/value_hidden": {"w_mu": jnp.zeros(2)},
-            "spr/~/value_out": {"w_mu": jnp.zeros(2)},
-            "spr/~/transition/conv0": {"w": jnp.zeros(2)}}
+  params = {
+      "spr/~/encoder/conv0": {"w": jnp.zeros(2)},
+      "spr/~/advantage_hidden": {"w_mu": jnp.zeros(2), "w_sigma": jnp.zeros(2)},
+      "spr/~/value_hidden": {"w_mu": jnp.zeros(2)},
+      "spr/~/value_out": {"w_mu": jnp.zeros(2)},
+      "spr/~/transition/conv0": {"w": jnp.zeros(2)},
+  }
   labels = lr_group_labels(params)
   assert labels["spr/~/encoder/conv0"]["w"] == "encoder"
   assert labels["spr/~/advantage_hidden"]["w_sigma"] == "head_first"

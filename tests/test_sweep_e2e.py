@@ -7,6 +7,7 @@ passing, config.json/metrics.jsonl for the status, final.json/eval.csv for the r
 The runs inherit JAX_COMPILATION_CACHE_DIR (tests/conftest.py), so they share the compiled
 learner with the other subprocess tests of the session.
 """
+
 import csv
 import json
 import os
@@ -21,9 +22,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(args, env, timeout=300):
-  proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=timeout)
-  assert proc.returncode == 0, f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+  proc = subprocess.run(
+      [sys.executable, "-m", *args],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
+  assert (
+      proc.returncode == 0
+  ), f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
   return proc.stdout
 
 
@@ -34,8 +43,18 @@ def test_sweep_real_train_status_rerun_report(tmp_path):
   root, out = tmp_path / "runs", tmp_path / "report"
 
   def sweep(seeds, parallel):
-    return _run(["launch.sweep", "--config=smoke", "--games=pong", f"--seeds={seeds}",
-                 f"--root={root}", f"--max_parallel={parallel}", "--gpus=none"], env)
+    return _run(
+        [
+            "launch.sweep",
+            "--config=smoke",
+            "--games=pong",
+            f"--seeds={seeds}",
+            f"--root={root}",
+            f"--max_parallel={parallel}",
+            "--gpus=none",
+        ],
+        env,
+    )
 
   # 1. seed 0 alone compiles the learner into the cache; then the sweep is extended to seeds
   #    0-1 with two slots: seed 0 is skipped, seed 1 trains (two cold compiles side by side
@@ -63,8 +82,10 @@ def test_sweep_real_train_status_rerun_report(tmp_path):
   # 2. --status: both done at step 400 of 400 (from metrics.jsonl and config.json)
   status = _run(["launch.sweep", f"--root={root}", "--status"], env)
   rows = [l.split() for l in status.splitlines() if l.startswith("smoke ")]
-  assert [r[:5] for r in rows] == [["smoke", "Pong", "0", "done", "400/400"],
-                                   ["smoke", "Pong", "1", "done", "400/400"]], status
+  assert [r[:5] for r in rows] == [
+      ["smoke", "Pong", "0", "done", "400/400"],
+      ["smoke", "Pong", "1", "done", "400/400"],
+  ], status
   assert "2 runs: 0 pending, 0 running, 2 done, 0 failed, 0 interrupted" in status
 
   # 3. the same sweep again starts nothing and leaves the runs untouched
@@ -80,12 +101,15 @@ def test_sweep_real_train_status_rerun_report(tmp_path):
   with open(out / "per_game.csv", newline="") as f:
     per_game = list(csv.DictReader(f))
   assert [(r["config"], r["game"], r["seeds"], r["seeds_asked"]) for r in per_game] == [
-      ("smoke", "pong", "2", "2")]
+      ("smoke", "pong", "2", "2")
+  ]
   assert np.isclose(float(per_game[0]["mean"]), expected)
   with open(out / "runs.csv", newline="") as f:
     runs = list(csv.DictReader(f))
   assert [(r["seed"], r["state"], r["steps"], r["budget"], r["eval_episodes"]) for r in runs] == [
-      ("0", "done", "400", "400", "2"), ("1", "done", "400", "400", "2")]
+      ("0", "done", "400", "400", "2"),
+      ("1", "done", "400", "400", "2"),
+  ]
   assert [float(r["score"]) for r in runs] == [f["mean_score"] for f in finals]
   with open(out / "aggregates.csv", newline="") as f:
     agg = [r for r in csv.DictReader(f) if r["algorithm"] == "smoke"]

@@ -1,4 +1,5 @@
 """theory.learn on a small matrix and on bad inputs (subprocess, exit codes)."""
+
 import json
 import os
 import subprocess
@@ -11,8 +12,13 @@ from absl.testing import absltest
 
 def _learn(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "theory.learn", *args], capture_output=True,
-                        text=True, env=env, timeout=120)
+  return subprocess.run(
+      [sys.executable, "-m", "theory.learn", *args],
+      capture_output=True,
+      text=True,
+      env=env,
+      timeout=120,
+  )
 
 
 def _lazy_ring(n):
@@ -33,8 +39,15 @@ class LearnCliTest(absltest.TestCase):
       phi = np.load(f"{tmp}/o/phi.npy")
       self.assertEqual(phi.shape, (8, 2))
       m = json.load(open(f"{tmp}/o/metrics.json"))
-      for key in ("overlap_eig", "overlap_left_singular", "overlap_right_singular",
-                  "gram_drift", "objective", "stopped", "steps"):
+      for key in (
+          "overlap_eig",
+          "overlap_left_singular",
+          "overlap_right_singular",
+          "gram_drift",
+          "objective",
+          "stopped",
+          "steps",
+      ):
         self.assertIn(key, m)
       self.assertEqual(m["stopped"], "converged")
       self.assertGreater(m["overlap_eig"], 0.99)
@@ -43,12 +56,14 @@ class LearnCliTest(absltest.TestCase):
   def test_bad_inputs_exit_2(self):
     with tempfile.TemporaryDirectory() as tmp:
       good = _lazy_ring(5)
-      cases = {"nonsquare": (np.ones((3, 4)) / 4, None, "3"),
-               "notstoch": (good * 1.01, None, "2"),
-               "negative": (np.array([[1.5, -0.5], [0.5, 0.5]]), None, "1"),
-               "bigk": (good, None, "5"),
-               "dist": (good, np.full(5, 0.3), "2"),
-               "singular": (good, np.array([1.0, 0, 0, 0, 0]), "2")}
+      cases = {
+          "nonsquare": (np.ones((3, 4)) / 4, None, "3"),
+          "notstoch": (good * 1.01, None, "2"),
+          "negative": (np.array([[1.5, -0.5], [0.5, 0.5]]), None, "1"),
+          "bigk": (good, None, "5"),
+          "dist": (good, np.full(5, 0.3), "2"),
+          "singular": (good, np.array([1.0, 0, 0, 0, 0]), "2"),
+      }
       for name, (t, d, k) in cases.items():
         np.save(f"{tmp}/{name}.npy", t)
         args = [f"--transition={tmp}/{name}.npy", f"--k={k}", f"--out={tmp}/o_{name}"]

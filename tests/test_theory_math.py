@@ -1,4 +1,5 @@
 """Transition generators, metrics and the dynamics' exact identities and claims (fast sizes)."""
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -37,9 +38,13 @@ class TransitionsTest(absltest.TestCase):
   def test_validate_rejects_bad_input(self):
     good = np.full((3, 3), 1 / 3)
     tr.validate_transition(good, np.full(3, 1 / 3), k=2)
-    bad = [(np.ones((2, 3)) / 3, None, 1, "square"), (good * 1.1, None, 1, "row-stochastic"),
-           (np.array([[1.5, -0.5], [0.5, 0.5]]), None, 1, "negative"),
-           (good, None, 3, "k must"), (good, np.array([0.5, 0.5, 0.5]), 1, "sum to 1")]
+    bad = [
+        (np.ones((2, 3)) / 3, None, 1, "square"),
+        (good * 1.1, None, 1, "row-stochastic"),
+        (np.array([[1.5, -0.5], [0.5, 0.5]]), None, 1, "negative"),
+        (good, None, 3, "k must"),
+        (good, np.array([0.5, 0.5, 0.5]), 1, "sum to 1"),
+    ]
     for t, d, k, msg in bad:
       with self.assertRaisesRegex(ValueError, msg):
         tr.validate_transition(t, d, k)

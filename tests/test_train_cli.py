@@ -1,5 +1,6 @@
 """End-to-end runs of `python -m launch.train` with the `smoke` config: every output file,
 resume after a kill, same-seed determinism, and the bad inputs."""
+
 import json
 import signal
 import subprocess
@@ -14,8 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_cmd(workdir, *extra, seed=0, game="Pong"):
-  return [sys.executable, "-m", "launch.train", "--config=smoke", f"--game={game}",
-          f"--seed={seed}", f"--workdir={workdir}", *extra]
+  return [
+      sys.executable,
+      "-m",
+      "launch.train",
+      "--config=smoke",
+      f"--game={game}",
+      f"--seed={seed}",
+      f"--workdir={workdir}",
+      *extra,
+  ]
 
 
 def run(cmd, check=True):
@@ -27,8 +36,10 @@ def run(cmd, check=True):
 
 def final_leaves(workdir, step=400):
   from spr import checkpoint
+
   return checkpoint.read_file(Path(workdir) / "checkpoints" / f"ckpt_{step}.npz")["content"][
-      "leaves"]
+      "leaves"
+  ]
 
 
 def assert_same_run(a, b):
@@ -57,7 +68,9 @@ def test_smoke_run_writes_every_output_file(finished_run):
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines] == [100, 200, 300, 400]
   assert all(np.isfinite(l["loss"]) and l["steps_per_s"] > 0 for l in lines)
-  assert lines[-1]["updates"] == 300  # one update per step once more than 100 (learn_start) are stored
+  assert (
+      lines[-1]["updates"] == 300
+  )  # one update per step once more than 100 (learn_start) are stored
 
   rows = (workdir / "eval.csv").read_text().splitlines()
   assert rows[0] == "episode,score,length" and len(rows) == 3
@@ -142,20 +155,23 @@ def test_same_seed_same_result_other_seed_differs(finished_run, tmp_path):
   assert any(x.shape == y.shape and not np.array_equal(x, y) for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--game=Pongg"], "Unknown Atari 100k game"),
-    (["--config=nope"], "unknown config"),
-    (["--steps=abc"], "malformed value 'abc' for --steps"),
-    (["--noisy=maybe"], "malformed value 'maybe' for --noisy"),
-    (["--n_step=0"], "n_step must be >= 1"),
-    (["--learn_start=2"], "learn_start must be >= 10 with n_step=3, spr_steps=2"),
-    (["--seeds=0-1", "--init_from=/nowhere"], "--init_from: /nowhere does not exist"),
-    (["--seed=-1"], "--seed must be >= 0"),
-    (["--seed=abc"], "flag --seed=abc"),
-    (["--bogus=1"], "Unknown command line flag 'bogus'"),
-    (["--gamma=2"], "gamma must be in (0, 1]"),
-    (["--learning_rate=-1"], "learning_rate and adam_eps must be > 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--game=Pongg"], "Unknown Atari 100k game"),
+        (["--config=nope"], "unknown config"),
+        (["--steps=abc"], "malformed value 'abc' for --steps"),
+        (["--noisy=maybe"], "malformed value 'maybe' for --noisy"),
+        (["--n_step=0"], "n_step must be >= 1"),
+        (["--learn_start=2"], "learn_start must be >= 10 with n_step=3, spr_steps=2"),
+        (["--seeds=0-1", "--init_from=/nowhere"], "--init_from: /nowhere does not exist"),
+        (["--seed=-1"], "--seed must be >= 0"),
+        (["--seed=abc"], "flag --seed=abc"),
+        (["--bogus=1"], "Unknown command line flag 'bogus'"),
+        (["--gamma=2"], "gamma must be in (0, 1]"),
+        (["--learning_rate=-1"], "learning_rate and adam_eps must be > 0"),
+    ],
+)
 def test_bad_input_is_a_one_line_error(tmp_path, args, message):
   proc = run(train_cmd(tmp_path / "w", *args), check=False)
   assert proc.returncode == 2
@@ -210,9 +226,11 @@ def test_interrupted_run_ctrl_c_second_writer_and_stale_lines(finished_run, tmp_
   workdir = tmp_path / "interrupted"
   workdir.mkdir()
   (workdir / "metrics.jsonl").write_text(
-      "".join(json.dumps({"step": s, "loss": 1.0, "stale": True}) + "\n" for s in (100, 200)))
-  proc = subprocess.Popen(train_cmd(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+      "".join(json.dumps({"step": s, "loss": 1.0, "stale": True}) + "\n" for s in (100, 200))
+  )
+  proc = subprocess.Popen(
+      train_cmd(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
   first = workdir / "checkpoints" / "ckpt_100.npz"
   deadline = time.time() + 300
   while not first.exists() and proc.poll() is None and time.time() < deadline:
@@ -242,8 +260,9 @@ def test_interrupted_run_ctrl_c_second_writer_and_stale_lines(finished_run, tmp_
   assert [l["step"] for l in lines] == [100, 200, 300, 400] and not any("stale" in l for l in lines)
 
 
-def test_a_broken_final_json_is_not_done_and_the_rerun_redoes_the_evaluation(finished_run,
-                                                                             tmp_path):
+def test_a_broken_final_json_is_not_done_and_the_rerun_redoes_the_evaluation(
+    finished_run, tmp_path
+):
   """One rule for every tool: a final.json that does not parse means "not done". The sweep's
   status says so, and launch.train re-runs the final evaluation from the last checkpoint."""
   import shutil

@@ -9,6 +9,7 @@ quantities are checked to 0.5 h; exact identities of the vector field to 1e-10.
 The "(ref ...)" values in some expected strings are from an earlier run of the protocol
 on other random matrices, for orientation only (THEORY.md sec. 6).
 """
+
 import functools
 from typing import Callable, List, NamedTuple
 
@@ -45,10 +46,19 @@ def _uniform(n: int):
   return jnp.full((n,), 1.0 / n, _f64())
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps", "log_every", "k", "full",
-                                             "predictor"))
-def two_timescale_runs(keys, t, d, u, h, num_steps: int = STEPS, log_every: int = 1000,
-                       k: int = K, full: bool = False, predictor=None):
+@functools.partial(jax.jit, static_argnames=("num_steps", "log_every", "k", "full", "predictor"))
+def two_timescale_runs(
+    keys,
+    t,
+    d,
+    u,
+    h,
+    num_steps: int = STEPS,
+    log_every: int = 1000,
+    k: int = K,
+    full: bool = False,
+    predictor=None,
+):
   """vmapped two-timescale runs from orthonormal inits; logs overlap with u, Gram, f, P."""
   n = t.shape[0]
   pred_fn = None if predictor is None else preds.FROM_STATS[predictor]
@@ -57,15 +67,25 @@ def two_timescale_runs(keys, t, d, u, h, num_steps: int = STEPS, log_every: int 
     phi0 = dy.init_phi(key, n, k, t.dtype)
 
     def metrics(phi):
-      p = (dy.optimal_predictor(phi, t, d) if pred_fn is None
-           else pred_fn(*dy.population_stats(phi, t, d)))
+      p = (
+          dy.optimal_predictor(phi, t, d)
+          if pred_fn is None
+          else pred_fn(*dy.population_stats(phi, t, d))
+      )
       q = me.orthonormal_basis(phi)
-      return {"overlap": me.subspace_overlap(phi, u), "drift": me.gram_drift(phi, phi0),
-              "f": me.trace_objective(phi, t, d), "f_orth": me.trace_objective(q, t, d),
-              "gram_eigs": me.collapse_spectrum(phi), "p_norm": jnp.linalg.norm(p),
-              **me.predictor_metrics(p)}
+      return {
+          "overlap": me.subspace_overlap(phi, u),
+          "drift": me.gram_drift(phi, phi0),
+          "f": me.trace_objective(phi, t, d),
+          "f_orth": me.trace_objective(q, t, d),
+          "gram_eigs": me.collapse_spectrum(phi),
+          "p_norm": jnp.linalg.norm(p),
+          **me.predictor_metrics(p),
+      }
+
     step = dy.two_timescale_step(t, d, h, pred_fn, full)
     return dy.simulate(step, phi0, num_steps, log_every, metrics)
+
   return jax.vmap(one)(keys)
 
 
@@ -88,21 +108,40 @@ def claim_non_collapse() -> List[Claim]:
     phi = jax.random.normal(k3, (N, K), dt)
     field = dy.two_timescale_field(phi, t, d)
     return jnp.max(jnp.abs(phi.T @ field)) / jnp.max(jnp.abs(field))
+
   res = float(jnp.max(jax.vmap(residual)(_keys(1))))
-  rows.append(Claim("C1 Phi^T dPhi/dt = 0 (P*, non-normal T, random d)", f"{res:.1e}",
-                    "< 1e-10 (exact)", res < 1e-10))
+  rows.append(
+      Claim(
+          "C1 Phi^T dPhi/dt = 0 (P*, non-normal T, random d)",
+          f"{res:.1e}",
+          "< 1e-10 (exact)",
+          res < 1e-10,
+      )
+  )
   t = tr.lazy_ring(jax.random.PRNGKey(0), N, dtype=dt)
   u = jnp.asarray(me.reference_bases(t, K)["eig"])
   _, semi = two_timescale_runs(_keys(0), t, _uniform(N), u, H, num_steps=STEPS)
-  _, full = two_timescale_runs(_keys(0), t, _uniform(N), u, H, num_steps=2 * STEPS,
-                               log_every=2000, full=True)
+  _, full = two_timescale_runs(
+      _keys(0), t, _uniform(N), u, H, num_steps=2 * STEPS, log_every=2000, full=True
+  )
   semi_min = float(semi["gram_eigs"][:, -1, 0].min())
   full_min = np.asarray(full["gram_eigs"][:, -1, 0])
-  rows.append(Claim("C1 semi-gradient keeps Gram (min eig, 20k steps)", _fmt(semi_min),
-                    f"1 +- {DRIFT_CONST * H:g} (0.5 h)", abs(semi_min - 1) < DRIFT_CONST * H))
-  rows.append(Claim("C1 full gradient collapses (min Gram eig, 40k steps, 5 seeds)",
-                    f"median {np.median(full_min):.2g}, max {full_min.max():.2g}",
-                    "median < 0.05 (from 1)", float(np.median(full_min)) < 0.05))
+  rows.append(
+      Claim(
+          "C1 semi-gradient keeps Gram (min eig, 20k steps)",
+          _fmt(semi_min),
+          f"1 +- {DRIFT_CONST * H:g} (0.5 h)",
+          abs(semi_min - 1) < DRIFT_CONST * H,
+      )
+  )
+  rows.append(
+      Claim(
+          "C1 full gradient collapses (min Gram eig, 40k steps, 5 seeds)",
+          f"median {np.median(full_min):.2g}, max {full_min.max():.2g}",
+          "median < 0.05 (from 1)",
+          float(np.median(full_min)) < 0.05,
+      )
+  )
   return rows
 
 
@@ -113,14 +152,21 @@ def claim_discretisation() -> List[Claim]:
   u = jnp.asarray(me.reference_bases(t, K)["eig"])
   drifts = []
   for h, steps in [(0.05, 4000), (0.01, 20_000), (0.002, 100_000)]:
-    _, logs = two_timescale_runs(_keys(0), t, _uniform(N), u, h, num_steps=steps,
-                                 log_every=steps // 20)
+    _, logs = two_timescale_runs(
+        _keys(0), t, _uniform(N), u, h, num_steps=steps, log_every=steps // 20
+    )
     drifts.append(float(logs["drift"].max()))
   hs = np.array([0.05, 0.01, 0.002])
   ratio = np.array(drifts) / hs
   ok = bool(np.all(ratio < DRIFT_CONST) and ratio.max() / ratio.min() < 1.5)
-  return [Claim("C2 Euler Gram drift at h = 0.05/0.01/0.002 (t = 200)", _fmt(drifts, ".2e"),
-                "~ c h, c < 0.5, c constant within 1.5x (ref 9.5e-3/1.9e-3/3.8e-4)", ok)]
+  return [
+      Claim(
+          "C2 Euler Gram drift at h = 0.05/0.01/0.002 (t = 200)",
+          _fmt(drifts, ".2e"),
+          "~ c h, c < 0.5, c constant within 1.5x (ref 9.5e-3/1.9e-3/3.8e-4)",
+          ok,
+      )
+  ]
 
 
 def claim_predictor_speed() -> List[Claim]:
@@ -137,17 +183,36 @@ def claim_predictor_speed() -> List[Claim]:
     dphi, dp = dy.joint_field(phi, p, t, d, r)
     rate = phi.T @ dphi + dphi.T @ phi - (dp @ p.T + p @ dp.T) / r
     return jnp.max(jnp.abs(rate)) / jnp.max(jnp.abs(phi.T @ dphi))
+
   res = float(jnp.max(jax.vmap(law)(_keys(2))))
-  rows = [Claim("C3 d/dt(Phi^T Phi - P P^T / r) = 0 (joint flow)", f"{res:.1e}",
-                "< 1e-10 (exact)", res < 1e-10)]
+  rows = [
+      Claim(
+          "C3 d/dt(Phi^T Phi - P P^T / r) = 0 (joint flow)",
+          f"{res:.1e}",
+          "< 1e-10 (exact)",
+          res < 1e-10,
+      )
+  ]
   s_end, pred, rs, p0s, lam = phase_diagram(num_r=5, num_p=7)
   err = float(np.max(np.abs(s_end - pred)))
-  margin = np.abs(p0s[None, :] ** 2 - lam ** 2 - rs[:, None]) > 0.1
+  margin = np.abs(p0s[None, :] ** 2 - lam**2 - rs[:, None]) > 0.1
   correct = ((s_end < 1e-3) == (pred == 0))[margin]
-  rows.append(Claim("C3 s_inf = s0 + (lam^2 - p0^2)/r, max error over (r, p0) grid",
-                    f"{err:.2e}", "< 0.02 (Euler h = 0.01)", err < 0.02))
-  rows.append(Claim("C3 collapse iff p0^2 - lam^2 >= r s0 (grid away from boundary)",
-                    f"{correct.mean():.0%} of {correct.size}", "100%", bool(correct.all())))
+  rows.append(
+      Claim(
+          "C3 s_inf = s0 + (lam^2 - p0^2)/r, max error over (r, p0) grid",
+          f"{err:.2e}",
+          "< 0.02 (Euler h = 0.01)",
+          err < 0.02,
+      )
+  )
+  rows.append(
+      Claim(
+          "C3 collapse iff p0^2 - lam^2 >= r s0 (grid away from boundary)",
+          f"{correct.mean():.0%} of {correct.size}",
+          "100%",
+          bool(correct.all()),
+      )
+  )
   return rows
 
 
@@ -155,15 +220,23 @@ def claim_predictor_speed() -> List[Claim]:
 def _mode_runs(t, d, u, lam, rs, p0s, h, num_steps: int):
   def one(r, p0):
     s0 = dy.JointState(u, jnp.full((1, 1), p0, t.dtype))
-    final, _ = dy.simulate(dy.joint_step(t, d, h, r), s0, num_steps, num_steps,
-                           lambda s: {"s": jnp.sum(s.phi ** 2)})
-    return jnp.sum(final.phi ** 2)
+    final, _ = dy.simulate(
+        dy.joint_step(t, d, h, r), s0, num_steps, num_steps, lambda s: {"s": jnp.sum(s.phi**2)}
+    )
+    return jnp.sum(final.phi**2)
+
   del lam
   return jax.vmap(jax.vmap(one, (None, 0)), (0, None))(rs, p0s)
 
 
-def phase_diagram(num_r: int = 5, num_p: int = 7, num_steps: int = 20_000, h: float = 0.01,
-                  r_max: float = 4.0, p_max: float = 3.0):
+def phase_diagram(
+    num_r: int = 5,
+    num_p: int = 7,
+    num_steps: int = 20_000,
+    h: float = 0.01,
+    r_max: float = 4.0,
+    p_max: float = 3.0,
+):
   """One eigen-mode (k = 1, Phi = unit eigenvector, s0 = 1) under the joint flow.
 
   Returns (s_end [num_r, num_p], predicted [num_r, num_p], rs, p0s, lambda).
@@ -175,9 +248,10 @@ def phase_diagram(num_r: int = 5, num_p: int = 7, num_steps: int = 20_000, h: fl
   u = jnp.asarray(vecs[:, -2:-1], dt)
   rs = np.geomspace(0.25, r_max, num_r)
   p0s = np.linspace(0.0, p_max, num_p)
-  s_end = np.asarray(_mode_runs(t, _uniform(N), u, lam, jnp.asarray(rs, dt),
-                                jnp.asarray(p0s, dt), h, num_steps))
-  pred = np.maximum(1.0 + (lam ** 2 - p0s[None, :] ** 2) / rs[:, None], 0.0)
+  s_end = np.asarray(
+      _mode_runs(t, _uniform(N), u, lam, jnp.asarray(rs, dt), jnp.asarray(p0s, dt), h, num_steps)
+  )
+  pred = np.maximum(1.0 + (lam**2 - p0s[None, :] ** 2) / rs[:, None], 0.0)
   return s_end, pred, rs, p0s, lam
 
 
@@ -192,12 +266,26 @@ def claim_symmetric() -> List[Claim]:
   _, logs = two_timescale_runs(_keys(0), t, d, u, H)
   f_dec = float(jnp.min(jnp.diff(logs["f"], axis=1)))
   ov = np.asarray(logs["overlap"][:, -1])
-  return [Claim("C4 P* = Phi^T T Phi (orthonormal Phi, symmetric T)", f"{exact:.1e}",
-                "< 1e-10 (exact)", exact < 1e-10),
-          Claim("C4 f = ||Phi^T T Phi||_F^2 non-decreasing (min increment)", f"{f_dec:.1e}",
-                ">= -1e-12", f_dec >= -1e-12),
-          Claim("C4 overlap with top-k eigvecs (lazy ring, 5 seeds)", _fmt(ov, ".4f"),
-                ">= 0.99 every seed", bool(ov.min() >= 0.99))]
+  return [
+      Claim(
+          "C4 P* = Phi^T T Phi (orthonormal Phi, symmetric T)",
+          f"{exact:.1e}",
+          "< 1e-10 (exact)",
+          exact < 1e-10,
+      ),
+      Claim(
+          "C4 f = ||Phi^T T Phi||_F^2 non-decreasing (min increment)",
+          f"{f_dec:.1e}",
+          ">= -1e-12",
+          f_dec >= -1e-12,
+      ),
+      Claim(
+          "C4 overlap with top-k eigvecs (lazy ring, 5 seeds)",
+          _fmt(ov, ".4f"),
+          ">= 0.99 every seed",
+          bool(ov.min() >= 0.99),
+      ),
+  ]
 
 
 def claim_local_maxima(num_seeds: int = 8) -> List[Claim]:
@@ -211,12 +299,19 @@ def claim_local_maxima(num_seeds: int = 8) -> List[Claim]:
   f_orth = np.asarray(logs["f_orth"][:, -1])
   still = np.abs(ov[:, -1] - ov[:, -5]) < 1e-6
   stuck = still & (ov[:, -1] < 0.99)
-  return [Claim("C5 near-bipartite: seeds stuck at a local max (of 8)",
-                f"{stuck.sum()} stuck, overlap {_fmt(np.unique(ov[stuck, -1].round(3)))}, "
-                f"f {_fmt(f_orth[stuck].min() if stuck.any() else np.nan)} vs max {f_max:.3g}",
-                ">= 1 stuck at overlap ~2/3 with f < f_max",
-                bool(stuck.any() and np.all(np.abs(ov[stuck, -1] - 2 / 3) < 0.01)
-                     and np.all(f_orth[stuck] < f_max - 1e-3)))]
+  return [
+      Claim(
+          "C5 near-bipartite: seeds stuck at a local max (of 8)",
+          f"{stuck.sum()} stuck, overlap {_fmt(np.unique(ov[stuck, -1].round(3)))}, "
+          f"f {_fmt(f_orth[stuck].min() if stuck.any() else np.nan)} vs max {f_max:.3g}",
+          ">= 1 stuck at overlap ~2/3 with f < f_max",
+          bool(
+              stuck.any()
+              and np.all(np.abs(ov[stuck, -1] - 2 / 3) < 0.01)
+              and np.all(f_orth[stuck] < f_max - 1e-3)
+          ),
+      )
+  ]
 
 
 def claim_reversible() -> List[Claim]:
@@ -226,8 +321,14 @@ def claim_reversible() -> List[Claim]:
   u = jnp.asarray(me.reference_bases(t, K, np.asarray(d))["eig"])
   _, logs = two_timescale_runs(_keys(0), t, d, u, H)
   ov = np.asarray(logs["overlap"][:, -1])
-  return [Claim("C6 reversible T, stationary d: overlap with top-k right eigvecs",
-                _fmt(ov, ".4f"), ">= 0.99 every seed", bool(ov.min() >= 0.99))]
+  return [
+      Claim(
+          "C6 reversible T, stationary d: overlap with top-k right eigvecs",
+          _fmt(ov, ".4f"),
+          ">= 0.99 every seed",
+          bool(ov.min() >= 0.99),
+      )
+  ]
 
 
 @functools.partial(jax.jit, static_argnames=("num_steps",))
@@ -237,12 +338,18 @@ def bidirectional_runs(keys, t, d, left, right, h, num_steps: int = STEPS):
   def one(key):
     k1, k2 = jax.random.split(key)
     s0 = dy.BiState(dy.init_phi(k1, n, K, t.dtype), dy.init_phi(k2, n, K, t.dtype))
+
     def metrics(s):
-      return {"phi_left": me.subspace_overlap(s.phi, left),
-              "psi_right": me.subspace_overlap(s.psi, right),
-              "objective": me.bidirectional_objective(me.orthonormal_basis(s.phi),
-                                                      me.orthonormal_basis(s.psi), t)}
+      return {
+          "phi_left": me.subspace_overlap(s.phi, left),
+          "psi_right": me.subspace_overlap(s.psi, right),
+          "objective": me.bidirectional_objective(
+              me.orthonormal_basis(s.phi), me.orthonormal_basis(s.psi), t
+          ),
+      }
+
     return dy.simulate(dy.bidirectional_step(t, d, h), s0, num_steps, 1000, metrics)
+
   return jax.vmap(one)(keys)
 
 
@@ -257,12 +364,26 @@ def claim_bidirectional() -> List[Claim]:
   _, single = two_timescale_runs(_keys(0), t, _uniform(N), left, H)
   bi_min = float(min(bi["phi_left"][:, -1].min(), bi["psi_right"][:, -1].min()))
   single_ov = np.asarray(single["overlap"][:, -1])
-  return [Claim("C7 non-normal T: overlap of top-k left vs right singular spans",
-                f"{between:.3f}", "< 0.6 (ref 0.34)", between < 0.6),
-          Claim("C7 bidirectional: min overlap (Phi~left, Psi~right, 5 seeds)",
-                f"{bi_min:.4f}", ">= 0.99 (ref 1.0000)", bi_min >= 0.99),
-          Claim("C7 single Phi: overlap with left singular span", _fmt(single_ov, ".2f"),
-                "< 0.6 every seed (ref 0.36-0.40)", bool(single_ov.max() < 0.6))]
+  return [
+      Claim(
+          "C7 non-normal T: overlap of top-k left vs right singular spans",
+          f"{between:.3f}",
+          "< 0.6 (ref 0.34)",
+          between < 0.6,
+      ),
+      Claim(
+          "C7 bidirectional: min overlap (Phi~left, Psi~right, 5 seeds)",
+          f"{bi_min:.4f}",
+          ">= 0.99 (ref 1.0000)",
+          bi_min >= 0.99,
+      ),
+      Claim(
+          "C7 single Phi: overlap with left singular span",
+          _fmt(single_ov, ".2f"),
+          "< 0.6 every seed (ref 0.36-0.40)",
+          bool(single_ov.max() < 0.6),
+      ),
+  ]
 
 
 def claim_action_conditional() -> List[Claim]:
@@ -277,12 +398,24 @@ def claim_action_conditional() -> List[Claim]:
 
   def one(key):
     phi0 = dy.init_phi(key, n, k, dt)
-    return dy.simulate(dy.action_conditional_step(ts, d, H), phi0, STEPS, 1000,
-                       lambda p: {"overlap": me.subspace_overlap(p, u)})
+    return dy.simulate(
+        dy.action_conditional_step(ts, d, H),
+        phi0,
+        STEPS,
+        1000,
+        lambda p: {"overlap": me.subspace_overlap(p, u)},
+    )
+
   _, logs = jax.jit(jax.vmap(one))(_keys(0))
   ov = np.asarray(logs["overlap"][:, -1])
-  return [Claim("C8 action-conditional (10 states, 4 commuting T_a, k=4): overlap",
-                _fmt(ov, ".4f"), ">= 0.99 every seed", bool(ov.min() >= 0.99))]
+  return [
+      Claim(
+          "C8 action-conditional (10 states, 4 commuting T_a, k=4): overlap",
+          _fmt(ov, ".4f"),
+          ">= 0.99 every seed",
+          bool(ov.min() >= 0.99),
+      )
+  ]
 
 
 def claim_predictor_numerics() -> List[Claim]:
@@ -298,23 +431,29 @@ def claim_predictor_numerics() -> List[Claim]:
 
   def rel(a):
     return float(np.linalg.norm(np.asarray(a) - root) / np.linalg.norm(root))
+
   ns9, ns20 = rel(preds.newton_schulz_sqrt(sig, 9)[0]), rel(preds.newton_schulz_sqrt(sig, 20)[0])
   vis = rel(preds.visser_sqrt(sig, 60))
   m = rng.normal(size=(8, 8))
   u, _, vt = np.linalg.svd(m.T)
-  st = float(np.max(np.abs(np.asarray(preds.stiefel_projection(jnp.asarray(m, dt), 30))
-                           - u @ vt)))
+  st = float(np.max(np.abs(np.asarray(preds.stiefel_projection(jnp.asarray(m, dt), 30)) - u @ vt)))
   w, _ = preds.lrp(jnp.asarray(z, dt), jnp.asarray(z_next, dt), preds.init_state(8, dt))
   lsq = float(np.max(np.abs(np.asarray(w) - np.linalg.lstsq(z, z_next, rcond=None)[0])))
-  return [Claim("S3 Newton-Schulz rel. error to Sigma^{1/2}, n = 9 / 20",
-                f"{ns9:.1e} / {ns20:.1e}", "< 1e-2 / < 1e-12 (ref 4e-3 / 1e-15)",
-                ns9 < 1e-2 and ns20 < 1e-12),
-          Claim("S3 Visser rel. error to Sigma^{1/2} (60 iters)", f"{vis:.1e}", "< 1e-8",
-                vis < 1e-8),
-          Claim("S3 Stiefel -> polar factor (max abs error, 30 iters)", f"{st:.1e}", "< 1e-10",
-                st < 1e-10),
-          Claim("S3 LRP = least-squares solution (max abs error)", f"{lsq:.1e}", "< 1e-10",
-                lsq < 1e-10)]
+  return [
+      Claim(
+          "S3 Newton-Schulz rel. error to Sigma^{1/2}, n = 9 / 20",
+          f"{ns9:.1e} / {ns20:.1e}",
+          "< 1e-2 / < 1e-12 (ref 4e-3 / 1e-15)",
+          ns9 < 1e-2 and ns20 < 1e-12,
+      ),
+      Claim("S3 Visser rel. error to Sigma^{1/2} (60 iters)", f"{vis:.1e}", "< 1e-8", vis < 1e-8),
+      Claim(
+          "S3 Stiefel -> polar factor (max abs error, 30 iters)", f"{st:.1e}", "< 1e-10", st < 1e-10
+      ),
+      Claim(
+          "S3 LRP = least-squares solution (max abs error)", f"{lsq:.1e}", "< 1e-10", lsq < 1e-10
+      ),
+  ]
 
 
 def claim_closed_form_in_dynamics() -> List[Claim]:
@@ -326,17 +465,26 @@ def claim_closed_form_in_dynamics() -> List[Claim]:
   for name in ("lrp", "directpred", "directcopy"):
     _, logs = two_timescale_runs(_keys(0), t, _uniform(N), u, H, predictor=name)
     ov = np.asarray(logs["overlap"][:, -1])
-    rows.append(Claim(f"S3 closed-form {name} in the ODE: final overlap", _fmt(ov.min(), ".4f")
-                      + " (min of 5)", ">= 0.99", bool(ov.min() >= 0.99)))
+    rows.append(
+        Claim(
+            f"S3 closed-form {name} in the ODE: final overlap",
+            _fmt(ov.min(), ".4f") + " (min of 5)",
+            ">= 0.99",
+            bool(ov.min() >= 0.99),
+        )
+    )
   _, logs = two_timescale_runs(_keys(0), t, _uniform(N), u, H, predictor="ne")
   peak = float(logs["overlap"].max(axis=1).min())
   gram_end = np.asarray(logs["gram_eigs"][:, -1])
   p_end = float(logs["p_norm"][:, -1].max())
-  rows.append(Claim("S3 NE: peak overlap; end Gram eigs; end ||P||_F",
-                    f"{peak:.3f}; {gram_end.min():.3f}-{gram_end.max():.3f}; {p_end:.1e}",
-                    "peak >= 0.99, Gram -> 2I (+-0.05), P -> 0 (< 1e-2)",
-                    bool(peak >= 0.99 and np.all(np.abs(gram_end - 2) < 0.05)
-                         and p_end < 1e-2)))
+  rows.append(
+      Claim(
+          "S3 NE: peak overlap; end Gram eigs; end ||P||_F",
+          f"{peak:.3f}; {gram_end.min():.3f}-{gram_end.max():.3f}; {p_end:.1e}",
+          "peak >= 0.99, Gram -> 2I (+-0.05), P -> 0 (< 1e-2)",
+          bool(peak >= 0.99 and np.all(np.abs(gram_end - 2) < 0.05) and p_end < 1e-2),
+      )
+  )
   return rows
 
 
@@ -345,15 +493,32 @@ def claim_ni_linear(num_seeds: int = 100) -> List[Claim]:
   out = ni_linear.run_seeds(jax.random.PRNGKey(0), num_seeds, 500)
   final = {k: float(np.mean(np.asarray(v[:, -1]))) for k, v in out.items()}
   online_mid = float(np.mean(np.asarray(out["online"][:, 250])))
-  ok = (final["detached"] < 1e-4 and final["ema"] < 1e-4 and final["online"] > 100 * max(
-      final["detached"], final["ema"], 1e-6) and final["online"] > online_mid)
-  return [Claim("S4 Ni et al. linear: mean |cos| at step 500 (online/detached/EMA)",
-                f"{final['online']:.2e} / {final['detached']:.1e} / {final['ema']:.1e}",
-                "detached, EMA < 1e-4; online > 100x and rising", bool(ok))]
+  ok = (
+      final["detached"] < 1e-4
+      and final["ema"] < 1e-4
+      and final["online"] > 100 * max(final["detached"], final["ema"], 1e-6)
+      and final["online"] > online_mid
+  )
+  return [
+      Claim(
+          "S4 Ni et al. linear: mean |cos| at step 500 (online/detached/EMA)",
+          f"{final['online']:.2e} / {final['detached']:.1e} / {final['ema']:.1e}",
+          "detached, EMA < 1e-4; online > 100x and rising",
+          bool(ok),
+      )
+  ]
 
 
 ALL: List[Callable[[], List[Claim]]] = [
-    claim_non_collapse, claim_discretisation, claim_predictor_speed, claim_symmetric,
-    claim_local_maxima, claim_reversible, claim_bidirectional, claim_action_conditional,
-    claim_predictor_numerics, claim_closed_form_in_dynamics, claim_ni_linear,
+    claim_non_collapse,
+    claim_discretisation,
+    claim_predictor_speed,
+    claim_symmetric,
+    claim_local_maxima,
+    claim_reversible,
+    claim_bidirectional,
+    claim_action_conditional,
+    claim_predictor_numerics,
+    claim_closed_form_in_dynamics,
+    claim_ni_linear,
 ]

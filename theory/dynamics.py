@@ -10,6 +10,7 @@ apply unchanged.
 Everything here is a pure function: a step is ``state -> state`` and ``simulate`` runs it under
 ``lax.scan``; vectorise over seeds with ``jax.vmap`` of a function of a PRNG key.
 """
+
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import chex
@@ -36,22 +37,21 @@ def weights(d: Array) -> Array:
   return d.shape[0] * d
 
 
-def population_stats(phi: Array, t: Array, d: Array,
-                     target: Optional[Array] = None) -> Tuple[Array, Array]:
+def population_stats(
+    phi: Array, t: Array, d: Array, target: Optional[Array] = None
+) -> Tuple[Array, Array]:
   """Sigma = Phi^T W Phi and C = Phi^T W T Target (Target = Phi by default)."""
   target = phi if target is None else target
   w = weights(d)[:, None]
   return phi.T @ (w * phi), phi.T @ (w * (t @ target))
 
 
-def optimal_predictor(phi: Array, t: Array, d: Array,
-                      target: Optional[Array] = None) -> Array:
+def optimal_predictor(phi: Array, t: Array, d: Array, target: Optional[Array] = None) -> Array:
   """P*(Phi) = (Phi^T D Phi)^{-1} Phi^T D T Phi (Tang et al. 2023; = LRP of Richemond et al.)."""
   return preds.lrp_from_stats(*population_stats(phi, t, d, target))
 
 
-def residual(phi: Array, p: Array, t: Array, d: Array,
-             target: Optional[Array] = None) -> Array:
+def residual(phi: Array, p: Array, t: Array, d: Array, target: Optional[Array] = None) -> Array:
   """W (Phi P - T Target)."""
   target = phi if target is None else target
   return weights(d)[:, None] * (phi @ p - t @ target)
@@ -78,18 +78,20 @@ def loss(phi: Array, p: Array, t: Array, d: Array) -> Array:
   return jnp.sum(weights(d)[:, None] * (phi @ p - t @ phi) ** 2)
 
 
-def two_timescale_field(phi: Array, t: Array, d: Array,
-                        predictor: Optional[PredictorFromStats] = None,
-                        full: bool = False) -> Array:
+def two_timescale_field(
+    phi: Array,
+    t: Array,
+    d: Array,
+    predictor: Optional[PredictorFromStats] = None,
+    full: bool = False,
+) -> Array:
   """dPhi/dt of the two-timescale ODE with P = predictor(Sigma, C) (default: optimal)."""
-  p = (optimal_predictor(phi, t, d) if predictor is None
-       else predictor(*population_stats(phi, t, d)))
+  p = optimal_predictor(phi, t, d) if predictor is None else predictor(*population_stats(phi, t, d))
   g = full_gradient(phi, p, t, d) if full else semi_gradient(phi, p, t, d)
   return -g
 
 
-def joint_field(phi: Array, p: Array, t: Array, d: Array, ratio: float
-                ) -> Tuple[Array, Array]:
+def joint_field(phi: Array, p: Array, t: Array, d: Array, ratio: float) -> Tuple[Array, Array]:
   """(dPhi/dt, dP/dt) of joint semi-gradient flow with lr_P = ratio * lr_Phi.
 
   Conserves Phi^T Phi - P P^T / ratio exactly (THEORY.md claim 3).
@@ -119,20 +121,24 @@ class SGDState(NamedTuple):
   key: Array
 
 
-def two_timescale_step(t: Array, d: Array, h: float,
-                       predictor: Optional[PredictorFromStats] = None,
-                       full: bool = False) -> Callable[[Array], Array]:
+def two_timescale_step(
+    t: Array, d: Array, h: float, predictor: Optional[PredictorFromStats] = None, full: bool = False
+) -> Callable[[Array], Array]:
   """Euler step of the two-timescale dynamics on Phi (state = Phi)."""
+
   def step(phi):
     return phi + h * two_timescale_field(phi, t, d, predictor, full)
+
   return step
 
 
 def joint_step(t: Array, d: Array, h: float, ratio: float) -> Callable[[JointState], JointState]:
   """Euler step of joint gradient descent, lr_Phi = h, lr_P = ratio * h."""
+
   def step(s):
     dphi, dp = joint_field(s.phi, s.p, t, d, ratio)
     return JointState(s.phi + h * dphi, s.p + h * dp)
+
   return step
 
 
@@ -150,10 +156,11 @@ def bidirectional_step(t: Array, d: Array, h: float) -> Callable[[BiState], BiSt
     phi, psi = s
     p1 = optimal_predictor(phi, t, d, target=psi)
     e1 = w * (phi @ p1 - t @ psi)
-    back = t.T @ (w * phi)                       # T^T W Phi
+    back = t.T @ (w * phi)  # T^T W Phi
     p2 = jnp.linalg.solve(psi.T @ (w_next * psi), psi.T @ back)
     e2 = w_next * (psi @ p2) - back
     return BiState(phi - h * e1 @ p1.T, psi - h * e2 @ p2.T)
+
   return step
 
 
@@ -162,16 +169,26 @@ def action_conditional_step(ts: Array, d: Array, h: float) -> Callable[[Array], 
 
   ts: [A, n, n]; the loss is averaged over actions (uniform policy).
   """
+
   def step(phi):
     def g(t):
       return semi_gradient(phi, optimal_predictor(phi, t, d), t, d)
+
     return phi - h * jnp.mean(jax.vmap(g)(ts), axis=0)
+
   return step
 
 
-def sgd_step(t: Array, d: Array, h: float, batch_size: int = 64,
-             predictor: Optional[str] = "lrp", ratio: float = 1.0, ema: float = 0.9,
-             ridge: float = 0.0) -> Callable[[SGDState], SGDState]:
+def sgd_step(
+    t: Array,
+    d: Array,
+    h: float,
+    batch_size: int = 64,
+    predictor: Optional[str] = "lrp",
+    ratio: float = 1.0,
+    ema: float = 0.9,
+    ridge: float = 0.0,
+) -> Callable[[SGDState], SGDState]:
   """Minibatch SGD on sampled transitions x ~ d, y ~ T(x, .), semi-gradient loss.
 
   predictor: a name from ``spr.predictors.FROM_STATS`` (computed from an EMA of the batch
@@ -192,12 +209,13 @@ def sgd_step(t: Array, d: Array, h: float, batch_size: int = 64,
     else:
       stats = preds.update_state(s.stats, z * jnp.sqrt(n), z_next * jnp.sqrt(n), ema)
       p = preds.FROM_STATS[predictor](stats.sigma, stats.cross, ridge)
-    err = (z @ p - z_next) / batch_size            # [B, k]
+    err = (z @ p - z_next) / batch_size  # [B, k]
     g_phi = jnp.zeros_like(s.phi).at[x].add(err @ p.T) * n
     phi = s.phi - h * g_phi
     if predictor is None:
       p = p - h * ratio * n * z.T @ err
     return SGDState(phi, p, stats, key)
+
   return step
 
 
@@ -205,8 +223,13 @@ def sgd_step(t: Array, d: Array, h: float, batch_size: int = 64,
 # Runners.
 
 
-def simulate(step: Callable[[Any], Any], state: Any, num_steps: int, log_every: int,
-             metric_fn: Callable[[Any], Dict[str, Array]]) -> Tuple[Any, Dict[str, Array]]:
+def simulate(
+    step: Callable[[Any], Any],
+    state: Any,
+    num_steps: int,
+    log_every: int,
+    metric_fn: Callable[[Any], Dict[str, Array]],
+) -> Tuple[Any, Dict[str, Array]]:
   """Run ``step`` num_steps times (a multiple of log_every) under lax.scan.
 
   Returns (final_state, metrics) with metrics[name] of shape [num_steps // log_every + 1]
@@ -225,9 +248,14 @@ def simulate(step: Callable[[Any], Any], state: Any, num_steps: int, log_every: 
   return final, logs
 
 
-def run_until_converged(step: Callable[[Any], Any], state: Any,
-                        get_phi: Callable[[Any], Array], tol: float, check_every: int,
-                        max_steps: int) -> Tuple[Any, Array, Array]:
+def run_until_converged(
+    step: Callable[[Any], Any],
+    state: Any,
+    get_phi: Callable[[Any], Array],
+    tol: float,
+    check_every: int,
+    max_steps: int,
+) -> Tuple[Any, Array, Array]:
   """Run until the learned subspace stops moving, or max_steps.
 
   The movement is ||Pi_t - Pi_{t - check_every}||_F, Pi the orthogonal projector on
@@ -236,6 +264,7 @@ def run_until_converged(step: Callable[[Any], Any], state: Any,
   Returns:
     (final_state, steps_done, last_movement).
   """
+
   def projector(s):
     q = jnp.linalg.svd(get_phi(s), full_matrices=False)[0]
     return q @ q.T

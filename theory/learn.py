@@ -10,6 +10,7 @@ span(Phi)), or until --max_steps, and reports which happened.  Float64 throughou
 Bad input (non-square / not row-stochastic within --stoch_tol / negative entries,
 k >= |X|, a distribution not summing to 1, a singular Gram matrix) exits with code 2.
 """
+
 import json
 import os
 import sys
@@ -21,20 +22,38 @@ _T = flags.DEFINE_string("transition", None, "Path to T.npy (row-stochastic |X| 
 _K = flags.DEFINE_integer("k", 3, "Representation dimension (1 <= k < |X|).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _DIST = flags.DEFINE_string(
-    "dist", None, "Path to d.npy (state distribution). Default: uniform (the default "
+    "dist",
+    None,
+    "Path to d.npy (state distribution). Default: uniform (the default "
     "protocol of theory/THEORY.md sec. 6); pass --dist=stationary for the stationary "
-    "distribution of T.")
+    "distribution of T.",
+)
 _METHOD = flags.DEFINE_enum(
-    "method", "semi", ["semi", "full", "joint", "sgd", "bidirectional"],
+    "method",
+    "semi",
+    ["semi", "full", "joint", "sgd", "bidirectional"],
     "semi: semi-gradient two-timescale (P = predictor(Phi) every step); full: full gradient "
     "(no stop-gradient); joint: joint GD with lr_P = ratio * lr_Phi; sgd: minibatch SGD on "
-    "sampled (x, y); bidirectional: Phi, Psi with forward/backward optimal predictors.")
+    "sampled (x, y); bidirectional: Phi, Psi with forward/backward optimal predictors.",
+)
 _PRED = flags.DEFINE_enum(
-    "predictor", "optimal",
-    ["optimal", "learned", "lrp", "ne", "visser", "ns", "ns2", "stiefel", "directpred",
-     "directcopy"],
+    "predictor",
+    "optimal",
+    [
+        "optimal",
+        "learned",
+        "lrp",
+        "ne",
+        "visser",
+        "ns",
+        "ns2",
+        "stiefel",
+        "directpred",
+        "directcopy",
+    ],
     "optimal = P*(Phi) (= lrp); learned = gradient-trained P (implied by --method=joint); "
-    "or a closed-form predictor from spr.predictors.")
+    "or a closed-form predictor from spr.predictors.",
+)
 _RATIO = flags.DEFINE_float("ratio", 1.0, "lr_P / lr_Phi for a learned predictor.")
 _H = flags.DEFINE_float("step_size", 0.02, "Euler step h (gradients weighted by |X| d).")
 _MAX = flags.DEFINE_integer("max_steps", 100_000, "Step cap.")
@@ -52,6 +71,7 @@ class InputError(ValueError):
 
 def _load(path, what):
   import numpy as np
+
   try:
     return np.load(path)
   except Exception as e:  # pylint: disable=broad-except
@@ -61,13 +81,26 @@ def _load(path, what):
 def stationary(t):
   """Stationary distribution of T (left eigenvector for eigenvalue 1, normalised)."""
   import numpy as np
+
   vals, vecs = np.linalg.eig(np.asarray(t).T)
   v = np.real(vecs[:, np.argmin(np.abs(vals - 1.0))])
   return v / v.sum()
 
 
-def run(t, d, k, method="semi", predictor="optimal", ratio=1.0, h=0.02, max_steps=100_000,
-        tol=1e-6, seed=0, batch_size=64, ema=0.9):
+def run(
+    t,
+    d,
+    k,
+    method="semi",
+    predictor="optimal",
+    ratio=1.0,
+    h=0.02,
+    max_steps=100_000,
+    tol=1e-6,
+    seed=0,
+    batch_size=64,
+    ema=0.9,
+):
   """Run the dynamics; returns (phi, psi or None, info dict).  Inputs must be validated."""
   import jax
   import jax.numpy as jnp
@@ -83,8 +116,10 @@ def run(t, d, k, method="semi", predictor="optimal", ratio=1.0, h=0.02, max_step
   phi0 = dy.init_phi(key, n, k, jnp.float64)
   cond = np.linalg.cond(np.asarray(phi0.T @ (d[:, None] * phi0)))
   if not np.isfinite(cond) or cond > 1e12:
-    raise InputError(f"singular Gram matrix Phi^T D Phi (condition number {cond:.3g}): "
-                     "the optimal predictor needs its inverse; give d more support")
+    raise InputError(
+        f"singular Gram matrix Phi^T D Phi (condition number {cond:.3g}): "
+        "the optimal predictor needs its inverse; give d more support"
+    )
   closed = None if predictor in ("optimal", "learned") else preds.FROM_STATS[predictor]
   if method == "joint" or (predictor == "learned" and method != "sgd"):
     method = "joint"
@@ -96,8 +131,9 @@ def run(t, d, k, method="semi", predictor="optimal", ratio=1.0, h=0.02, max_step
     step = dy.two_timescale_step(t, d, h, closed, full=method == "full")
   elif method == "sgd":
     name = None if predictor == "learned" else ("lrp" if predictor == "optimal" else predictor)
-    state = dy.SGDState(phi0, dy.optimal_predictor(phi0, t, d),
-                        preds.init_state(k, jnp.float64), kp)
+    state = dy.SGDState(
+        phi0, dy.optimal_predictor(phi0, t, d), preds.init_state(k, jnp.float64), kp
+    )
     get_phi = lambda s: s.phi
     step = dy.sgd_step(t, d, h, batch_size, name, ratio, ema)
   elif method == "bidirectional":
@@ -109,26 +145,35 @@ def run(t, d, k, method="semi", predictor="optimal", ratio=1.0, h=0.02, max_step
   # SGD never stops moving: it runs to the cap.
   run_tol = -1.0 if method == "sgd" else tol
   check = min(_CHECK_EVERY, max_steps)
-  final, steps, move = jax.jit(lambda s: dy.run_until_converged(
-      step, s, get_phi, run_tol, check, max_steps))(state)
+  final, steps, move = jax.jit(
+      lambda s: dy.run_until_converged(step, s, get_phi, run_tol, check, max_steps)
+  )(state)
   phi = np.asarray(get_phi(final))
   psi = np.asarray(final.psi) if method == "bidirectional" else None
   if not np.all(np.isfinite(phi)):
-    raise InputError("the dynamics diverged (non-finite Phi): the Gram matrix became singular "
-                     "or the step size is too large")
+    raise InputError(
+        "the dynamics diverged (non-finite Phi): the Gram matrix became singular "
+        "or the step size is too large"
+    )
   ref = me.reference_bases(np.asarray(t), k, np.asarray(d))
   jphi = jnp.asarray(phi)
   p = np.asarray(dy.optimal_predictor(jphi, t, d))
   info = {
-      "method": method, "predictor": predictor, "step_size": h, "seed": seed,
-      "steps": int(steps), "max_steps": max_steps, "tol": tol,
+      "method": method,
+      "predictor": predictor,
+      "step_size": h,
+      "seed": seed,
+      "steps": int(steps),
+      "max_steps": max_steps,
+      "tol": tol,
       "stopped": ("converged" if float(move) < tol else "step cap"),
       "last_subspace_movement": float(move),
       "overlap_eig": float(me.subspace_overlap(jphi, jnp.asarray(ref["eig"]))),
       "overlap_left_singular": float(me.subspace_overlap(jphi, jnp.asarray(ref["left"]))),
       "overlap_right_singular": float(me.subspace_overlap(jphi, jnp.asarray(ref["right"]))),
       "principal_angles_eig": np.asarray(
-          me.principal_angles(jphi, jnp.asarray(ref["eig"]))).tolist(),
+          me.principal_angles(jphi, jnp.asarray(ref["eig"]))
+      ).tolist(),
       "gram_drift": float(me.gram_drift(jphi, phi0)),
       "gram_eigenvalues": np.asarray(me.collapse_spectrum(jphi)).tolist(),
       "objective": float(me.trace_objective(jphi, t, d)),
@@ -140,17 +185,20 @@ def run(t, d, k, method="semi", predictor="optimal", ratio=1.0, h=0.02, max_step
     jpsi = jnp.asarray(psi)
     info["psi_overlap_right_singular"] = float(me.subspace_overlap(jpsi, jnp.asarray(ref["right"])))
     info["psi_overlap_left_singular"] = float(me.subspace_overlap(jpsi, jnp.asarray(ref["left"])))
-    info["bidirectional_objective"] = float(me.bidirectional_objective(
-        me.orthonormal_basis(jphi), me.orthonormal_basis(jpsi), t))
+    info["bidirectional_objective"] = float(
+        me.bidirectional_objective(me.orthonormal_basis(jphi), me.orthonormal_basis(jpsi), t)
+    )
   return phi, psi, info
 
 
 def main(argv):
   del argv
   import jax
+
   jax.config.update("jax_enable_x64", True)
   import numpy as np
   from theory import transitions as tr
+
   try:
     if not _T.value or not _OUT.value:
       raise InputError("--transition and --out are required")
@@ -168,8 +216,20 @@ def main(argv):
       raise InputError(str(e)) from None
     if d is None:
       d = np.full(t.shape[0], 1.0 / t.shape[0])
-    phi, psi, info = run(t, d, _K.value, _METHOD.value, _PRED.value, _RATIO.value, _H.value,
-                         _MAX.value, _TOL.value, _SEED.value, _BATCH.value, _EMA.value)
+    phi, psi, info = run(
+        t,
+        d,
+        _K.value,
+        _METHOD.value,
+        _PRED.value,
+        _RATIO.value,
+        _H.value,
+        _MAX.value,
+        _TOL.value,
+        _SEED.value,
+        _BATCH.value,
+        _EMA.value,
+    )
   except InputError as e:
     print(f"theory.learn: error: {e}", file=sys.stderr)
     return 2
@@ -179,11 +239,13 @@ def main(argv):
     np.save(os.path.join(_OUT.value, "psi.npy"), psi)
   with open(os.path.join(_OUT.value, "metrics.json"), "w") as f:
     json.dump(info, f, indent=2)
-  print(f"{info['stopped']} after {info['steps']} steps (movement "
-        f"{info['last_subspace_movement']:.2e}, tol {info['tol']:g}); overlap with top-k "
-        f"eigvecs {info['overlap_eig']:.4f}, left/right singular "
-        f"{info['overlap_left_singular']:.4f}/{info['overlap_right_singular']:.4f}; "
-        f"Gram drift {info['gram_drift']:.2e}; wrote {_OUT.value}")
+  print(
+      f"{info['stopped']} after {info['steps']} steps (movement "
+      f"{info['last_subspace_movement']:.2e}, tol {info['tol']:g}); overlap with top-k "
+      f"eigvecs {info['overlap_eig']:.4f}, left/right singular "
+      f"{info['overlap_left_singular']:.4f}/{info['overlap_right_singular']:.4f}; "
+      f"Gram drift {info['gram_drift']:.2e}; wrote {_OUT.value}"
+  )
   return 0
 
 

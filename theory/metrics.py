@@ -3,6 +3,7 @@
 Only the span of Phi is identifiable, so subspace metrics compare spans, never columns.
 All functions are pure jnp and jit/vmap-able except ``reference_bases`` (numpy, run once).
 """
+
 from typing import Dict
 
 import chex
@@ -64,8 +65,7 @@ polar_distance = diagnostics.orthogonality_gap  # ||P - polar(P)||_F, distance t
 
 
 def predictor_metrics(p: Array) -> Dict[str, Array]:
-  return {"stable_rank": stable_rank(p), "trace": jnp.trace(p),
-          "polar_distance": polar_distance(p)}
+  return {"stable_rank": stable_rank(p), "trace": jnp.trace(p), "polar_distance": polar_distance(p)}
 
 
 def _real_span(vecs: np.ndarray, vals: np.ndarray, k: int) -> np.ndarray:

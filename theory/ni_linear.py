@@ -13,6 +13,7 @@ Data (ours; their Fig. 2 uses their own small environments): a random MDP with o
 observations, ``num_states`` states, ``num_actions`` actions, Dirichlet(1) transition rows,
 ``num_samples`` transitions drawn once per seed.
 """
+
 import functools
 from typing import Dict
 
@@ -34,8 +35,16 @@ def make_data(key: Array, num_states: int = 20, num_actions: int = 2, num_sample
   return eye[s], jax.nn.one_hot(a, num_actions), eye[s_next]
 
 
-def run(key: Array, target: int, num_steps: int = 500, lr: float = 1e-2, tau: float = 0.005,
-        latent: int = 2, num_states: int = 20, num_actions: int = 2) -> Dict[str, Array]:
+def run(
+    key: Array,
+    target: int,
+    num_steps: int = 500,
+    lr: float = 1e-2,
+    tau: float = 0.005,
+    latent: int = 2,
+    num_states: int = 20,
+    num_actions: int = 2,
+) -> Dict[str, Array]:
   """One seed; ``target`` indexes TARGETS (may be traced, so one compile serves all three).
 
   Returns {"abs_cos": [num_steps + 1], "loss": [num_steps + 1]}.
@@ -59,7 +68,7 @@ def run(key: Array, target: int, num_steps: int = 500, lr: float = 1e-2, tau: fl
     z_next = obs_next @ w_next
     m = fit(z, z_next)
     err = jnp.concatenate([z, act], axis=1) @ m - z_next
-    return 0.5 * jnp.mean(jnp.sum(err ** 2, axis=1))
+    return 0.5 * jnp.mean(jnp.sum(err**2, axis=1))
 
   def abs_cos(w):
     return jnp.abs(w[:, 0] @ w[:, 1]) / (jnp.linalg.norm(w[:, 0]) * jnp.linalg.norm(w[:, 1]))
@@ -73,8 +82,10 @@ def run(key: Array, target: int, num_steps: int = 500, lr: float = 1e-2, tau: fl
 
   _, (cos, losses) = jax.lax.scan(step, (w0, w0), None, length=num_steps)
   l0 = loss_fn(w0, w0)
-  return {"abs_cos": jnp.concatenate([abs_cos(w0)[None], cos]),
-          "loss": jnp.concatenate([l0[None], losses])}
+  return {
+      "abs_cos": jnp.concatenate([abs_cos(w0)[None], cos]),
+      "loss": jnp.concatenate([l0[None], losses]),
+  }
 
 
 @functools.partial(jax.jit, static_argnames=("num_seeds", "num_steps"))

@@ -3,6 +3,7 @@
 Every generator is a pure function of a PRNG key (fixed iteration counts), so it can be
 ``jax.vmap``-ed over keys to get one matrix per seed.  THEORY.md sec. 6.
 """
+
 import functools
 from typing import Tuple
 
@@ -17,9 +18,11 @@ _jit = functools.partial(jax.jit, static_argnames=("n", "dtype"))
 
 def sinkhorn(a: Array, num_iters: int = _SINKHORN_ITERS) -> Array:
   """Alternating row/column normalisation of a positive matrix to a doubly-stochastic one."""
+
   def body(_, m):
     m = m / m.sum(axis=1, keepdims=True)
     return m / m.sum(axis=0, keepdims=True)
+
   a = jax.lax.fori_loop(0, num_iters, body, a)
   return a / a.sum(axis=1, keepdims=True)
 
@@ -30,6 +33,7 @@ def symmetric_sinkhorn(a: Array, num_iters: int = _SINKHORN_ITERS) -> Array:
 
   def body(_, x):
     return jnp.sqrt(x / (a @ x))
+
   x = jax.lax.fori_loop(0, num_iters, body, jnp.ones(a.shape[0], a.dtype))
   w = x[:, None] * a * x[None, :]
   w = 0.5 * (w + w.T)
@@ -42,8 +46,14 @@ def _ring(n: int, dtype) -> Array:
 
 
 @_jit
-def lazy_ring(key: Array, n: int = 20, noise: float = 1.0, edge_prob: float = 0.2,
-              laziness: float = 0.5, dtype=jnp.float32) -> Array:
+def lazy_ring(
+    key: Array,
+    n: int = 20,
+    noise: float = 1.0,
+    edge_prob: float = 0.2,
+    laziness: float = 0.5,
+    dtype=jnp.float32,
+) -> Array:
   """Lazy ring walk with sparse symmetric noise: T = laziness I + (1 - laziness) W.
 
   W is the ring walk plus ``noise`` times a random sparse symmetric matrix (each pair an
@@ -77,8 +87,9 @@ def non_normal(key: Array, n: int = 20, alpha: float = 0.1, dtype=jnp.float32) -
 
 
 @_jit
-def reversible(key: Array, n: int = 20, spread: float = 1.5, laziness: float = 0.5,
-               dtype=jnp.float32) -> Tuple[Array, Array]:
+def reversible(
+    key: Array, n: int = 20, spread: float = 1.5, laziness: float = 0.5, dtype=jnp.float32
+) -> Tuple[Array, Array]:
   """Reversible chain with a non-uniform stationary distribution.
 
   W symmetric positive (ring plus random edges, node weights w_i = exp(spread u_i)),
@@ -98,8 +109,14 @@ def reversible(key: Array, n: int = 20, spread: float = 1.5, laziness: float = 0
 
 
 @_jit
-def near_bipartite(key: Array, n: int = 20, eps: float = 0.05, noise: float = 1.0,
-                   edge_prob: float = 0.2, dtype=jnp.float32) -> Array:
+def near_bipartite(
+    key: Array,
+    n: int = 20,
+    eps: float = 0.05,
+    noise: float = 1.0,
+    edge_prob: float = 0.2,
+    dtype=jnp.float32,
+) -> Array:
   """Near-bipartite walk: a bipartite noisy ring made slightly lazy, T = eps I + (1 - eps) W.
 
   W is the ring (n even: the parts are the even and the odd states) plus sparse random edges
@@ -118,8 +135,9 @@ def near_bipartite(key: Array, n: int = 20, eps: float = 0.05, noise: float = 1.
 
 
 @functools.partial(jax.jit, static_argnames=("n", "num_actions", "commuting", "dtype"))
-def per_action(key: Array, n: int = 10, num_actions: int = 4, commuting: bool = True,
-               dtype=jnp.float32) -> Array:
+def per_action(
+    key: Array, n: int = 10, num_actions: int = 4, commuting: bool = True, dtype=jnp.float32
+) -> Array:
   """Family of symmetric doubly-stochastic matrices, one per action: [A, n, n].
 
   Khetarpal et al. 2024's linear experiments use 10 states, 4 actions, symmetric T_a.
@@ -130,6 +148,7 @@ def per_action(key: Array, n: int = 10, num_actions: int = 4, commuting: bool = 
     maximises sum_a ||Phi^T T_a Phi||_F^2, whose maximiser is in general NOT the top-k
     eigenspace of mean_a T_a^2 (we measured overlap ~0.7 with it; see theory/README.md).
   """
+
   def walk(k):
     k1, k2 = jax.random.split(k)
     a = jax.random.uniform(k1, (n, n), dtype) * jax.random.bernoulli(k2, 0.3, (n, n))
@@ -151,6 +170,7 @@ def validate_transition(t, dist=None, k: int = 1, tol: float = 1e-6) -> None:
   1 <= k < |X|, and d (if given) a non-negative vector of length |X| summing to 1 within tol.
   """
   import numpy as np
+
   t = np.asarray(t)
   if t.ndim != 2 or t.shape[0] != t.shape[1]:
     raise ValueError(f"transition matrix must be square, got shape {t.shape}")
@@ -160,8 +180,9 @@ def validate_transition(t, dist=None, k: int = 1, tol: float = 1e-6) -> None:
     raise ValueError(f"transition matrix has negative entries (min {t.min():.3g})")
   err = np.max(np.abs(t.sum(axis=1) - 1.0))
   if err > tol:
-    raise ValueError(f"transition matrix is not row-stochastic: max |row sum - 1| = {err:.3g}"
-                     f" > tol {tol:g}")
+    raise ValueError(
+        f"transition matrix is not row-stochastic: max |row sum - 1| = {err:.3g}" f" > tol {tol:g}"
+    )
   n = t.shape[0]
   if not 1 <= k < n:
     raise ValueError(f"k must satisfy 1 <= k < |X| = {n}, got k = {k}")

@@ -9,6 +9,7 @@ goal n-step 1; gamma 0.99; C51 51 atoms on [-10, 10]; head hidden 512; SGI-M's R
 BatchNorm (running statistics). SGI trains 20 epochs over 3M transitions (checkpoints 1/25/50):
 234,375 updates of 256; `steps` counts gradient updates.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,6 +28,7 @@ class SGIConfig(configs.AgentConfig):
   re-declared here have SGI-M's defaults. `steps`, `log_every` and `checkpoint_every` count
   gradient updates. The network fields must match the finetuning run's (agents/sgi/finetune.py).
   """
+
   steps: int = 234_375  # 20 epochs x 3M transitions / 256
   batch_size: int = 256
   encoder: str = "sgi_m"  # "sgi_m" | "sgi_ml" | "nature"
@@ -50,8 +52,10 @@ class SGIConfig(configs.AgentConfig):
     return super().checks() + [
         (self.spr_steps >= 1, "spr_steps must be >= 1"),
         (self.goal_window >= 2, "goal_window must be >= 2"),
-        (self.encoder in ("nature", "sgi_m", "sgi_ml"),
-         "encoder must be 'sgi_m', 'sgi_ml' or 'nature'"),
+        (
+            self.encoder in ("nature", "sgi_m", "sgi_ml"),
+            "encoder must be 'sgi_m', 'sgi_ml' or 'nature'",
+        ),
         (0.0 <= self.goal_permute_prob <= 1.0, "goal_permute_prob must be in [0, 1]"),
     ]
 
@@ -63,9 +67,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "sgi_m": {},
     "sgi_ml": dict(encoder="sgi_ml", steps=117_188),  # 6M transitions, 10 epochs
     # Tiny network and data for tests; matches `launch.train --config=smoke --encoder=sgi_m`.
-    "smoke": dict(steps=20, batch_size=8, encoder_channels=(8, 8, 8), hidden=16, num_atoms=11,
-                  transition_hidden=8, spr_steps=2, goal_window=6, log_every=5,
-                  checkpoint_every=10),
+    "smoke": dict(
+        steps=20,
+        batch_size=8,
+        encoder_channels=(8, 8, 8),
+        hidden=16,
+        num_atoms=11,
+        transition_hidden=8,
+        spr_steps=2,
+        goal_window=6,
+        log_every=5,
+        checkpoint_every=10,
+    ),
 }
 
 # The generic parse / make / load of spr.configs, bound to this agent's class and named configs.

@@ -14,6 +14,7 @@ Action sets: a network pretrained on the full 18-action set (`launch.pretrain
 minimal action set: the transition model's action planes are sliced to the game's actions (the
 same function for every action the game has).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,8 +60,9 @@ def load_pretrained(init_from: str | Path, allow_pickle: bool | None = None) -> 
   except checkpoint.CheckpointError as e:  # a pickle, damaged, or another kind of file
     raise PretrainedMismatch(f"--init_from: {e}") from None
   except Exception as e:  # noqa: BLE001 - not a pretrained file
-    raise PretrainedMismatch(f"--init_from: {path} is not a usable pretrained checkpoint "
-                             f"({type(e).__name__}: {e})") from None
+    raise PretrainedMismatch(
+        f"--init_from: {path} is not a usable pretrained checkpoint " f"({type(e).__name__}: {e})"
+    ) from None
   payload["path"] = str(path)
   return payload
 
@@ -99,14 +101,16 @@ def check_compatible(payload: dict, config: Any, game_actions: Sequence[int]) ->
     if len(trained) != len(game_actions):
       raise PretrainedMismatch(
           f"{where} was pretrained with {len(trained)} actions "
-          f"({', '.join(payload.get('games', []))}), this game has {len(game_actions)}")
+          f"({', '.join(payload.get('games', []))}), this game has {len(game_actions)}"
+      )
   elif list(trained) != list(game_actions) and sorted(trained) != list(range(18)):
     # The same action set, or the full one (sliced to the game's actions); nothing in between:
     # a subset match across games is far likelier a wrong --init_from than intended.
     raise PretrainedMismatch(
         f"{where} was pretrained on ALE actions {trained} "
         f"({', '.join(payload.get('games', []))}), this game has {list(game_actions)}: "
-        "pretrain on this game, or with --full_action_set")
+        "pretrain on this game, or with --full_action_set"
+    )
   for name in MATCHED:
     if name == "resnet_norm" and config.encoder not in SGI_ENCODERS:
       continue  # only the SGI ResNets have it
@@ -119,8 +123,9 @@ def check_compatible(payload: dict, config: Any, game_actions: Sequence[int]) ->
       fix = f"pass --{name}={flag}"
       if name == "encoder" and have in SGI_ENCODERS:
         fix = f"use --config=sgi (the SGI-M encoder) or pass --encoder={have}"
-      raise PretrainedMismatch(f"{where} was pretrained with {name}={have!r}, this run has "
-                               f"{name}={want!r}: {fix}")
+      raise PretrainedMismatch(
+          f"{where} was pretrained with {name}={have!r}, this run has " f"{name}={want!r}: {fix}"
+      )
 
 
 def _copy_reused(fresh: Any, source: dict, where: str, rows: list[int]) -> tuple[dict, int]:
@@ -134,15 +139,16 @@ def _copy_reused(fresh: Any, source: dict, where: str, rows: list[int]) -> tuple
       continue
     if module not in source:
       raise PretrainedMismatch(f"{where} has no module {module} (another architecture)")
-    for name in (names or list(leaves)):
+    for name in names or list(leaves):
       src = np.asarray(source[module].get(name))
       if module.endswith(TRANSITION_INPUT) and name == "w" and src.ndim == 4:
         channels = src.shape[2] - _planes(source, module)
-        src = np.concatenate([src[:, :, :channels], src[:, :, channels + np.asarray(rows)]],
-                             axis=2)
+        src = np.concatenate([src[:, :, :channels], src[:, :, channels + np.asarray(rows)]], axis=2)
       if src.shape != tuple(leaves[name].shape):
-        raise PretrainedMismatch(f"{where}: {module}/{name} is {list(src.shape)}, this run "
-                                 f"needs {list(leaves[name].shape)}")
+        raise PretrainedMismatch(
+            f"{where}: {module}/{name} is {list(src.shape)}, this run "
+            f"needs {list(leaves[name].shape)}"
+        )
       out[module][name] = jnp.asarray(src, leaves[name].dtype)
       copied += 1
   return out, copied
@@ -155,8 +161,7 @@ def _planes(source: dict, module: str) -> int:
   return int(np.asarray(source[module]["w"]).shape[2] - np.asarray(source[last]["w"]).shape[3])
 
 
-def apply_pretrained(params: Any, payload: dict, config: Any,
-                     game_actions: Sequence[int]) -> Any:
+def apply_pretrained(params: Any, payload: dict, config: Any, game_actions: Sequence[int]) -> Any:
   """Returns `params` (a fresh SPR network's) with the pretrained parts copied in."""
   check_compatible(payload, config, game_actions)
   where = payload.get("path", "pretrained checkpoint")
@@ -190,9 +195,12 @@ def load_into_state(learner: Any, state: Any, payload: dict, game_actions: Seque
   # Without a stored target (the learner's `target` rule is OnlineTarget) both stay ().
   target = learner.target.map(target_params, state.target_params)
   target_norm = learner.target.map(target_norm_state, state.target_norm_state)
-  return state._replace(params=jax.device_put(params), target_params=jax.device_put(target),
-                        norm_state=jax.device_put(norm_state),
-                        target_norm_state=jax.device_put(target_norm))
+  return state._replace(
+      params=jax.device_put(params),
+      target_params=jax.device_put(target),
+      norm_state=jax.device_put(norm_state),
+      target_norm_state=jax.device_put(target_norm),
+  )
 
 
 def _load_norm_state(fresh: Any, saved: dict | None, where: str) -> Any:
@@ -200,8 +208,9 @@ def _load_norm_state(fresh: Any, saved: dict | None, where: str) -> Any:
   if not jax.tree.leaves(fresh):
     return fresh
   if not saved:
-    raise PretrainedMismatch(f"{where} has no BatchNorm running statistics (pretrained with "
-                             "another resnet_norm)")
+    raise PretrainedMismatch(
+        f"{where} has no BatchNorm running statistics (pretrained with " "another resnet_norm)"
+    )
   out = {}
   for module, leaves in fresh.items():
     if module not in saved:

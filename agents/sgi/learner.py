@@ -32,6 +32,7 @@ s_t, target on s_t..s_{t+K}, online on s_{t+1} for the double-DQN selector); the
 statistics move with the online calls, the target's with the target calls and then the EMA
 towards the online ones (torch's update_state_dict copies buffers too).
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -80,7 +81,7 @@ def make_optimizer(config: SGIConfig) -> optax.GradientTransformation:
 def stacks_from_frames(frames: jax.Array) -> jax.Array:
   """uint8 frames `[B, T+3, H, W]` -> stacks `[B, T, 4, H, W]` (stack t = frames[:, t:t+4])."""
   t = frames.shape[1] - 3
-  return jnp.stack([frames[:, i:i + 4] for i in range(t)], axis=1)
+  return jnp.stack([frames[:, i : i + 4] for i in range(t)], axis=1)
 
 
 class SGILearner:
@@ -97,19 +98,34 @@ class SGILearner:
     # SGI moves its target encoder inside the forward pass: towards the pre-update parameters.
     self.target = objectives.EmaTarget(config.target_tau, before_update=True)
     self.prepare = objectives.input_preparation(config.augmentation)
-    self.latents = (objectives.sgi_batch_norm_latents if self.network.has_norm_state
-                    else objectives.sgi_per_sample_latents)
+    self.latents = (
+        objectives.sgi_batch_norm_latents
+        if self.network.has_norm_state
+        else objectives.sgi_per_sample_latents
+    )
     self.update = jax.jit(self._update, donate_argnums=0)
 
   def init(self, rng: jax.Array) -> SGIState:
     params, norm_state, rng = objectives.init_network(self.network, rng)
-    return SGIState(params=params, target_params=self.target.init(params),
-                    opt_state=self.optimizer.init(params), rng=rng,
-                    step=jnp.zeros((), jnp.int32), norm_state=norm_state,
-                    target_norm_state=self.target.init(norm_state))
+    return SGIState(
+        params=params,
+        target_params=self.target.init(params),
+        opt_state=self.optimizer.init(params),
+        rng=rng,
+        step=jnp.zeros((), jnp.int32),
+        norm_state=norm_state,
+        target_norm_state=self.target.init(norm_state),
+    )
 
-  def loss(self, params: Params, target_params: Params, batch: dict, rng: jax.Array,
-           norm_state: Any = (), target_norm_state: Any = ()):
+  def loss(
+      self,
+      params: Params,
+      target_params: Params,
+      batch: dict,
+      rng: jax.Array,
+      norm_state: Any = (),
+      target_norm_state: Any = (),
+  ):
     """Weighted SPR + goal RL + inverse dynamics loss; returns (scalar, aux dict); the aux dict
     carries the running statistics (`norm_state` after every online call, `norm_state_main`
     after the call on s_t, `target_norm_state` after the target's calls)."""
@@ -120,9 +136,15 @@ class SGILearner:
     keys = jax.random.split(rng, 6)
     views = objectives.net_views(params, target_params)
     lat = self.latents(
-        self.encoder, views, prep(keys[0], obs.reshape((b * k1,) + obs.shape[2:])),
-        prep(keys[1], batch["goal_frames"]), prep(keys[2], obs[:, 0]), prep(keys[4], obs[:, 1]),
-        norm_state, target_norm_state)
+        self.encoder,
+        views,
+        prep(keys[0], obs.reshape((b * k1,) + obs.shape[2:])),
+        prep(keys[1], batch["goal_frames"]),
+        prep(keys[2], obs[:, 0]),
+        prep(keys[4], obs[:, 1]),
+        norm_state,
+        target_norm_state,
+    )
     seq_lat = lat.sequence.reshape((b, k1) + lat.sequence.shape[1:])  # [B, K+1, h, w, c]
     t_proj = net.project(views.target, None, lat.sequence).reshape(b, k1, -1)
 
@@ -135,43 +157,90 @@ class SGILearner:
       return projection, net.predict(params, None, projection)
 
     projs = [net.project(params, None, lat.online)]
-    steps = objectives.transition_rollout(lambda z, a: net.transition(params, None, z, a),
-                                          lat.online, actions, project_and_predict)
+    steps = objectives.transition_rollout(
+        lambda z, a: net.transition(params, None, z, a), lat.online, actions, project_and_predict
+    )
     projs += [p for p, _ in steps]
     preds = jnp.stack([q for _, q in steps], axis=1)  # [B, K, P]
     spr_loss = objectives.self_predictive_objective(preds, t_proj[:, 1:], jnp.ones(actions.shape))
     inverse_loss, inverse_acc = objectives.inverse_objective(
-        lambda x, y: net.inverse(params, None, x, y), jnp.stack(projs[:-1], axis=1),
-        t_proj[:, 1:], actions)
+        lambda x, y: net.inverse(params, None, x, y),
+        jnp.stack(projs[:-1], axis=1),
+        t_proj[:, 1:],
+        actions,
+    )
 
     # ---- goal-conditioned RL with hindsight goals (goal n-step 1).
-    goals = losses.hindsight_goals(keys[3], lat.goal.reshape(b, -1), cfg.goal_noise,
-                                   cfg.goal_permute_prob)
-    returns = objectives.hindsight_goal_reward(seq_lat.reshape(b, k1, -1)[:, :2], goals,
-                                               cfg.gamma, cfg.goal_distance_scale,
-                                               cfg.goal_reward_scale)
-    goal_loss = objectives.goal_objective(net.goal_q_logits, views, lat.online, seq_lat[:, 1],
-                                          lat.next_online, goals, actions[:, 0], returns,
-                                          cfg.gamma, self.support)
+    goals = losses.hindsight_goals(
+        keys[3], lat.goal.reshape(b, -1), cfg.goal_noise, cfg.goal_permute_prob
+    )
+    returns = objectives.hindsight_goal_reward(
+        seq_lat.reshape(b, k1, -1)[:, :2],
+        goals,
+        cfg.gamma,
+        cfg.goal_distance_scale,
+        cfg.goal_reward_scale,
+    )
+    goal_loss = objectives.goal_objective(
+        net.goal_q_logits,
+        views,
+        lat.online,
+        seq_lat[:, 1],
+        lat.next_online,
+        goals,
+        actions[:, 0],
+        returns,
+        cfg.gamma,
+        self.support,
+    )
 
-    total = jnp.mean(cfg.spr_weight * spr_loss + cfg.goal_weight * goal_loss
-                     + cfg.inverse_weight * inverse_loss)
-    aux = dict(spr_loss=jnp.mean(spr_loss), goal_loss=jnp.mean(goal_loss),
-               inverse_loss=jnp.mean(inverse_loss), inverse_accuracy=inverse_acc,
-               goal_return=jnp.mean(jnp.abs(returns)), norm_state=lat.norm_state,
-               norm_state_main=lat.norm_main, target_norm_state=lat.target_norm_state)
+    total = jnp.mean(
+        cfg.spr_weight * spr_loss + cfg.goal_weight * goal_loss + cfg.inverse_weight * inverse_loss
+    )
+    aux = dict(
+        spr_loss=jnp.mean(spr_loss),
+        goal_loss=jnp.mean(goal_loss),
+        inverse_loss=jnp.mean(inverse_loss),
+        inverse_accuracy=inverse_acc,
+        goal_return=jnp.mean(jnp.abs(returns)),
+        norm_state=lat.norm_state,
+        norm_state_main=lat.norm_main,
+        target_norm_state=lat.target_norm_state,
+    )
     return total, aux
 
   def _update(self, state: SGIState, batch: dict) -> tuple[SGIState, SGIMetrics]:
     rng, key = jax.random.split(state.rng)
-    step = objectives.gradient_update(self.loss, self.optimizer, self.target, state.params,
-                                      state.target_params, state.opt_state, batch, key,
-                                      state.norm_state, state.target_norm_state)
-    aux = {k: v for k, v in step.aux.items()
-           if k not in ("norm_state", "norm_state_main", "target_norm_state")}
+    step = objectives.gradient_update(
+        self.loss,
+        self.optimizer,
+        self.target,
+        state.params,
+        state.target_params,
+        state.opt_state,
+        batch,
+        key,
+        state.norm_state,
+        state.target_norm_state,
+    )
+    aux = {
+        k: v
+        for k, v in step.aux.items()
+        if k not in ("norm_state", "norm_state_main", "target_norm_state")
+    }
     metrics = SGIMetrics(loss=step.loss, finite=step.finite, **aux)
-    return SGIState(step.params, step.target_params, step.opt_state, rng, state.step + 1,
-                    step.aux["norm_state"], step.target_norm_state), metrics
+    return (
+        SGIState(
+            step.params,
+            step.target_params,
+            step.opt_state,
+            rng,
+            state.step + 1,
+            step.aux["norm_state"],
+            step.target_norm_state,
+        ),
+        metrics,
+    )
 
 
 __all__ = ["SGILearner", "SGIState", "SGIMetrics", "stacks_from_frames", "make_optimizer"]

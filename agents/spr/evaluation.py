@@ -6,6 +6,7 @@ the episodes' envs are seeded from those by `envs.evaluation`. Runs evaluated to
 of the engine) act through one jitted call over the run axis and play in one env pool, and each
 gets the episodes it gets alone (tests/test_multi_eval.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,8 +45,12 @@ def periodic_eval_seed(seed: int, step: int) -> int:
 def eval_record(step: int, elapsed: float, episodes: list[tuple[float, int]]) -> dict:
   """The metrics.jsonl line of a periodic evaluation."""
   scores = [s for s, _ in episodes]
-  return dict(step=step, time_s=round(elapsed, 3), eval_mean_score=float(np.mean(scores)),
-              eval_episodes=len(scores))
+  return dict(
+      step=step,
+      time_s=round(elapsed, 3),
+      eval_mean_score=float(np.mean(scores)),
+      eval_episodes=len(scores),
+  )
 
 
 # ------------------------------------------------------------------------------ act functions
@@ -102,9 +107,16 @@ def select_runs(tree: Any, rows: list[int]) -> Any:
 
 
 # ------------------------------------------------------------------------------ evaluation
-def evaluate_policies(learner: SPRLearner, acting: Any, runs: list[tuple[str, int]],
-                      num_episodes: int, epsilon: float, pool: EnvPool | None = None,
-                      protocol: str = "dopamine", stacked: bool = True) -> list[list]:
+def evaluate_policies(
+    learner: SPRLearner,
+    acting: Any,
+    runs: list[tuple[str, int]],
+    num_episodes: int,
+    epsilon: float,
+    pool: EnvPool | None = None,
+    protocol: str = "dopamine",
+    stacked: bool = True,
+) -> list[list]:
   """`num_episodes` evaluation episodes of each run, all runs together: run r is (game, seed)
   `runs[r]` acting with row r of `acting` (stacked over runs; `stacked=False`: one run's own
   acting parameters). Returns one episode list per run, what `envs.evaluation.evaluate` returns
@@ -112,34 +124,62 @@ def evaluate_policies(learner: SPRLearner, acting: Any, runs: list[tuple[str, in
   if not stacked:
     act = make_eval_act_fn(learner, acting, num_episodes)
     one_run = lambda stacks: np.asarray(act(stacks[0])).reshape(1, -1)
-    return evaluate_runs(one_run, runs, num_episodes, epsilon=epsilon, pool=pool,
-                         protocol=protocol)
+    return evaluate_runs(one_run, runs, num_episodes, epsilon=epsilon, pool=pool, protocol=protocol)
   per_chunk = max(1, MAX_EVAL_ENVS // num_episodes)
   results: list[list] = []
   for lo in range(0, len(runs), per_chunk):
     rows = list(range(lo, min(lo + per_chunk, len(runs))))
     part = acting if len(rows) == len(runs) else select_runs(acting, rows)
     act = make_runs_eval_act_fn(learner, part, num_episodes)
-    results.extend(evaluate_runs(act, runs[lo:lo + per_chunk], num_episodes, epsilon=epsilon,
-                                 pool=pool, protocol=protocol))
+    results.extend(
+        evaluate_runs(
+            act,
+            runs[lo : lo + per_chunk],
+            num_episodes,
+            epsilon=epsilon,
+            pool=pool,
+            protocol=protocol,
+        )
+    )
   return results
 
 
-def write_final(path: Path, episodes: list[tuple[float, int]], host: dict, game: str, seed: int,
-                config: SPRConfig, config_name: str, eval_seconds: float) -> dict:
+def write_final(
+    path: Path,
+    episodes: list[tuple[float, int]],
+    host: dict,
+    game: str,
+    seed: int,
+    config: SPRConfig,
+    config_name: str,
+    eval_seconds: float,
+) -> dict:
   """Writes eval.csv, then final.json (last: it marks the run done); returns final.json's dict."""
   wd.write_eval_csv(path, episodes)
   scores = [s for s, _ in episodes]
   mean = float(np.mean(scores)) if scores else math.nan
   final = dict(
-      game=game, seed=int(seed), config_name=config_name, steps=int(host["step"]),
-      budget_steps=int(config.steps), eval_episodes=len(episodes), mean_score=mean,
+      game=game,
+      seed=int(seed),
+      config_name=config_name,
+      steps=int(host["step"]),
+      budget_steps=int(config.steps),
+      eval_episodes=len(episodes),
+      mean_score=mean,
       # Catch (a non-Atari sanity task) has no human-normalised score: NaN, as without scores.
-      hns=(games.human_normalized_score(game, mean) if scores and games.is_atari(game)
-           else math.nan),
+      hns=(
+          games.human_normalized_score(game, mean) if scores and games.is_atari(game) else math.nan
+      ),
       wall_time_s=round(host["elapsed"] + eval_seconds, 2),
-      train_episodes=len(host["episodes"]))
+      train_episodes=len(host["episodes"]),
+  )
   wd.write_json_atomic(path / wd.FINAL, final)
-  logging.info("finished %s seed %d: mean score %.2f over %d episodes (HNS %.3f)", game, seed,
-               mean, len(episodes), final["hns"])
+  logging.info(
+      "finished %s seed %d: mean score %.2f over %d episodes (HNS %.3f)",
+      game,
+      seed,
+      mean,
+      len(episodes),
+      final["hns"],
+  )
   return final

@@ -7,6 +7,7 @@ advances each group with one vmapped learner call per env step. Each run's workd
 what `agents.spr.trainer.train` writes for the same run, so sweeps and reports read them alike,
 and a run started in a batch can be resumed alone (or the other way round).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,13 @@ def run_workdir(root: str | Path, game: str, seed: int) -> Path:
   return Path(root) / games.canonical_name(game) / f"seed_{int(seed)}"
 
 
-def train_many(specs: list[RunSpec], config: SPRConfig, config_name: str = "spr",
-               progress: bool | None = None, env_workers: int = -1) -> list[dict]:
+def train_many(
+    specs: list[RunSpec],
+    config: SPRConfig,
+    config_name: str = "spr",
+    progress: bool | None = None,
+    env_workers: int = -1,
+) -> list[dict]:
   """Trains (or resumes) every run of `specs` together; returns their final.json contents in
   the order of `specs` (`engine.train_runs`)."""
   return engine.train_runs(specs, config, config_name, progress, env_workers)
