@@ -32,14 +32,16 @@ from absl import flags, logging
 
 from launch import common
 
-_GAME = flags.DEFINE_string("game", "Pong", "Atari game.")
+_GAME = flags.DEFINE_string("game", "Pong", "Atari game, or catch (the CPU sanity task).")
 _POLICY = flags.DEFINE_enum("policy", "random", ["random", "epsilon", "checkpoint"], "Behaviour.")
 _STEPS = flags.DEFINE_integer("steps", 100_000, "Transitions (agent steps) to collect.")
 _OUT = flags.DEFINE_string("out", None, "Data root: DIR/<Game>/<run>/replay_logs.")
 _RUN = flags.DEFINE_string("run", "1", "Run folder name (the real data has runs 1..5).")
 _FIRST = flags.DEFINE_integer("first_checkpoint", 0, "Index of the first checkpoint written.")
 _SIZE = flags.DEFINE_integer("checkpoint_size", 1_000_000, "Transitions per checkpoint.")
-_STICKY = flags.DEFINE_float("sticky", 0.25, "Sticky-action probability (0.25 as the data).")
+_STICKY = flags.DEFINE_float(
+    "sticky", None, "Sticky-action probability (default: 0.25 as the data; 0 for catch)."
+)
 _EPSILON = flags.DEFINE_float("epsilon", 0.01, "Epsilon of the epsilon / checkpoint policies.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "launch.train workdir (--policy=checkpoint).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the env and the policy.")
@@ -84,19 +86,22 @@ def main():
   import numpy as np
 
   from envs import games
-  from envs.atari import AtariEnv, clip_reward
+  from envs.atari import clip_reward
   from spr.dqn_replay import CheckpointWriter
 
   if not _OUT.value:
     common.fail("--out is required")
   if _STEPS.value <= 0 or _SIZE.value <= 0:
     common.fail("--steps and --checkpoint_size must be > 0")
-  if not 0.0 <= _STICKY.value <= 1.0 or not 0.0 <= _EPSILON.value <= 1.0:
-    common.fail("--sticky and --epsilon must be in [0, 1]")
   with common.bad_input():
     game = games.canonical_name(_GAME.value)
+  sticky = (0.25 if games.is_atari(game) else 0.0) if _STICKY.value is None else _STICKY.value
+  if not 0.0 <= sticky <= 1.0 or not 0.0 <= _EPSILON.value <= 1.0:
+    common.fail("--sticky and --epsilon must be in [0, 1]")
   # Dopamine's env: the DQN Replay data was collected with it (sticky actions included).
-  env = AtariEnv(game, seed=_SEED.value, training=False, sticky=_STICKY.value, protocol="dopamine")
+  env = games.make_env(
+      game, seed=_SEED.value, training=False, sticky=sticky, protocol="dopamine"
+  )
   rng = np.random.default_rng(_SEED.value + 7_919)
   greedy = None
   if _POLICY.value == "checkpoint":

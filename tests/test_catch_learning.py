@@ -49,43 +49,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 2500
-COMMON_FLAGS = [
-    f"--steps={STEPS}",
-    "--learn_start=200",
-    "--batch_size=32",
-    "--replay_capacity=5000",
-    "--v_min=-2",
-    "--v_max=2",
-    "--learning_rate=0.001",
-    "--eval_episodes=50",
-    "--eval_every=500",
-    "--eval_every_episodes=10",
-    "--log_every=500",
-    f"--checkpoint_every={STEPS}",
-]
-SPR_FLAGS = [
-    "--config=smoke",
-    *COMMON_FLAGS,
-    "--hidden=128",
-    "--n_step=5",
-    "--target_tau=0.05",
-    "--bootstrap_with_target=true",
-]
-BBF_FLAGS = [
-    "--config=bbf_smoke",
-    *COMMON_FLAGS,
-    "--encoder=nature",
-    "--encoder_channels=8,8,8",
-    "--hidden=64",
-    "--n_step=5",
-    "--n_step_final=3",
-    "--anneal_updates=1000",
-    "--reset_every_updates=500",
-    "--reset_until=1000",
-    "--epsilon_decay_steps=1000",
-    "--target_tau=0.05",
-]
+# The settings (shared with `python -m launch.learning_curves`, which draws the curves).
+from launch.learning_curves import BBF_FLAGS, SPR_FLAGS, STEPS  # pylint: disable=wrong-import-position
+
 SOLVED = 0.8  # 90% catches
 CHANCE_BOUND = 0.0  # half the balls caught; random play: -0.61 (19.7%)
 

@@ -33,11 +33,9 @@ NonFiniteLossError = runtime.NonFiniteLossError  # what launch.pretrain maps to 
 
 def action_sets_of(games: list[str]) -> dict[str, list[int]]:
   """Each game's minimal action set as ALE action ids (what the DQN Replay action indices mean)."""
-  from envs.atari import AtariEnv
-
   sets = {}
   for g in games:
-    env = AtariEnv(g, seed=0, training=False)
+    env = games_lib.make_env(g, seed=0, training=False)
     sets[g] = env.action_set
     env.close()
   return sets
