@@ -99,9 +99,7 @@ def main():
   if not 0.0 <= sticky <= 1.0 or not 0.0 <= _EPSILON.value <= 1.0:
     common.fail("--sticky and --epsilon must be in [0, 1]")
   # Dopamine's env: the DQN Replay data was collected with it (sticky actions included).
-  env = games.make_env(
-      game, seed=_SEED.value, training=False, sticky=sticky, protocol="dopamine"
-  )
+  env = games.make_env(game, seed=_SEED.value, training=False, sticky=sticky, protocol="dopamine")
   rng = np.random.default_rng(_SEED.value + 7_919)
   greedy = None
   if _POLICY.value == "checkpoint":
