@@ -50,7 +50,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 # The settings (shared with `python -m launch.learning_curves`, which draws the curves).
-from launch.learning_curves import BBF_FLAGS, SPR_FLAGS, STEPS  # pylint: disable=wrong-import-position
+from launch.catch_settings import BBF_FLAGS, SPR_FLAGS, STEPS  # pylint: disable=wrong-import-position
 
 SOLVED = 0.8  # 90% catches
 CHANCE_BOUND = 0.0  # half the balls caught; random play: -0.61 (19.7%)
