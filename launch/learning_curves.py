@@ -66,7 +66,10 @@ def read_curves(out: Path, variants: list[str]) -> dict[str, dict[int, list[tupl
         continue
       points = []
       for line in (seed_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+        try:
+          record = json.loads(line)
+        except ValueError:  # a line cut by a kill (metrics.jsonl tolerates one)
+          continue
         if "eval_mean_score" in record:
           points.append((int(record["step"]), float(record["eval_mean_score"])))
       done = json.loads(final.read_text())
@@ -135,8 +138,9 @@ def main():
     for command in commands:
       print("+ python -m " + " ".join(command), flush=True)
       proc = subprocess.run([sys.executable, "-m", *command])
-      if proc.returncode:
-        common.fail(f"{command[0]} exited with {proc.returncode}", proc.returncode)
+      if proc.returncode:  # a child killed by signal n returns -n: exit 128 + n, as a shell does
+        code = 128 - proc.returncode if proc.returncode < 0 else proc.returncode
+        common.fail(f"{command[0]} exited with {code}; rerun to resume", code)
   curves = read_curves(out, _VARIANTS.value)
   if not curves:
     common.fail(f"no finished Catch runs in {out}")

@@ -191,51 +191,53 @@ def _pretrain(
   t_start = time.perf_counter() - elapsed
   window = runtime.MetricsWindow(step)
   sample_time = 0.0
-  with runtime.TermFlag() as term:
-    while step < config.steps:
-      t0 = time.perf_counter()
-      batch = sampler.sample(rng, config.batch_size)
-      sample_time += time.perf_counter() - t0
-      state, m = learner.update(state, batch)
-      m = jax.device_get(m)
-      step += 1
-      if not m.finite:
-        raise NonFiniteLossError(
-            f"non-finite loss at pretraining step {step}; "
-            f"{runtime.last_good_checkpoint(ckpt_dir)}"
-        )
-      window.add({k: v for k, v in m._asdict().items() if k != "finite"})
-      if bar is not None:
-        bar.update(1)
-      if step % config.log_every == 0 or step == config.steps:
-        now = time.perf_counter()
-        seconds = max(now - window.time, 1e-9)
-        record = dict(
-            step=step,
-            time_s=round(now - t_start, 3),
-            samples_per_s=round(window.rate(step, now) * config.batch_size, 2),
-            sample_time_frac=round(sample_time / seconds, 3),
-            **window.means(window.sums),
-        )
-        metrics_log.write(record)
-        runtime.log(
-            bar,
-            "step %d/%d | %.0f samples/s | loss %.4f (spr %.4f, goal %.4f, inv " "%.4f)",
-            step,
-            config.steps,
-            record["samples_per_s"],
-            record["loss"],
-            record["spr_loss"],
-            record["goal_loss"],
-            record["inverse_loss"],
-        )
-        window.reset(step, now)
-        sample_time = 0.0
-      if step % config.checkpoint_every == 0 or step == config.steps or term.set:
-        save(step, time.perf_counter() - t_start)
-      if term.set and step < config.steps:
-        raise term.preempted(f"at step {step} in {ckpt_dir}")
-  runtime.close_bar(bar)
+  try:
+    with runtime.TermFlag() as term:
+      while step < config.steps:
+        t0 = time.perf_counter()
+        batch = sampler.sample(rng, config.batch_size)
+        sample_time += time.perf_counter() - t0
+        state, m = learner.update(state, batch)
+        m = jax.device_get(m)
+        step += 1
+        if not m.finite:
+          raise NonFiniteLossError(
+              f"non-finite loss at pretraining step {step}; "
+              f"{runtime.last_good_checkpoint(ckpt_dir)}"
+          )
+        window.add({k: v for k, v in m._asdict().items() if k != "finite"})
+        if bar is not None:
+          bar.update(1)
+        if step % config.log_every == 0 or step == config.steps:
+          now = time.perf_counter()
+          seconds = max(now - window.time, 1e-9)
+          record = dict(
+              step=step,
+              time_s=round(now - t_start, 3),
+              samples_per_s=round(window.rate(step, now) * config.batch_size, 2),
+              sample_time_frac=round(sample_time / seconds, 3),
+              **window.means(window.sums),
+          )
+          metrics_log.write(record)
+          runtime.log(
+              bar,
+              "step %d/%d | %.0f samples/s | loss %.4f (spr %.4f, goal %.4f, inv " "%.4f)",
+              step,
+              config.steps,
+              record["samples_per_s"],
+              record["loss"],
+              record["spr_loss"],
+              record["goal_loss"],
+              record["inverse_loss"],
+          )
+          window.reset(step, now)
+          sample_time = 0.0
+        if step % config.checkpoint_every == 0 or step == config.steps or term.set:
+          save(step, time.perf_counter() - t_start)
+        if term.set and step < config.steps:
+          raise term.preempted(f"at step {step} in {ckpt_dir}")
+  finally:
+    runtime.close_bar(bar)
   lines = [l for l in (path / wd.METRICS).read_text().splitlines() if l.strip()]
   rates = [json.loads(l).get("samples_per_s", math.nan) for l in lines]
   final = dict(

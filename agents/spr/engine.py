@@ -286,6 +286,8 @@ def _train_runs(
         _announce_device(config)
       with runtime.TermFlag() as term:
         _loop(groups, config, term, pool, progress)
+        if term.set:  # arrived during the last step's bookkeeping: its checkpoint is written
+          raise term.preempted(f"at step {config.steps} (the budget's end; not yet evaluated)")
       index_of = {id(run): index for index, run in started}
       for learner, runs, acting, stacked in _final_groups(groups):
         for run, final in zip(
@@ -476,69 +478,73 @@ def _loop(
     for run in g.runs:
       run.window = runtime.MetricsWindow(g.step)
   bar = runtime.progress_bar(config.steps, min(g.step for g in groups), progress)
-  compiled = set()  # (group, reset) whose update this process has compiled
-  while True:
-    active = [g for g in groups if g.step < config.steps and g.live]
-    if not active:
-      break
-    # 1. Step every env of every active group (in parallel when the pool has workers).
-    handles = [r.env_handle for g in active for r in g.runs]
-    frames, rewards, terminals, infos = pool.step(
-        handles, [int(a) for g in active for a in g.actions]
-    )
-    stacks = pool.stacks(handles)
-    # 2. Dispatch every group's learner step, then fetch all actions and metrics at once.
-    outputs, k = [], 0
-    for g in active:
-      rows = slice(k, k + len(g.runs))
-      k += len(g.runs)
-      num_updates = updates_at(config, g.step + 1)
-      reset = is_reset_step(config, g.step + 1)  # static: only reset steps compile the reset
-      if num_updates and (id(g), reset) not in compiled:  # a silent minute is not a hang
-        compiled.add((id(g), reset))
-        runtime.log(
-            bar,
-            "compiling the learner update (%s, %d per step%s): about a minute on "
-            "a CPU, seconds on a GPU",
-            g.describe(),
-            num_updates,
-            ", with a reset" if reset else "",
-        )
-        if bar is not None and not reset:  # the random phase ran faster: estimate from here
-          bar.reset(total=config.steps)
-          bar.update(min(x.step for x in groups))
-      device_out = _step_group(g, num_updates, reset, rewards[rows], terminals[rows], stacks[rows])
-      outputs.append((g, frames[rows], infos[rows], device_out))
-    fetched = jax.device_get([o[3] for o in outputs])
-    # 3. Host bookkeeping per run: metrics, episodes, logs, evaluations, checkpoints.
-    preempted = term.set
-    for (g, next_frames, step_infos, _), out in zip(outputs, fetched):
-      next_actions, metrics = _with_run_axis(g, out)
-      g.actions = np.asarray(next_actions, np.int32)
-      g.frames = next_frames
-      g.step += 1
-      _bookkeeping(g, step_infos, metrics, config, t_start, bar)
-      if (
-          config.diagnostics_every
-          and g.step % config.diagnostics_every == 0
-          and g.step > config.learn_start
-      ):
-        _diagnostics(g, time.perf_counter() - t_start)
-      if config.eval_every and g.step % config.eval_every == 0 and g.step < config.steps:
-        _periodic_evaluation(g, config, time.perf_counter() - t_start, pool)
-      if g.step % config.checkpoint_every == 0 or g.step == config.steps or preempted:
-        _checkpoint(g, config, t_start, pool)
-    if bar is not None:
-      bar.update(1)
-    if preempted:
-      runs = [r for g in groups for r in g.runs if not r.failed]
-      where = (
-          f"at step {groups[0].step} in {runs[0].ckpt_dir}"
-          if len(groups) == 1 == len(runs)
-          else f"{len(runs)} runs"
+  try:
+    compiled = set()  # (group, reset) whose update this process has compiled
+    while True:
+      active = [g for g in groups if g.step < config.steps and g.live]
+      if not active:
+        break
+      # 1. Step every env of every active group (in parallel when the pool has workers).
+      handles = [r.env_handle for g in active for r in g.runs]
+      frames, rewards, terminals, infos = pool.step(
+          handles, [int(a) for g in active for a in g.actions]
       )
-      raise term.preempted(where)
-  runtime.close_bar(bar)
+      stacks = pool.stacks(handles)
+      # 2. Dispatch every group's learner step, then fetch all actions and metrics at once.
+      outputs, k = [], 0
+      for g in active:
+        rows = slice(k, k + len(g.runs))
+        k += len(g.runs)
+        num_updates = updates_at(config, g.step + 1)
+        reset = is_reset_step(config, g.step + 1)  # static: only reset steps compile the reset
+        if num_updates and (id(g), reset) not in compiled:  # a silent minute is not a hang
+          compiled.add((id(g), reset))
+          runtime.log(
+              bar,
+              "compiling the learner update (%s, %d per step%s): about a minute on "
+              "a CPU, seconds on a GPU",
+              g.describe(),
+              num_updates,
+              ", with a reset" if reset else "",
+          )
+          if bar is not None and not reset:  # the random phase ran faster: estimate from here
+            bar.reset(total=config.steps)
+            bar.update(min(x.step for x in groups))
+        device_out = _step_group(
+            g, num_updates, reset, rewards[rows], terminals[rows], stacks[rows]
+        )
+        outputs.append((g, frames[rows], infos[rows], device_out))
+      fetched = jax.device_get([o[3] for o in outputs])
+      # 3. Host bookkeeping per run: metrics, episodes, logs, evaluations, checkpoints.
+      preempted = term.set
+      for (g, next_frames, step_infos, _), out in zip(outputs, fetched):
+        next_actions, metrics = _with_run_axis(g, out)
+        g.actions = np.asarray(next_actions, np.int32)
+        g.frames = next_frames
+        g.step += 1
+        _bookkeeping(g, step_infos, metrics, config, t_start, bar)
+        if (
+            config.diagnostics_every
+            and g.step % config.diagnostics_every == 0
+            and g.step > config.learn_start
+        ):
+          _diagnostics(g, time.perf_counter() - t_start)
+        if config.eval_every and g.step % config.eval_every == 0 and g.step < config.steps:
+          _periodic_evaluation(g, config, time.perf_counter() - t_start, pool)
+        if g.step % config.checkpoint_every == 0 or g.step == config.steps or preempted:
+          _checkpoint(g, config, t_start, pool)
+      if bar is not None:
+        bar.update(1)
+      if preempted:
+        runs = [r for g in groups for r in g.runs if not r.failed]
+        where = (
+            f"at step {groups[0].step} in {runs[0].ckpt_dir}"
+            if len(groups) == 1 == len(runs)
+            else f"{len(runs)} runs"
+        )
+        raise term.preempted(where)
+  finally:
+    runtime.close_bar(bar)
 
 
 def _bookkeeping(

@@ -411,6 +411,8 @@ class SPRLearner:
     """
     cfg, net = self.config, self.network.apply
     sample_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, _DIAGNOSTICS_STREAM))
+    # PER beta 1 (full importance correction), not the run's annealed beta: the gradient norms
+    # are those of the loss on this batch with unbiased weights.
     batch, _, is_weights, anneal = self.training_batch(state, sample_key, 1.0)
     grads = jax.grad(
         lambda p: self.loss(
@@ -653,6 +655,8 @@ def updates_at(config: SPRConfig, stored: int) -> int:
 def updates_through(config: SPRConfig, env_step):
   """Gradient updates done once the step that stored transition number `env_step` (1-based: the
   replay then holds `env_step` transitions) has run; see `updates_at`."""
+  if isinstance(env_step, int):  # host bookkeeping: no device op, no sync
+    return config.updates_per_step * max(env_step - config.learn_start, 0)
   return config.updates_per_step * jnp.maximum(env_step - config.learn_start, 0)
 
 
