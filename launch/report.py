@@ -619,7 +619,7 @@ def _plots(
       ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.supxlabel("env steps")
-    fig.supylabel("mean, min-max over runs (all games and seeds of a label)")
+    fig.supylabel("mean, min-max over the seeds of a line")
     fig.tight_layout()
     fig.savefig(out / "diagnostics.png", dpi=100)
     plt.close(fig)
@@ -634,6 +634,7 @@ DIAGNOSTIC_PANELS = (
     "diag_srank_projection",
     "diag_dormant_encoder",
     "diag_dormant_head",
+    "diag_greedy_top_action_share",
     "diag_spr_cos",
     "diag_drift_projection",
     "diag_grad_norm_encoder",
@@ -641,10 +642,20 @@ DIAGNOSTIC_PANELS = (
 )
 
 
+# Up to this many games, diagnostics are drawn per (label, game): a collapse in one game is not
+# averaged away by the others; above it, per label.
+DIAGNOSTICS_PER_GAME_UP_TO = 4
+
+
 def _diagnostic_curves(records, labels) -> dict:
-  """key -> label -> (steps, mean, min, max) over every run of the label (games and seeds) of
-  the `DIAGNOSTIC_PANELS` and of each `diag_predictor_*_orthogonality_gap` key."""
-  series: dict = {}  # key -> label -> [ {step: value} per run ]
+  """key -> line -> (steps, mean, min, max) over every run of the line of the
+  `DIAGNOSTIC_PANELS` and of the run's own predictor's `diag_predictor_*_orthogonality_gap` (not
+  the `predictor_batch_*` closed forms, which stay in metrics.jsonl). A line is a label and, with
+  at most `DIAGNOSTICS_PER_GAME_UP_TO` games in the report, a game ("spr Boxing"): its seeds."""
+  per_game = len({r.game for r in records}) <= DIAGNOSTICS_PER_GAME_UP_TO
+  line_of = lambda r: f"{r.label} {r.game}" if per_game else r.label
+  lines = list(dict.fromkeys(line_of(r) for lab in labels for r in records if r.label == lab))
+  series: dict = {}  # key -> line -> [ {step: value} per run ]
   for r in records:
     pts: dict = {}
     try:
@@ -662,12 +673,18 @@ def _diagnostic_curves(records, labels) -> dict:
     except OSError:
       continue
     for key, run_pts in pts.items():
-      series.setdefault(key, {}).setdefault(r.label, []).append(run_pts)
+      series.setdefault(key, {}).setdefault(line_of(r), []).append(run_pts)
   keys = [k for k in DIAGNOSTIC_PANELS if k in series]
-  keys += sorted(k for k in series if k.startswith("diag_predictor_") and "orthogonality" in k)
+  keys += sorted(
+      k
+      for k in series
+      if k.startswith("diag_predictor_")
+      and not k.startswith("diag_predictor_batch_")
+      and "orthogonality" in k
+  )
   out: dict = {}
   for key in keys:
-    for lab in labels:
+    for lab in lines:
       runs = series[key].get(lab)
       if not runs:
         continue

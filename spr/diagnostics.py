@@ -289,6 +289,38 @@ def representation_drift(online: Array, target: Array) -> Array:
 
 
 # ---------------------------------------------------------------------------------------------
+# The greedy policy.
+
+
+def greedy_action_distribution(q_values: Array) -> Dict[str, Array]:
+  """How concentrated the greedy policy is over a batch of states: a collapsed representation
+  maps every state to (nearly) the same Q-values, hence the same greedy action.
+
+  Args:
+    q_values: [N, A] action values of N states (ties go to the lowest action, as jnp.argmax).
+
+  Returns:
+    {"greedy_top_action": the most frequent greedy action (the lowest of tied ones), as a float;
+     "greedy_top_action_share": fraction of the N states whose greedy action is the most frequent
+     one, in [1/A, 1] (1: one action everywhere);
+     "greedy_action_entropy": entropy of the greedy actions' histogram over log(A), in [0, 1]
+     (0: one action everywhere, 1: all A actions equally often)}.
+  """
+  chex.assert_rank(q_values, 2)
+  num_actions = q_values.shape[1]
+  counts = jnp.sum(jax.nn.one_hot(jnp.argmax(q_values, axis=-1), num_actions), axis=0)
+  p = counts / q_values.shape[0]
+  # 0 - sum, not -sum: one action everywhere gives 0.0, not -0.0.
+  entropy = 0.0 - jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
+  normaliser = jnp.log(float(num_actions)) if num_actions > 1 else 1.0
+  return {
+      "greedy_top_action": jnp.argmax(p).astype(jnp.float32),
+      "greedy_top_action_share": jnp.max(p).astype(jnp.float32),
+      "greedy_action_entropy": (entropy / normaliser).astype(jnp.float32),
+  }
+
+
+# ---------------------------------------------------------------------------------------------
 # Gradients.
 
 
@@ -325,6 +357,7 @@ def latent_diagnostics(
     spr_mask: Optional[Array] = None,
     predictor_weights: Optional[Mapping[str, Array]] = None,
     grads: Optional[Mapping[str, Mapping[str, Array]]] = None,
+    q_values: Optional[Array] = None,
     delta: float = SRANK_DELTA,
     tau: float = 0.0,
 ) -> Dict[str, Array]:
@@ -341,7 +374,9 @@ def latent_diagnostics(
     spr_cos_k1 .. spr_cos_kK, spr_cos   `cosine_per_step`, and the mean over every valid (b, k);
     predictor_<name>_stable_rank, predictor_<name>_eigenvalue_spread,
     predictor_<name>_orthogonality_gap  `predictor_metrics` of each W in `predictor_weights`;
-    grad_norm_<role>                    `grad_norms_by_role`.
+    grad_norm_<role>                    `grad_norms_by_role`;
+    greedy_top_action, greedy_top_action_share,
+    greedy_action_entropy               `greedy_action_distribution` of `q_values`.
 
   Args:
     latents: encoder output [N, H, W, C] (or [N, D]). The renormalised latent keeps exactly dead
@@ -354,6 +389,7 @@ def latent_diagnostics(
     spr_mask: see `predictions`.
     predictor_weights: {name: W [P, P]}, e.g. {"learned": kernel, "lrp": W_lrp}.
     grads: gradient tree {module: {name: array}}.
+    q_values: action values [N, A] of the same N inputs (mean weights, no noise).
     delta: srank threshold.
     tau: dormancy threshold.
 
@@ -386,4 +422,6 @@ def latent_diagnostics(
       out[f"predictor_{name}_{key}"] = value
   for r, value in grad_norms_by_role(grads or {}).items():
     out[f"grad_norm_{r}"] = value
+  if q_values is not None:
+    out.update(greedy_action_distribution(q_values))
   return out

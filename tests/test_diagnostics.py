@@ -224,6 +224,33 @@ class GradNormsTest(chex.TestCase):
     self.assertAlmostEqual(total, float(optax.tree.norm(grads)), places=5)
 
 
+class GreedyActionDistributionTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_hand_cases(self):
+    dist = self.variant(dg.greedy_action_distribution)
+    # One action everywhere (a collapsed representation): share 1, entropy exactly 0.
+    same = np.tile(np.array([[0.0, 2.0, 1.0]], np.float32), (5, 1))
+    out = dist(same)
+    self.assertEqual(float(out["greedy_top_action"]), 1.0)
+    self.assertEqual(float(out["greedy_top_action_share"]), 1.0)
+    self.assertEqual(float(out["greedy_action_entropy"]), 0.0)
+    self.assertFalse(np.signbit(float(out["greedy_action_entropy"])))
+    # Each of 4 actions greedy in exactly one of 4 states: share 1/4, entropy 1.
+    out = dist(np.eye(4, dtype=np.float32))
+    self.assertEqual(float(out["greedy_top_action"]), 0.0)  # a 4-way tie: the lowest
+    self.assertAlmostEqual(float(out["greedy_top_action_share"]), 0.25)
+    self.assertAlmostEqual(float(out["greedy_action_entropy"]), 1.0, places=6)
+    # Greedy actions (0, 0, 0, 1) of 3 actions: share 3/4, entropy H(3/4, 1/4) / log 3; a tie
+    # goes to the lowest action.
+    q = np.array([[1, 0, 0], [1, 1, 0], [2, 0, 1], [0, 3, 0]], np.float32)
+    out = dist(q)
+    self.assertEqual(float(out["greedy_top_action"]), 0.0)
+    self.assertAlmostEqual(float(out["greedy_top_action_share"]), 0.75)
+    h = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25)) / np.log(3)
+    self.assertAlmostEqual(float(out["greedy_action_entropy"]), h, places=6)
+
+
 class LatentDiagnosticsTest(chex.TestCase):
 
   @chex.variants(with_jit=True)
@@ -247,6 +274,7 @@ class LatentDiagnosticsTest(chex.TestCase):
           spr_mask=mask,
           predictor_weights={"learned": q, "lrp": 2.0 * q},
           grads=grads,
+          q_values=np.eye(6, 3, dtype=np.float32),  # greedy actions 0, 1, 2, 0, 0, 0
       )
 
     out = self.variant(fn)(latents, proj, pred, q)
@@ -269,6 +297,9 @@ class LatentDiagnosticsTest(chex.TestCase):
                 "predictor_lrp_eigenvalue_spread",
                 "predictor_lrp_orthogonality_gap",
                 "grad_norm_encoder",
+                "greedy_top_action",
+                "greedy_top_action_share",
+                "greedy_action_entropy",
             ]
         ),
     )
@@ -285,6 +316,7 @@ class LatentDiagnosticsTest(chex.TestCase):
       self.assertAlmostEqual(float(out[key]), 1.0, places=5)
     self.assertAlmostEqual(float(out["predictor_lrp_orthogonality_gap"]), np.sqrt(8), places=4)
     self.assertAlmostEqual(float(out["grad_norm_encoder"]), 5.0, places=6)
+    self.assertAlmostEqual(float(out["greedy_top_action_share"]), 4 / 6, places=6)
 
   def test_minimal_inputs(self):
     out = jax.jit(dg.latent_diagnostics)(np.ones((4, 10), np.float32), np.ones((4, 3), np.float32))

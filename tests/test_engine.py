@@ -176,7 +176,7 @@ def test_diagnostics_are_logged_and_leave_the_run_unchanged(tmp_path):
   small = dict(steps=60, learn_start=20, eval_episodes=0, log_every=30, checkpoint_every=60)
   finals = {}
   for every in (0, 20):
-    config = make_config("smoke", dict(small, diagnostics_every=every))
+    config = make_config("smoke", dict(small, diagnostics_every=every, diagnostics_batch_size=16))
     workdir = tmp_path / f"every_{every}"
     finals[every] = engine.train_runs(
         [engine.RunSpec("Pong", 0, workdir)], config, "smoke", progress=False, env_workers=0
@@ -195,11 +195,16 @@ def test_diagnostics_are_logged_and_leave_the_run_unchanged(tmp_path):
       "diag_spr_cos_k1",
       "diag_spr_cos_k2",
       "diag_predictor_linear_stable_rank",
+      "diag_predictor_batch_lrp_stable_rank",
+      "diag_predictor_batch_stiefel_orthogonality_gap",
       "diag_grad_norm_encoder",
       "diag_grad_norm_transition",
+      "diag_greedy_top_action_share",
+      "diag_greedy_action_entropy",
   }
   assert expected <= set(diag[0])
-  assert 1 <= diag[0]["diag_srank_latent"] <= 4  # batch 4: srank cannot exceed it
+  # On 16 samples, not the training batch of 4 (srank is at most the number of samples).
+  assert 4 < diag[0]["diag_srank_latent"] <= 16
   assert 0.0 <= diag[0]["diag_dormant_encoder"] <= 1.0 and diag[0]["diag_grad_norm_encoder"] > 0
   assert not any(
       k.startswith("diag_")
@@ -209,3 +214,15 @@ def test_diagnostics_are_logged_and_leave_the_run_unchanged(tmp_path):
   load = lambda d: ckpt.read_file(d / "checkpoints" / "ckpt_60.npz")["content"]["leaves"]
   for a, b in zip(load(plain), load(diagnosed)):
     np.testing.assert_array_equal(a, b)
+  # launch.diagnose recomputes them from the checkpoint after the fact: the values logged at 60,
+  # also for the run trained without them.
+  from launch import diagnose
+
+  for workdir in (diagnosed, plain):
+    result = diagnose.diagnose_run(workdir, batch_size=16)
+    assert (result["step"], result["batch_size"], result["game"]) == (60, 16, "Pong")
+    assert result["top_action"] in ("NOOP", "FIRE", "RIGHT", "LEFT", "RIGHTFIRE", "LEFTFIRE")
+    logged = {k.removeprefix("diag_"): v for k, v in diag[-1].items() if k.startswith("diag_")}
+    assert set(result["diagnostics"]) == set(logged)
+    for key, value in logged.items():
+      assert result["diagnostics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key

@@ -423,9 +423,11 @@ def test_report_cli_root_without_runs(tmp_path):
   assert not r.stdout
 
 
-def test_diagnostic_curves_average_every_run_of_a_label(tmp_path):
-  """The `diag_` lines of metrics.jsonl become diagnostics.png: per key and label, the mean and
-  min-max over the label's runs at each step; non-numeric (null) values are skipped."""
+def test_diagnostic_curves_average_the_seeds_of_a_line(tmp_path, monkeypatch):
+  """The `diag_` lines of metrics.jsonl become diagnostics.png: per key and line, the mean and
+  min-max over the line's runs at each step; non-numeric (null) values are skipped. A line is a
+  (label, game) with few games in the report (a collapse in one game is not averaged away), a
+  label with many. The closed forms of the diagnostics batch (`predictor_batch_*`) are not drawn."""
   root = tmp_path / "sweep"
   runs = []
   for game, seed, srank, cos in (
@@ -442,6 +444,7 @@ def test_diagnostic_curves_average_every_run_of_a_label(tmp_path):
                   "diag_srank_latent": srank,
                   "diag_spr_cos": cos,
                   "diag_predictor_linear_orthogonality_gap": 2.0,
+                  "diag_predictor_batch_lrp_orthogonality_gap": 3.0,
               }
           )
           + "\n"
@@ -453,10 +456,20 @@ def test_diagnostic_curves_average_every_run_of_a_label(tmp_path):
       "diag_spr_cos",
       "diag_predictor_linear_orthogonality_gap",
   ]
-  steps, mean, lo, hi = curves["diag_srank_latent"]["A"]
-  assert list(steps) == [5000] and (mean[0], lo[0], hi[0]) == (20.0, 10.0, 30.0)
+  assert list(curves["diag_srank_latent"]) == ["A Pong", "A Boxing"]
+  steps, mean, lo, hi = curves["diag_srank_latent"]["A Pong"]
+  assert list(steps) == [5000] and (mean[0], lo[0], hi[0]) == (15.0, 10.0, 20.0)
+  _, mean, lo, hi = curves["diag_srank_latent"]["A Boxing"]
+  assert (mean[0], lo[0], hi[0]) == (30.0, 30.0, 30.0)
+  _, mean, lo, hi = curves["diag_spr_cos"]["A Pong"]  # seed 1's null is skipped
+  assert (mean[0], lo[0], hi[0]) == pytest.approx((0.5, 0.5, 0.5))
+  monkeypatch.setattr(report, "DIAGNOSTICS_PER_GAME_UP_TO", 1)  # many games: one line a label
+  curves = report._diagnostic_curves(runs, ["A"])  # pylint: disable=protected-access
+  _, mean, lo, hi = curves["diag_srank_latent"]["A"]
+  assert (mean[0], lo[0], hi[0]) == (20.0, 10.0, 30.0)
   _, mean, lo, hi = curves["diag_spr_cos"]["A"]
   assert (mean[0], lo[0], hi[0]) == pytest.approx((0.6, 0.5, 0.7))
+  monkeypatch.undo()
   res = report.build(
       [root], tmp_path / "out", report.ReportOptions(reps=200, profile_reps=50, seed=0)
   )

@@ -40,6 +40,9 @@ class SPRConfig(configs.AgentConfig):
   # units, predictor shape, per-k SPR cosine, gradient norms per role) in metrics.jsonl; 0: none.
   # They read the state and change nothing, so the trajectory is the same with or without them.
   diagnostics_every: int = 5000
+  # Replay samples of one diagnostics call: srank is at most the batch size, so the training batch
+  # (4 in the smoke config) would cap it; 256 samples cost a few updates every `diagnostics_every`.
+  diagnostics_batch_size: int = 256
   # Env: "spr" = the SPR/SGI code's own ALE env (mila-iqia/spr src/rlpyt_atari_env.py);
   # "dopamine" = Dopamine's / gymnasium's AtariPreprocessing, which BBF runs. envs/atari.py.
   env_protocol: str = "spr"
@@ -133,6 +136,7 @@ class SPRConfig(configs.AgentConfig):
         (self.updates_per_step >= 0, "updates_per_step must be >= 0"),
         (self.eval_episodes >= 0, "eval_episodes must be >= 0"),
         (self.diagnostics_every >= 0, "diagnostics_every must be >= 0"),
+        (self.diagnostics_batch_size >= 1, "diagnostics_batch_size must be >= 1"),
         (self.n_step >= 1, "n_step must be >= 1"),
         (0.0 <= self.gamma_start < 1.0, "gamma_start must be in [0, 1)"),
         (
@@ -238,6 +242,7 @@ LEGACY_VALUES = {
     "diagnostics_every": lambda stored: CONFIGS.get(stored.get("config_name"), {}).get(
         "diagnostics_every", SPRConfig.diagnostics_every
     ),
+    "diagnostics_batch_size": SPRConfig.diagnostics_batch_size,
 }
 
 

@@ -306,15 +306,17 @@ class SPRLearner:
     done = state.env_step.astype(jnp.float32) - 2.0 - cfg.learn_start
     return jnp.clip(done / max(cfg.steps - cfg.learn_start, 1), 0.0, 1.0)
 
-  def training_batch(self, state: TrainState, key: jax.Array, beta: jax.Array):
+  def training_batch(
+      self, state: TrainState, key: jax.Array, beta: jax.Array, batch_size: int | None = None
+  ):
     """(batch, indices, IS weights, annealed n / gamma kwargs) of one update: a prioritised
-    sample of the replay, with the bootstrap stacks the config's n-step convention (and BBF's
-    annealed n) needs."""
+    sample of the replay (`batch_size` samples, the config's by default), with the bootstrap
+    stacks the config's n-step convention (and BBF's annealed n) needs."""
     cfg = self.config
     batch, indices, is_weights = replay.replay_sample(
         state.replay,
         key,
-        cfg.batch_size,
+        batch_size or cfg.batch_size,
         cfg.n_step,
         cfg.spr_steps,
         beta,
@@ -395,8 +397,9 @@ class SPRLearner:
 
   # ---------------------------------------------------------------- diagnostics
   def diagnostics(self, state: TrainState) -> dict[str, jax.Array]:
-    """Representation diagnostics of the current networks on one replay batch: a flat dict of
-    float scalars (`spr.diagnostics.latent_diagnostics`; metrics.jsonl writes them as `diag_*`).
+    """Representation diagnostics of the current networks on one replay batch of
+    `diagnostics_batch_size` samples: a flat dict of float scalars
+    (`spr.diagnostics.latent_diagnostics`; metrics.jsonl writes them as `diag_*`).
 
     Reads the state and changes nothing: the batch is drawn with a key folded off `state.rng`
     (the training stream does not advance) and nothing is written back, so a run follows the same
@@ -407,13 +410,18 @@ class SPRLearner:
     projection drift, the self-predictive cosine for each k = 1..K, the shape of the run's
     predictor (the learned linear map, or the closed-form one from the run's EMA statistics:
     stable rank, singular-value spread, distance to the orthogonal group, Richemond et al.
-    2023), and the gradient norm of the training loss per parameter role on this batch.
+    2023) and, beside it, each closed-form predictor of this batch's (rolled projection, target
+    projection) statistics (`predictor_batch_<name>_*`), the gradient norm of the training loss
+    per parameter role on this batch, and how concentrated the greedy policy is over the batch's
+    states (`greedy_top_action_share`, `greedy_action_entropy`).
     """
     cfg, net = self.config, self.network.apply
     sample_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, _DIAGNOSTICS_STREAM))
     # PER beta 1 (full importance correction), not the run's annealed beta: the gradient norms
     # are those of the loss on this batch with unbiased weights.
-    batch, _, is_weights, anneal = self.training_batch(state, sample_key, 1.0)
+    batch, _, is_weights, anneal = self.training_batch(
+        state, sample_key, 1.0, cfg.diagnostics_batch_size
+    )
     grads = jax.grad(
         lambda p: self.loss(
             p,
@@ -434,9 +442,11 @@ class SPRLearner:
     frames = objectives.scale_frames(obs.reshape((b * k_plus_1,) + obs.shape[2:]))
     latents = self.encoder(params, frames[::k_plus_1], norm_state)  # s_i of each sample
     projections = net.project(params, None, latents)
+    q = q_values(net.q_logits(params, None, latents, None), self.support)
     target_latents = self.encoder(target_params, frames, target_norm)
     target_projections = net.project(target_params, None, target_latents).reshape(b, k_plus_1, -1)
     extra = {}
+    weights = {cfg.predictor: self.predictor_weights(state)}
     if k_plus_1 > 1:
       rolled = objectives.transition_rollout(
           lambda z, a: net.transition(params, None, z, a), latents, batch["actions"][:, :-1]
@@ -445,6 +455,14 @@ class SPRLearner:
       predictions, _ = self.predictor(
           params, rolled_projections, target_projections[:, 1:], state.predictor_state
       )
+      # Every closed-form predictor of this batch's statistics, side by side with the run's.
+      d = target_projections.shape[-1]
+      sigma, cross = predictors.batch_statistics(
+          rolled_projections.astype(jnp.float32),
+          target_projections[:, 1:].transpose(1, 0, 2).reshape(-1, d).astype(jnp.float32),
+      )
+      for name, from_stats in predictors.FROM_STATS.items():
+        weights[f"batch_{name}"] = from_stats(sigma, cross, cfg.predictor_ridge)
       extra = dict(
           predictions=predictions.reshape(k_plus_1 - 1, b, -1).transpose(1, 0, 2),
           spr_targets=target_projections[:, 1:],
@@ -454,8 +472,9 @@ class SPRLearner:
         latents,
         projections,
         target_projections=target_projections[:, 0],
-        predictor_weights={cfg.predictor: self.predictor_weights(state)},
+        predictor_weights=weights,
         grads=grads,
+        q_values=q,
         **extra,
     )
 

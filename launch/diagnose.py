@@ -1,0 +1,139 @@
+r"""The representation diagnostics of a saved run, from its checkpoints, after the fact.
+
+  python -m launch.diagnose --workdir=RUN [--workdir=RUN2 ...] [--step=N] [--batch_size=256]
+      [--json=OUT.json]
+
+For every run (a `launch.train` workdir, any game, Atari or Catch) it restores a checkpoint (the
+newest; `--step` another one that is kept) and computes `SPRLearner.diagnostics` on a replay
+batch of `--batch_size` samples (default: the run's `diagnostics_batch_size`): srank of the
+latents and projections, dormant units, the greedy policy's most frequent action and the
+entropy of its actions over the batch's states, the self-predictive cosine, the predictors'
+shape, gradient norms (spr/diagnostics.py). It is the same function a run calls every
+`diagnostics_every` steps, so it works on runs trained with the diagnostics off, and on a
+larger batch than the run logged. Nothing is written to the run: the batch is drawn with the
+diagnostics' own key off the checkpoint's RNG. Prints one table (a row per run) and, with
+`--json`, writes every value.
+
+Exit codes (launch/common.py): 0 done, 2 bad input (no config.json, no usable checkpoint,
+a step that is not kept, a bad flag).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import flags
+
+from launch import common
+
+_WORKDIR = flags.DEFINE_multi_string("workdir", [], "A launch.train run's workdir (repeatable).")
+_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step (0: the newest usable one).")
+_BATCH = flags.DEFINE_integer(
+    "batch_size", 0, "Replay samples (0: the run's diagnostics_batch_size)."
+)
+_JSON = flags.DEFINE_string("json", "", "Write every diagnostic of every run to this JSON file.")
+
+# The table's columns: (diagnostics key, header).
+COLUMNS = (
+    ("srank_latent", "srank latent"),
+    ("srank_projection", "srank proj"),
+    ("dormant_encoder", "dormant enc"),
+    ("dormant_head", "dormant head"),
+    ("greedy_top_action_share", "top action share"),
+    ("greedy_action_entropy", "action H"),
+    ("spr_cos", "spr cos"),
+)
+
+
+def diagnose_run(workdir: str | Path, step: int = 0, batch_size: int = 0) -> dict:
+  """{"workdir", "game", "seed", "step", "batch_size", "top_action" (the name of the most frequent
+  greedy action), "diagnostics": {key: float}} of one run.
+
+  Raises:
+    ValueError: not a launch.train run, or a bad batch size.
+    spr.checkpoint.CheckpointError: no usable checkpoint (at `step`).
+  """
+  from spr import workdir as wd
+
+  path = Path(workdir)
+  if not (path / wd.CONFIG).exists():
+    raise ValueError(f"{path / wd.CONFIG} not found: {path} is not a launch.train run")
+  if batch_size < 0:
+    raise ValueError(f"--batch_size must be >= 0, got {batch_size}")
+  # Imported once the input is known to be a run: a refusal needs no JAX.
+  import dataclasses
+
+  import jax
+
+  from agents.spr import config as spr_config
+  from agents.spr.learner import learner_for
+  from envs import games
+  from spr import checkpoint
+
+  stored = wd.read_json(path / wd.CONFIG)
+  # A setting added after the run was written reads as the value that reproduces the run.
+  settings = dict(stored)
+  for key, value in spr_config.LEGACY_VALUES.items():
+    if key not in settings:
+      settings[key] = value(stored) if callable(value) else value
+  config = spr_config.config_from_json(settings)
+  if batch_size:
+    config = dataclasses.replace(config, diagnostics_batch_size=batch_size)
+  game = str(stored.get("game"))
+  env = games.make_env(game, seed=0)
+  num_actions, meanings = env.num_actions, env.action_meanings
+  env.close()
+  learner = learner_for(config, num_actions)
+  template = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
+  restored_step, state, _, _ = checkpoint.restore(
+      path / wd.CHECKPOINTS,
+      template,
+      step or None,
+      expect_config=stored,
+      legacy=spr_config.LEGACY_VALUES,
+  )
+  values = jax.device_get(jax.jit(learner.diagnostics)(state))
+  return dict(
+      workdir=str(path),
+      game=game,
+      seed=stored.get("seed"),
+      step=int(restored_step),
+      batch_size=config.diagnostics_batch_size,
+      top_action=meanings[int(values["greedy_top_action"])],
+      diagnostics={k: float(v) for k, v in sorted(values.items())},
+  )
+
+
+def table(results: list[dict]) -> str:
+  """A Markdown table: one row per run, the `COLUMNS`."""
+  head = ["run", "step", "samples", "top action"] + [h for _, h in COLUMNS]
+  rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in results:
+    d = r["diagnostics"]
+    cells = [r["workdir"], str(r["step"]), str(r["batch_size"]), r["top_action"]]
+    cells += [f"{d[k]:.3f}" if k in d else "-" for k, _ in COLUMNS]
+    rows.append("| " + " | ".join(cells) + " |")
+  return "\n".join(rows)
+
+
+def main():
+  common.configure_jax_cache()
+  if not _WORKDIR.value:
+    common.fail("--workdir is required (a launch.train run)")
+  if _STEP.value < 0:
+    common.fail(f"--step must be >= 0, got {_STEP.value}")
+  results = []
+  with common.bad_input():
+    for workdir in _WORKDIR.value:
+      results.append(diagnose_run(workdir, _STEP.value, _BATCH.value))
+      print(f"[{workdir}: step {results[-1]['step']}]", file=sys.stderr, flush=True)
+  print(table(results))
+  if _JSON.value:
+    from spr import workdir as wd
+
+    wd.write_json_atomic(_JSON.value, {"runs": results})
+
+
+if __name__ == "__main__":
+  common.run(main)
