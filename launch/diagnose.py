@@ -1,7 +1,7 @@
 r"""The representation diagnostics of a saved run, from its checkpoints, after the fact.
 
   python -m launch.diagnose --workdir=RUN [--workdir=RUN2 ...] [--step=N] [--batch_size=256]
-      [--json=OUT.json]
+      [--at_init] [--json=OUT.json]
 
 For every run (a `launch.train` workdir, any game, Atari or Catch) it restores a checkpoint (the
 newest; `--step` another one that is kept) and computes `SPRLearner.diagnostics` on a replay
@@ -12,7 +12,9 @@ shape, gradient norms (spr/diagnostics.py). It is the same function a run calls 
 `diagnostics_every` steps, so it works on runs trained with the diagnostics off, and on a
 larger batch than the run logged. Nothing is written to the run: the batch is drawn with the
 diagnostics' own key off the checkpoint's RNG. Prints one table (a row per run) and, with
-`--json`, writes every value.
+`--json`, writes every value. `--at_init` adds a row per run for the network at its random
+initialisation (`PRNGKey(seed)`, as the run started unless it was initialised from a pretrained
+network) on the same replay batch: what training did to the representation, on the same states.
 
 Exit codes (launch/common.py): 0 done, 2 bad input (no config.json, no usable checkpoint,
 a step that is not kept, a bad flag).
@@ -32,6 +34,9 @@ _STEP = flags.DEFINE_integer("step", 0, "Checkpoint step (0: the newest usable o
 _BATCH = flags.DEFINE_integer(
     "batch_size", 0, "Replay samples (0: the run's diagnostics_batch_size)."
 )
+_AT_INIT = flags.DEFINE_bool(
+    "at_init", False, "Also the network at initialisation, on the same batch (a row each)."
+)
 _JSON = flags.DEFINE_string("json", "", "Write every diagnostic of every run to this JSON file.")
 
 # The table's columns: (diagnostics key, header).
@@ -46,9 +51,13 @@ COLUMNS = (
 )
 
 
-def diagnose_run(workdir: str | Path, step: int = 0, batch_size: int = 0) -> dict:
-  """{"workdir", "game", "seed", "step", "batch_size", "top_action" (the name of the most frequent
-  greedy action), "diagnostics": {key: float}} of one run.
+def diagnose_run(
+    workdir: str | Path, step: int = 0, batch_size: int = 0, at_init: bool = False
+) -> dict:
+  """{"workdir", "game", "seed", "step", "network", "batch_size", "top_action" (the name of the
+  most frequent greedy action), "diagnostics": {key: float}} of one run's checkpoint: of its
+  networks ("network": "trained"), or (`at_init`, "network": "init") of the networks of
+  `PRNGKey(seed)` with the checkpoint's replay and RNG, so the same batch.
 
   Raises:
     ValueError: not a launch.train run, or a bad batch size.
@@ -69,7 +78,7 @@ def diagnose_run(workdir: str | Path, step: int = 0, batch_size: int = 0) -> dic
   from agents.spr import config as spr_config
   from agents.spr.learner import learner_for
   from envs import games
-  from spr import checkpoint
+  from spr import checkpoint, objectives, predictors
 
   stored = wd.read_json(path / wd.CONFIG)
   # A setting added after the run was written reads as the value that reproduces the run.
@@ -93,12 +102,26 @@ def diagnose_run(workdir: str | Path, step: int = 0, batch_size: int = 0) -> dic
       expect_config=stored,
       legacy=spr_config.LEGACY_VALUES,
   )
+  if at_init:
+    params, norm_state, _ = objectives.init_network(
+        learner.network, jax.random.PRNGKey(int(stored.get("seed", 0)))
+    )
+    state = state._replace(
+        params=params,
+        target_params=learner.target.init(params),
+        norm_state=norm_state,
+        target_norm_state=learner.target.init(norm_state),
+        predictor_state=(
+            () if config.predictor == "linear" else predictors.init_state(2 * config.hidden)
+        ),
+    )
   values = jax.device_get(jax.jit(learner.diagnostics)(state))
   return dict(
       workdir=str(path),
       game=game,
       seed=stored.get("seed"),
       step=int(restored_step),
+      network="init" if at_init else "trained",
       batch_size=config.diagnostics_batch_size,
       top_action=meanings[int(values["greedy_top_action"])],
       diagnostics={k: float(v) for k, v in sorted(values.items())},
@@ -107,11 +130,11 @@ def diagnose_run(workdir: str | Path, step: int = 0, batch_size: int = 0) -> dic
 
 def table(results: list[dict]) -> str:
   """A Markdown table: one row per run, the `COLUMNS`."""
-  head = ["run", "step", "samples", "top action"] + [h for _, h in COLUMNS]
+  head = ["run", "step", "network", "samples", "top action"] + [h for _, h in COLUMNS]
   rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in results:
     d = r["diagnostics"]
-    cells = [r["workdir"], str(r["step"]), str(r["batch_size"]), r["top_action"]]
+    cells = [r["workdir"], str(r["step"]), r["network"], str(r["batch_size"]), r["top_action"]]
     cells += [f"{d[k]:.3f}" if k in d else "-" for k, _ in COLUMNS]
     rows.append("| " + " | ".join(cells) + " |")
   return "\n".join(rows)
@@ -126,7 +149,8 @@ def main():
   results = []
   with common.bad_input():
     for workdir in _WORKDIR.value:
-      results.append(diagnose_run(workdir, _STEP.value, _BATCH.value))
+      for at_init in (False, True) if _AT_INIT.value else (False,):
+        results.append(diagnose_run(workdir, _STEP.value, _BATCH.value, at_init))
       print(f"[{workdir}: step {results[-1]['step']}]", file=sys.stderr, flush=True)
   print(table(results))
   if _JSON.value:

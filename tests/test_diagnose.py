@@ -34,11 +34,12 @@ def test_table_has_a_row_per_run():
   result = dict(
       workdir="w",
       step=5,
+      network="trained",
       batch_size=16,
       top_action="LEFT",
       diagnostics={"srank_latent": 3.0, "greedy_top_action_share": 1.0},
   )
   rows = diagnose.table([result, dict(result, workdir="v")]).splitlines()
-  assert len(rows) == 4 and rows[0].startswith("| run | step | samples | top action |")
+  assert len(rows) == 4 and rows[0].startswith("| run | step | network | samples | top action |")
   cells = [c.strip() for c in rows[2].strip("|").split("|")]
-  assert cells[:6] == ["w", "5", "16", "LEFT", "3.000", "-"] and cells[8] == "1.000"
+  assert cells[:7] == ["w", "5", "trained", "16", "LEFT", "3.000", "-"] and cells[9] == "1.000"
