@@ -1,7 +1,7 @@
 r"""The representation diagnostics of a saved run, from its checkpoints, after the fact.
 
   python -m launch.diagnose --workdir=RUN [--workdir=RUN2 ...] [--step=N] [--batch_size=256]
-      [--at_init] [--json=OUT.json]
+      [--at_init] [--constant_episodes=100] [--json=OUT.json]
 
 For every run (a `launch.train` workdir, any game, Atari or Catch) it restores a checkpoint (the
 newest; `--step` another one that is kept) and computes `SPRLearner.diagnostics` on a replay
@@ -15,6 +15,9 @@ diagnostics' own key off the checkpoint's RNG. Prints one table (a row per run) 
 `--json`, writes every value. `--at_init` adds a row per run for the network at its random
 initialisation (`PRNGKey(seed)`, as the run started unless it was initialised from a pretrained
 network) on the same replay batch: what training did to the representation, on the same states.
+`--constant_episodes=N` also plays N episodes of the final evaluation (its seeds, epsilon and env
+protocol: the first N of the run's eval.csv) with a policy that always takes the run's most
+frequent greedy action: a run whose policy collapsed to one action scores about the same.
 
 Exit codes (launch/common.py): 0 done, 2 bad input (no config.json, no usable checkpoint,
 a step that is not kept, a bad flag).
@@ -37,6 +40,11 @@ _BATCH = flags.DEFINE_integer(
 _AT_INIT = flags.DEFINE_bool(
     "at_init", False, "Also the network at initialisation, on the same batch (a row each)."
 )
+_CONSTANT = flags.DEFINE_integer(
+    "constant_episodes",
+    0,
+    "Also play this many final-evaluation episodes always taking the top greedy action.",
+)
 _JSON = flags.DEFINE_string("json", "", "Write every diagnostic of every run to this JSON file.")
 
 # The table's columns: (diagnostics key, header).
@@ -49,6 +57,18 @@ COLUMNS = (
     ("greedy_action_entropy", "action H"),
     ("spr_cos", "spr cos"),
 )
+
+
+def run_config(stored: dict):
+  """The SPRConfig of a run's config.json; a setting added after the run was written reads as
+  the value that reproduces the run (agents.spr.config.LEGACY_VALUES)."""
+  from agents.spr import config as spr_config
+
+  settings = dict(stored)
+  for key, value in spr_config.LEGACY_VALUES.items():
+    if key not in settings:
+      settings[key] = value(stored) if callable(value) else value
+  return spr_config.config_from_json(settings)
 
 
 def diagnose_run(
@@ -81,12 +101,7 @@ def diagnose_run(
   from spr import checkpoint, objectives, predictors
 
   stored = wd.read_json(path / wd.CONFIG)
-  # A setting added after the run was written reads as the value that reproduces the run.
-  settings = dict(stored)
-  for key, value in spr_config.LEGACY_VALUES.items():
-    if key not in settings:
-      settings[key] = value(stored) if callable(value) else value
-  config = spr_config.config_from_json(settings)
+  config = run_config(stored)
   if batch_size:
     config = dataclasses.replace(config, diagnostics_batch_size=batch_size)
   game = str(stored.get("game"))
@@ -128,14 +143,41 @@ def diagnose_run(
   )
 
 
+def constant_action_score(result: dict, episodes: int) -> float:
+  """Mean score of `episodes` episodes of the run's final evaluation (same seeds, epsilon and env
+  protocol) played always taking `result`'s most frequent greedy action."""
+  import numpy as np
+
+  from agents.spr import evaluation
+  from envs.evaluation import evaluate
+  from spr import workdir as wd
+
+  stored = wd.read_json(Path(result["workdir"]) / wd.CONFIG)
+  config = run_config(stored)
+  action = int(result["diagnostics"]["greedy_top_action"])
+  scores = evaluate(
+      lambda stacks: np.full(len(stacks), action, np.int32),
+      result["game"],
+      num_episodes=episodes,
+      seed=evaluation.final_eval_seed(int(stored.get("seed", 0))),
+      epsilon=config.eval_epsilon,
+      protocol=config.env_protocol,
+  )
+  return float(np.mean([score for score, _ in scores]))
+
+
 def table(results: list[dict]) -> str:
   """A Markdown table: one row per run, the `COLUMNS`."""
   head = ["run", "step", "network", "samples", "top action"] + [h for _, h in COLUMNS]
+  constant = any("constant_action_score" in r for r in results)
+  head += ["top action always"] if constant else []
   rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in results:
     d = r["diagnostics"]
     cells = [r["workdir"], str(r["step"]), r["network"], str(r["batch_size"]), r["top_action"]]
     cells += [f"{d[k]:.3f}" if k in d else "-" for k, _ in COLUMNS]
+    if constant:
+      cells.append(f"{r['constant_action_score']:.2f}" if "constant_action_score" in r else "-")
     rows.append("| " + " | ".join(cells) + " |")
   return "\n".join(rows)
 
@@ -146,11 +188,15 @@ def main():
     common.fail("--workdir is required (a launch.train run)")
   if _STEP.value < 0:
     common.fail(f"--step must be >= 0, got {_STEP.value}")
+  if _CONSTANT.value < 0:
+    common.fail(f"--constant_episodes must be >= 0, got {_CONSTANT.value}")
   results = []
   with common.bad_input():
     for workdir in _WORKDIR.value:
       for at_init in (False, True) if _AT_INIT.value else (False,):
         results.append(diagnose_run(workdir, _STEP.value, _BATCH.value, at_init))
+        if _CONSTANT.value and not at_init:
+          results[-1]["constant_action_score"] = constant_action_score(results[-1], _CONSTANT.value)
       print(f"[{workdir}: step {results[-1]['step']}]", file=sys.stderr, flush=True)
   print(table(results))
   if _JSON.value:

@@ -18,7 +18,9 @@ A root holding no run in any of them is an error (exit 2). Writes to OUT:
                         metrics.jsonl, else training returns; only if some run logged them)
   diagnostics.png       the representation diagnostics (`diag_` lines of metrics.jsonl: srank,
                         dormant units, SPR cosine, ...), when some run logged them
-A configuration whose budget is not 100k env steps is marked "NOT 100k" in the tables and plots.
+A configuration whose budget is not 100k env steps, or whose runs use a test-size network (the
+`smoke` and `bbf_smoke` configs: CPU-size runs, not SPR or BBF results), is marked "NOT 100k" in
+the tables and plots.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ from launch import common, grid, runstate, stats
 from spr import workdir as run_files
 
 PUBLISHED = ("DER", "SPR", "BBF")
-NOT_100K = "NOT 100k"  # the mark of a configuration whose budget is not Atari 100k's
+NOT_100K = "NOT 100k"  # the mark of a configuration that is not an Atari 100k result
+# Named configs of a test-size network (agents/spr/config.py): their runs are never read as an
+# Atari 100k result, whatever their budget.
+TEST_SIZE_CONFIGS = ("smoke", "bbf_smoke")
 
 
 class NoRunsError(FileNotFoundError):
@@ -60,6 +65,7 @@ class RunRecord:
   budget: int | None = None
   eval_episodes: int | None = None
   note: str = ""
+  config_name: str = ""  # final.json's (the named config the run's settings started from)
 
 
 @dataclasses.dataclass
@@ -116,6 +122,7 @@ def read_run(label: str, game: str, seed: int, wd: Path, table: dict) -> RunReco
   rec.steps = int(final["steps"]) if final.get("steps") is not None else None
   rec.budget = int(final["budget_steps"]) if final.get("budget_steps") is not None else rec.steps
   rec.eval_episodes = final.get("eval_episodes")
+  rec.config_name = str(final.get("config_name") or "")
   rec.score = float(final["mean_score"]) if final.get("mean_score") is not None else None
   episodes = _read_eval_csv(wd / run_files.EVAL)
   if episodes:
@@ -293,6 +300,13 @@ def summarise(
   if done and not is_100k:
     warnings.append(
         f"budget {', '.join(map(str, budgets)) or 'unknown'} env steps: " "NOT an Atari 100k result"
+    )
+  small = sorted({r.config_name for r in done if r.config_name in TEST_SIZE_CONFIGS})
+  if small:
+    is_100k = False
+    warnings.append(
+        f"test-size network (config {', '.join(small)}): a CPU-size run, NOT an Atari 100k "
+        "result and not comparable with the published scores"
     )
   partial = [r for r in recs if r.state == "partial"]
   if partial:
@@ -522,8 +536,8 @@ def interval_figure(
     fig.text(
         0.0,
         0.0,
-        f"({NOT_100K}): budget is not 100k env steps, NOT an Atari 100k result "
-        "(not comparable with the published rows)",
+        f"({NOT_100K}): a budget other than 100k env steps or a test-size network, NOT an "
+        "Atari 100k result (not comparable with the published rows)",
         fontsize=8,
         color="C3",
         va="top",

@@ -293,8 +293,9 @@ def representation_drift(online: Array, target: Array) -> Array:
 
 
 def greedy_action_distribution(q_values: Array) -> Dict[str, Array]:
-  """How concentrated the greedy policy is over a batch of states: a collapsed representation
-  maps every state to (nearly) the same Q-values, hence the same greedy action.
+  """How concentrated the greedy policy is over a batch of states. A policy that takes one action
+  in every state (a collapsed representation, or a head whose state-dependent units are dead:
+  only the biases then rank the actions) scores like that constant action.
 
   Args:
     q_values: [N, A] action values of N states (ties go to the lowest action, as jnp.argmax).

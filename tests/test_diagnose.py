@@ -43,3 +43,16 @@ def test_table_has_a_row_per_run():
   assert len(rows) == 4 and rows[0].startswith("| run | step | network | samples | top action |")
   cells = [c.strip() for c in rows[2].strip("|").split("|")]
   assert cells[:7] == ["w", "5", "trained", "16", "LEFT", "3.000", "-"] and cells[9] == "1.000"
+
+
+def test_run_config_reads_an_older_config_json_with_its_legacy_values():
+  """A run written before a setting existed is diagnosed (and its constant-action episodes are
+  played) with the value that reproduces it, not today's default."""
+  from agents.spr import engine
+  from agents.spr.config import make_config
+
+  stored = engine.run_identity("smoke", "Pong", 0, make_config("smoke", {}))
+  assert diagnose.run_config(stored).env_protocol == "spr"
+  del stored["env_protocol"], stored["diagnostics_batch_size"]
+  config = diagnose.run_config(stored)
+  assert config.env_protocol == "dopamine" and config.diagnostics_batch_size == 256

@@ -226,6 +226,9 @@ def test_diagnostics_are_logged_and_leave_the_run_unchanged(tmp_path):
     assert set(result["diagnostics"]) == set(logged)
     for key, value in logged.items():
       assert result["diagnostics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+  # One final-evaluation episode of Pong always taking the top greedy action: a constant policy
+  # does not return the ball often enough to win points.
+  assert -21.0 <= diagnose.constant_action_score(result, 1) <= -15.0
   # At init: the networks of PRNGKey(seed) on the same batch; the gradient differs from step 60's.
   init = diagnose.diagnose_run(diagnosed, batch_size=16, at_init=True)["diagnostics"]
   assert init["grad_norm_encoder"] != pytest.approx(result["diagnostics"]["grad_norm_encoder"])

@@ -339,7 +339,7 @@ def test_report_reads_multi_run_roots(tmp_path):
   assert iqm_ax.get_xlim()[0] < min(iqm) and iqm_ax.get_xlim()[1] > 0
   texts = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
   assert "bbf\n(NOT 100k)" in texts  # the y label of the run
-  assert any(t.startswith("(NOT 100k): budget is not 100k env steps") for t in texts)
+  assert any(t.startswith("(NOT 100k): a budget other than 100k env steps") for t in texts)
   fig.canvas.draw()  # labels of the rows do not overlap
   boxes = [t.get_window_extent() for t in fig.axes[0].get_yticklabels()]
   assert len(boxes) == 4 and not any(
@@ -474,3 +474,18 @@ def test_diagnostic_curves_average_the_seeds_of_a_line(tmp_path, monkeypatch):
       [root], tmp_path / "out", report.ReportOptions(reps=200, profile_reps=50, seed=0)
   )
   assert "diagnostics.png" in res["figures"] and (tmp_path / "out" / "diagnostics.png").exists()
+
+
+def test_a_test_size_network_is_never_an_atari_100k_result(tmp_path):
+  """Runs of the `smoke` / `bbf_smoke` networks (CPU-size) are marked NOT 100k even with the
+  100k budget; the same runs under the `spr` config name are a 100k result."""
+  root = tmp_path / "sweep"
+  for label, config_name in (("cpu", "smoke"), ("full", "spr")):
+    for seed in (0, 1):
+      write_run(root, label, "Pong", seed, -20.0 + seed, config_name=config_name)
+  res = report.build([root], tmp_path / "out", report.ReportOptions(reps=200, seed=0, plots=False))
+  assert not res["summaries"]["cpu"].is_100k and res["summaries"]["full"].is_100k
+  md = (tmp_path / "out" / "report.md").read_text()
+  assert "| cpu | **NO** | 100000 |" in md and "| full | yes | 100000 |" in md
+  assert "test-size network (config smoke): a CPU-size run, NOT an Atari 100k result" in md
+  assert "cpu (NOT 100k)" in md

@@ -40,8 +40,9 @@ class SPRConfig(configs.AgentConfig):
   # units, predictor shape, per-k SPR cosine, gradient norms per role) in metrics.jsonl; 0: none.
   # They read the state and change nothing, so the trajectory is the same with or without them.
   diagnostics_every: int = 5000
-  # Replay samples of one diagnostics call: srank is at most the batch size, so the training batch
-  # (4 in the smoke config) would cap it; 256 samples cost a few updates every `diagnostics_every`.
+  # Replay samples of one diagnostics call: srank is at most the number of samples, so the
+  # training batch (4 in `smoke`) would cap it. A call costs ~50 updates of `spr`, once every
+  # `diagnostics_every` env steps (docs/BENCHMARKS.md).
   diagnostics_batch_size: int = 256
   # Env: "spr" = the SPR/SGI code's own ALE env (mila-iqia/spr src/rlpyt_atari_env.py);
   # "dopamine" = Dopamine's / gymnasium's AtariPreprocessing, which BBF runs. envs/atari.py.
