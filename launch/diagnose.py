@@ -25,6 +25,7 @@ a step that is not kept, a bad flag).
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -71,6 +72,17 @@ def run_config(stored: dict):
   return spr_config.config_from_json(settings)
 
 
+def check_input(workdir: Path, batch_size: int = 0) -> None:
+  """Raises ValueError unless `workdir` is a launch.train run and `batch_size` is valid."""
+  from spr import workdir as wd
+
+  if not (workdir / wd.CONFIG).exists():
+    raise ValueError(f"{workdir / wd.CONFIG} not found: {workdir} is not a launch.train run")
+  if batch_size < 0:
+    raise ValueError(f"--batch_size must be >= 0, got {batch_size}")
+  run_config(wd.read_json(workdir / wd.CONFIG))  # a config.json that does not parse
+
+
 def diagnose_run(
     workdir: str | Path, step: int = 0, batch_size: int = 0, at_init: bool = False
 ) -> dict:
@@ -86,10 +98,7 @@ def diagnose_run(
   from spr import workdir as wd
 
   path = Path(workdir)
-  if not (path / wd.CONFIG).exists():
-    raise ValueError(f"{path / wd.CONFIG} not found: {path} is not a launch.train run")
-  if batch_size < 0:
-    raise ValueError(f"--batch_size must be >= 0, got {batch_size}")
+  check_input(path, batch_size)
   # Imported once the input is known to be a run: a refusal needs no JAX.
   import dataclasses
 
@@ -190,18 +199,24 @@ def main():
     common.fail(f"--step must be >= 0, got {_STEP.value}")
   if _CONSTANT.value < 0:
     common.fail(f"--constant_episodes must be >= 0, got {_CONSTANT.value}")
-  results = []
-  with common.bad_input():
+  with common.bad_input():  # the input only: a ValueError further on is a bug (a traceback)
     for workdir in _WORKDIR.value:
-      for at_init in (False, True) if _AT_INIT.value else (False,):
-        results.append(diagnose_run(workdir, _STEP.value, _BATCH.value, at_init))
-        if _CONSTANT.value and not at_init:
-          results[-1]["constant_action_score"] = constant_action_score(results[-1], _CONSTANT.value)
-      print(f"[{workdir}: step {results[-1]['step']}]", file=sys.stderr, flush=True)
+      check_input(Path(workdir), _BATCH.value)
+  results = []
+  for workdir in _WORKDIR.value:
+    for at_init in (False, True) if _AT_INIT.value else (False,):
+      results.append(diagnose_run(workdir, _STEP.value, _BATCH.value, at_init))
+      if _CONSTANT.value and not at_init:
+        results[-1]["constant_action_score"] = constant_action_score(results[-1], _CONSTANT.value)
+    print(f"[{workdir}: step {results[-1]['step']}]", file=sys.stderr, flush=True)
   print(table(results))
   if _JSON.value:
     from spr import workdir as wd
 
+    # Non-finite values as null, as metrics.jsonl writes them: the file stays standard JSON.
+    finite = lambda v: v if math.isfinite(v) else None
+    for r in results:
+      r["diagnostics"] = {k: finite(v) for k, v in r["diagnostics"].items()}
     wd.write_json_atomic(_JSON.value, {"runs": results})
 
 

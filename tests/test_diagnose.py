@@ -47,7 +47,8 @@ def test_table_has_a_row_per_run():
 
 def test_run_config_reads_an_older_config_json_with_its_legacy_values():
   """A run written before a setting existed is diagnosed (and its constant-action episodes are
-  played) with the value that reproduces it, not today's default."""
+  played) with the legacy value: the env protocol that reproduces it (not today's default), and
+  the diagnostics batch of today (agents/spr/config.py: LEGACY_VALUES)."""
   from agents.spr import engine
   from agents.spr.config import make_config
 

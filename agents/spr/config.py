@@ -243,6 +243,8 @@ LEGACY_VALUES = {
     "diagnostics_every": lambda stored: CONFIGS.get(stored.get("config_name"), {}).get(
         "diagnostics_every", SPRConfig.diagnostics_every
     ),
+    # Deliberately today's default, not the training batch that older runs' diagnostics drew:
+    # an older run resumes with the default flags, and its diag_ series switches to 256 samples.
     "diagnostics_batch_size": SPRConfig.diagnostics_batch_size,
 }
 

@@ -670,7 +670,11 @@ def save_checkpoint(ckpt_dir: Path, state: TrainState, host: dict, keep: int) ->
 # ------------------------------------------------------------------------------ diagnostics
 @functools.lru_cache(maxsize=None)
 def _diagnostics_fn(learner: SPRLearner, stacked: bool):
-  return jax.jit(jax.vmap(learner.diagnostics) if stacked else learner.diagnostics)
+  # Runs one after another (lax.map), not vmapped: a call holds one run's 256-sample batch,
+  # gradient and SVDs at a time, whatever the group's size.
+  return jax.jit(
+      functools.partial(jax.lax.map, learner.diagnostics) if stacked else learner.diagnostics
+  )
 
 
 def _diagnostics(g: Group, elapsed: float) -> None:

@@ -412,8 +412,9 @@ class SPRLearner:
     stable rank, singular-value spread, distance to the orthogonal group, Richemond et al.
     2023) and, beside it, each closed-form predictor of this batch's (rolled projection, target
     projection) statistics (`predictor_batch_<name>_*`), the gradient norm of the training loss
-    per parameter role on this batch, and how concentrated the greedy policy is over the batch's
-    states (`greedy_top_action_share`, `greedy_action_entropy`).
+    per parameter role on this batch, and how concentrated the greedy policy of the acting network
+    (`acting_params`) is over the batch's states (`greedy_top_action_share`,
+    `greedy_action_entropy`).
     """
     cfg, net = self.config, self.network.apply
     sample_key, loss_key = jax.random.split(jax.random.fold_in(state.rng, _DIAGNOSTICS_STREAM))
@@ -442,7 +443,12 @@ class SPRLearner:
     frames = objectives.scale_frames(obs.reshape((b * k_plus_1,) + obs.shape[2:]))
     latents = self.encoder(params, frames[::k_plus_1], norm_state)  # s_i of each sample
     projections = net.project(params, None, latents)
-    q = q_values(net.q_logits(params, None, latents, None), self.support)
+    # The greedy policy is that of the network that acts (BBF acts with its EMA target).
+    acting, acting_norm = self.acting_params(state)
+    acting_latents = (
+        self.encoder(acting, frames[::k_plus_1], acting_norm) if cfg.act_with_target else latents
+    )
+    q = q_values(net.q_logits(acting, None, acting_latents, None), self.support)
     target_latents = self.encoder(target_params, frames, target_norm)
     target_projections = net.project(target_params, None, target_latents).reshape(b, k_plus_1, -1)
     extra = {}
