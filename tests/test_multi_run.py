@@ -21,6 +21,10 @@ FLAGS = [
     "--eval_episodes=1",
     "--checkpoint_every=50",
     "--done_checkpoints=all",
+    # One diagnostics line at step 200 (learn_start is 100), on 8 samples: a batch computes them
+    # run by run (lax.map), each as the run alone does.
+    "--diagnostics_every=100",
+    "--diagnostics_batch_size=8",
 ]
 
 
@@ -77,7 +81,10 @@ def test_every_run_writes_its_own_workdir(batch):
       config = json.loads((wd / "config.json").read_text())
       assert (config["game"], config["seed"], config["config_name"]) == (game, seed, "smoke")
       lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
-      assert [l["step"] for l in lines] == [100, 200]
+      diag = [l for l in lines if "diag_srank_latent" in l]
+      lines = [l for l in lines if "loss" in l]
+      assert [l["step"] for l in lines] == [100, 200] and [l["step"] for l in diag] == [200]
+      assert 1 <= diag[0]["diag_srank_latent"] <= 8 and "diag_greedy_top_action_share" in diag[0]
       assert lines[-1]["updates"] == 100 and all(np.isfinite(l["loss"]) for l in lines)
       final = json.loads((wd / "final.json").read_text())
       assert final["game"] == game and final["seed"] == seed and final["steps"] == 200
@@ -126,6 +133,21 @@ def test_run_in_batch_follows_the_run_alone(batch, tmp_path, game, seed):
       for d in (alone, run_workdir(root, game, seed))
   )
   assert host_a["episodes"] == host_b["episodes"] and host_a["action"] == host_b["action"]
+  diag = lambda d: [
+      l
+      for l in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+      if "diag_spr_cos" in l
+  ]
+  [in_batch], [by_itself] = diag(run_workdir(root, game, seed)), diag(alone)
+  assert set(in_batch) == set(by_itself)
+  for key, value in by_itself.items():
+    # Not compared: the closed forms of this batch's statistics (16 pairs in 32 dimensions: rank
+    # deficient, so solves and polar factors are ill-conditioned) and singular-value ratios of
+    # rank-deficient matrices (divided by ~0) amplify the float differences between the batch
+    # and the run alone.
+    unstable = "predictor_batch_" in key or key.endswith("eigenvalue_spread")
+    if key.startswith("diag_") and value is not None and not unstable:
+      assert in_batch[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
 
 
 def test_rerun_skips_finished_and_resumes_unfinished_runs_per_run(batch):
@@ -152,6 +174,7 @@ def test_rerun_skips_finished_and_resumes_unfinished_runs_per_run(batch):
       else:
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
     assert (wd / "eval.csv").read_text() == old_eval
-    steps = [json.loads(l)["step"] for l in (wd / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [100, 200]
+    lines = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines if "loss" in l] == [100, 200]  # nothing written twice
+    assert [l["step"] for l in lines if "diag_srank_latent" in l] == [200]
   assert (untouched / "final.json").read_text() == final_untouched
