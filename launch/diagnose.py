@@ -33,21 +33,6 @@ from absl import flags
 
 from launch import common
 
-_WORKDIR = flags.DEFINE_multi_string("workdir", [], "A launch.train run's workdir (repeatable).")
-_STEP = flags.DEFINE_integer("step", 0, "Checkpoint step (0: the newest usable one).")
-_BATCH = flags.DEFINE_integer(
-    "batch_size", 0, "Replay samples (0: the run's diagnostics_batch_size)."
-)
-_AT_INIT = flags.DEFINE_bool(
-    "at_init", False, "Also the network at initialisation, on the same batch (a row each)."
-)
-_CONSTANT = flags.DEFINE_integer(
-    "constant_episodes",
-    0,
-    "Also play this many final-evaluation episodes always taking the top greedy action.",
-)
-_JSON = flags.DEFINE_string("json", "", "Write every diagnostic of every run to this JSON file.")
-
 # The table's columns: (diagnostics key, header).
 COLUMNS = (
     ("srank_latent", "srank latent"),
@@ -191,34 +176,56 @@ def table(results: list[dict]) -> str:
   return "\n".join(rows)
 
 
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Flags are defined only when run as a program (importing this module defines none)."""
+  flags.DEFINE_multi_string("workdir", [], "A launch.train run's workdir (repeatable).")
+  flags.DEFINE_integer("step", 0, "Checkpoint step (0: the newest usable one).")
+  flags.DEFINE_integer("batch_size", 0, "Replay samples (0: the run's diagnostics_batch_size).")
+  flags.DEFINE_bool(
+      "at_init", False, "Also the network at initialisation, on the same batch (a row each)."
+  )
+  flags.DEFINE_integer(
+      "constant_episodes",
+      0,
+      "Also play this many final-evaluation episodes always taking the top greedy action.",
+  )
+  flags.DEFINE_string("json", "", "Write every diagnostic of every run to this JSON file.")
+
+
 def main():
   common.configure_jax_cache()
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     common.fail("--workdir is required (a launch.train run)")
-  if _STEP.value < 0:
-    common.fail(f"--step must be >= 0, got {_STEP.value}")
-  if _CONSTANT.value < 0:
-    common.fail(f"--constant_episodes must be >= 0, got {_CONSTANT.value}")
+  if FLAGS.step < 0:
+    common.fail(f"--step must be >= 0, got {FLAGS.step}")
+  if FLAGS.constant_episodes < 0:
+    common.fail(f"--constant_episodes must be >= 0, got {FLAGS.constant_episodes}")
   with common.bad_input():  # the input only: a ValueError further on is a bug (a traceback)
-    for workdir in _WORKDIR.value:
-      check_input(Path(workdir), _BATCH.value)
+    for workdir in FLAGS.workdir:
+      check_input(Path(workdir), FLAGS.batch_size)
   results = []
-  for workdir in _WORKDIR.value:
-    for at_init in (False, True) if _AT_INIT.value else (False,):
-      results.append(diagnose_run(workdir, _STEP.value, _BATCH.value, at_init))
-      if _CONSTANT.value and not at_init:
-        results[-1]["constant_action_score"] = constant_action_score(results[-1], _CONSTANT.value)
+  for workdir in FLAGS.workdir:
+    for at_init in (False, True) if FLAGS.at_init else (False,):
+      results.append(diagnose_run(workdir, FLAGS.step, FLAGS.batch_size, at_init))
+      if FLAGS.constant_episodes and not at_init:
+        results[-1]["constant_action_score"] = constant_action_score(
+            results[-1], FLAGS.constant_episodes
+        )
     print(f"[{workdir}: step {results[-1]['step']}]", file=sys.stderr, flush=True)
   print(table(results))
-  if _JSON.value:
+  if FLAGS.json:
     from spr import workdir as wd
 
     # Non-finite values as null, as metrics.jsonl writes them: the file stays standard JSON.
     finite = lambda v: v if math.isfinite(v) else None
     for r in results:
       r["diagnostics"] = {k: finite(v) for k, v in r["diagnostics"].items()}
-    wd.write_json_atomic(_JSON.value, {"runs": results})
+    wd.write_json_atomic(FLAGS.json, {"runs": results})
 
 
 if __name__ == "__main__":
+  define_flags()
   common.run(main)
