@@ -443,13 +443,12 @@ class SPRLearner:
     frames = objectives.scale_frames(obs.reshape((b * k_plus_1,) + obs.shape[2:]))
     latents = self.encoder(params, frames[::k_plus_1], norm_state)  # s_i of each sample
     projections = net.project(params, None, latents)
-    # The greedy policy is that of the network that acts (BBF acts with its EMA target).
-    acting, acting_norm = self.acting_params(state)
-    acting_latents = (
-        self.encoder(acting, frames[::k_plus_1], acting_norm) if cfg.act_with_target else latents
-    )
-    q = q_values(net.q_logits(acting, None, acting_latents, None), self.support)
     target_latents = self.encoder(target_params, frames, target_norm)
+    # The greedy policy is that of the network that acts: BBF acts with its EMA target, whose
+    # latents of s_0 are already in `target_latents` (`acting_params` is then `target_view`).
+    acting, _ = self.acting_params(state)
+    acting_latents = target_latents[::k_plus_1] if cfg.act_with_target else latents
+    q = q_values(net.q_logits(acting, None, acting_latents, None), self.support)
     target_projections = net.project(target_params, None, target_latents).reshape(b, k_plus_1, -1)
     extra = {}
     weights = {cfg.predictor: self.predictor_weights(state)}
